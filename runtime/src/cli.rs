@@ -1,0 +1,278 @@
+//! Command-line interface: `run`, `validate`, `config default`.
+
+use std::{
+    io::{IsTerminal, Write},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::atomic::Ordering,
+    time::Duration,
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{CameraConfig, Config, DEFAULT_CONFIG_TOML, SourceConfig},
+    metrics::Drop,
+    model::{self, Model, ModelFile},
+    pipeline::{Limits, Pipeline, Summary},
+    source::replay::ReplayConfig,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "framesift",
+    version,
+    about = "Runs a detector on camera streams and keeps the frames worth labelling"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline (with no config: the built-in model on a synthetic camera).
+    Run(RunArgs),
+    /// Check a config file; prints every problem with line, column and a fix.
+    Validate {
+        /// The config file to check.
+        file: PathBuf,
+    },
+    /// Config helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the complete, commented default config.
+    Default,
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// Config file (TOML). Without it the built-in defaults are used.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Model file (.onnx), overriding [model] path.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Replace the configured cameras with one replay camera reading this directory.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Spool directory, overriding [spool] dir.
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+    /// Stop after this many frames.
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// No progress line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Entry point of the binary.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run(args) => run_pipeline(args),
+        Command::Validate { file } => Ok(validate(&file)),
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FRAMESIFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn validate(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} camera{})",
+                file.display(),
+                config.cameras.len(),
+                if config.cameras.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "{}: {} problem{}",
+                file.display(),
+                e.diagnostics.len(),
+                if e.diagnostics.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The config for a run: the file (or defaults) with command-line overrides applied.
+fn run_config(args: &RunArgs) -> Result<Config, ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        })?,
+        None => Config::default(),
+    };
+    if let Some(model) = &args.model {
+        config.model.path = Some(model.clone());
+    }
+    if let Some(dir) = &args.spool_dir {
+        config.spool.dir = dir.clone();
+    }
+    if let Some(dir) = &args.replay {
+        config.cameras = vec![CameraConfig {
+            name: "replay".into(),
+            source: SourceConfig::Replay(ReplayConfig {
+                dir: dir.clone(),
+                fps: 0.0,
+                looping: false,
+            }),
+        }];
+    }
+    Ok(config)
+}
+
+/// Load ONNX Runtime and the model named by the config (or the embedded one).
+pub fn load_model(config: &Config) -> anyhow::Result<Model> {
+    let (env, lib) = model::environment(config.model.ort_library.as_deref())?;
+    tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+    let file = match &config.model.path {
+        Some(path) => ModelFile::read(path)?,
+        None => ModelFile::embedded()?,
+    };
+    let model = Model::load(&env, &file, &config.model)?;
+    let info = &model.info;
+    tracing::info!(
+        model = %info.id,
+        version = %info.version,
+        origin = %info.origin,
+        layout = info.layout.name(),
+        input = %format!("{}x{}", info.input_width, info.input_height),
+        classes = info.names.len(),
+        threads = config.model.intra_threads,
+        "model loaded"
+    );
+    Ok(model)
+}
+
+fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match run_config(&args) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let model = load_model(&config)?;
+    let limits = Limits {
+        max_frames: args.max_frames,
+        duration: args.duration_secs.map(Duration::from_secs_f64),
+    };
+    let pipeline =
+        Pipeline::start(&config, model, limits).context("could not start the pipeline")?;
+
+    // First Ctrl-C / SIGTERM: stop capturing, flush, exit 0. A second Ctrl-C: exit now.
+    let stop = pipeline.stop_flag();
+    let force = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, force.clone())
+            .context("signal handler")?;
+        signal_hook::flag::register(signal, force.clone()).context("signal handler")?;
+        signal_hook::flag::register(signal, stop.clone()).context("signal handler")?;
+    }
+
+    let progress = !args.quiet && std::io::stderr().is_terminal();
+    let mut last_log = std::time::Instant::now();
+    while !pipeline.is_finished() {
+        std::thread::sleep(Duration::from_millis(250));
+        let m = pipeline.metrics();
+        let secs = pipeline.elapsed().as_secs_f64();
+        let inferred = m.stage(crate::metrics::Stage::Inference).count();
+        let line = format!(
+            "{secs:7.1} s  frames {:>7}  {:6.1} fps  kept {:>5}  dropped {:>5}",
+            m.frames.load(Ordering::Relaxed),
+            inferred as f64 / secs.max(1e-9),
+            m.kept.load(Ordering::Relaxed),
+            m.total_drops()
+        );
+        if progress {
+            eprint!("\r{line}");
+            let _ = std::io::stderr().flush();
+        } else if !args.quiet && last_log.elapsed() >= Duration::from_secs(10) {
+            tracing::info!("{}", line.trim());
+            last_log = std::time::Instant::now();
+        }
+        if stop.load(Ordering::Relaxed) {
+            pipeline.stop();
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let summary = pipeline.join()?;
+    print_summary(&summary, &config);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(s: &Summary, config: &Config) {
+    println!("framesift run summary");
+    println!(
+        "  frames      {} acquired, {} inferred in {:.1} s ({:.1} fps)",
+        s.frames,
+        s.inferred,
+        s.elapsed.as_secs_f64(),
+        s.fps()
+    );
+    println!(
+        "  kept        {} written to {} ({} candidates, {} evicted from the keep buffer)",
+        s.kept,
+        config.spool.dir.display(),
+        s.candidates,
+        s.evicted
+    );
+    let drops: Vec<String> = s
+        .drops
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    println!(
+        "  dropped     {}{}",
+        s.total_drops(),
+        if drops.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", drops.join(", "))
+        }
+    );
+    if s.reconnects > 0 {
+        println!("  reconnects  {}", s.reconnects);
+    }
+    println!("  stage              count   median ms     p99 ms");
+    for (name, count, p50, p99) in &s.stages {
+        if *count > 0 {
+            println!("  {name:<16} {count:>7} {p50:>11.3} {p99:>10.3}");
+        }
+    }
+    let _ = Drop::ALL;
+}

@@ -1,0 +1,284 @@
+//! Counters and latency histograms, and typed events that log and count at once so logs
+//! and metrics never disagree.
+//!
+//! Everything is atomics over fixed-size arrays: recording never allocates or locks, so
+//! the inference thread can record freely.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+/// Pipeline stages whose latency is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Getting a frame from the source (camera read, file read + decode, render).
+    Acquire,
+    /// Letterbox into the tensor, plus luma statistics and blur.
+    Preprocess,
+    /// ONNX Runtime `run`.
+    Inference,
+    /// Output decoding and NMS.
+    Decode,
+    /// Scoring and the keep decision.
+    Score,
+    /// Handing a candidate to the keeper (`try_send`).
+    Handoff,
+    /// Encoding and writing one kept frame to the spool.
+    Keeper,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] = [
+        Stage::Acquire,
+        Stage::Preprocess,
+        Stage::Inference,
+        Stage::Decode,
+        Stage::Score,
+        Stage::Handoff,
+        Stage::Keeper,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Acquire => "acquire",
+            Stage::Preprocess => "preprocess",
+            Stage::Inference => "inference",
+            Stage::Decode => "decode+nms",
+            Stage::Score => "score",
+            Stage::Handoff => "hand-off",
+            Stage::Keeper => "keeper write",
+        }
+    }
+}
+
+/// Why a frame or candidate was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// The capture→inference queue was full; the oldest waiting frame was dropped.
+    QueueFull,
+    /// An input frame could not be used (corrupt, truncated, empty, not an image).
+    BadFrame,
+    /// No free candidate buffer: the keeper is behind.
+    KeeperBusy,
+    /// The keeper's queue was full.
+    KeeperQueueFull,
+    /// The spool reached `max_bytes`.
+    SpoolFull,
+    /// Writing to the spool failed (disk full, I/O error).
+    SpoolError,
+}
+
+impl Drop {
+    pub const ALL: [Drop; 6] = [
+        Drop::QueueFull,
+        Drop::BadFrame,
+        Drop::KeeperBusy,
+        Drop::KeeperQueueFull,
+        Drop::SpoolFull,
+        Drop::SpoolError,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Drop::QueueFull => "queue_full",
+            Drop::BadFrame => "bad_frame",
+            Drop::KeeperBusy => "keeper_busy",
+            Drop::KeeperQueueFull => "keeper_queue_full",
+            Drop::SpoolFull => "spool_full",
+            Drop::SpoolError => "spool_error",
+        }
+    }
+}
+
+/// Log-spaced latency histogram from 1 µs to ~100 s.
+pub struct Histogram {
+    buckets: [AtomicU64; Self::BUCKETS],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// 20 buckets per decade over 8 decades (about 12% resolution).
+    const PER_DECADE: f64 = 20.0;
+    const BUCKETS: usize = 160;
+    const MIN_NS: f64 = 1_000.0;
+
+    fn bucket(ns: u64) -> usize {
+        let x = (ns as f64).max(Self::MIN_NS) / Self::MIN_NS;
+        ((x.log10() * Self::PER_DECADE) as usize).min(Self::BUCKETS - 1)
+    }
+
+    /// Upper edge of a bucket, in nanoseconds.
+    fn upper_ns(bucket: usize) -> f64 {
+        Self::MIN_NS * 10f64.powf((bucket + 1) as f64 / Self::PER_DECADE)
+    }
+
+    pub fn record(&self, d: Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        self.buckets[Self::bucket(ns)].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    pub fn mean_ms(&self) -> f64 {
+        let n = self.count();
+        if n == 0 {
+            0.0
+        } else {
+            self.sum_ns.load(Relaxed) as f64 / n as f64 / 1e6
+        }
+    }
+
+    /// The `q` quantile (0..1) in milliseconds: the upper edge of the bucket holding it.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        let n = self.count();
+        if n == 0 {
+            return 0.0;
+        }
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Relaxed);
+            if seen >= rank {
+                return Self::upper_ns(i) / 1e6;
+            }
+        }
+        Self::upper_ns(Self::BUCKETS - 1) / 1e6
+    }
+}
+
+/// All counters of one run (all cameras together).
+#[derive(Default)]
+pub struct Metrics {
+    pub frames: AtomicU64,
+    pub kept: AtomicU64,
+    pub candidates: AtomicU64,
+    pub evicted: AtomicU64,
+    pub reconnects: AtomicU64,
+    drops: [AtomicU64; 6],
+    stages: [Histogram; 7],
+}
+
+impl Metrics {
+    pub fn stage(&self, stage: Stage) -> &Histogram {
+        &self.stages[stage as usize]
+    }
+
+    pub fn record(&self, stage: Stage, d: Duration) {
+        self.stages[stage as usize].record(d);
+    }
+
+    pub fn drops(&self, reason: Drop) -> u64 {
+        self.drops[reason as usize].load(Relaxed)
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        Drop::ALL.iter().map(|d| self.drops(*d)).sum()
+    }
+
+    fn count_drop(&self, reason: Drop) {
+        self.drops[reason as usize].fetch_add(1, Relaxed);
+    }
+}
+
+/// Typed events: each writes one `tracing` event and bumps the matching counter.
+pub mod event {
+    use std::{path::Path, sync::atomic::Ordering::Relaxed};
+
+    use super::{Drop, Metrics};
+
+    pub fn bad_frame(m: &Metrics, camera: &str, path: &Path, reason: &str) {
+        m.count_drop(Drop::BadFrame);
+        tracing::warn!(camera, path = %path.display(), reason, "skipped a bad frame");
+    }
+
+    /// A drop on the hot path: counted only (a log line per dropped frame would flood
+    /// the journal); the summary and progress line report the totals.
+    pub fn dropped(m: &Metrics, reason: Drop) {
+        m.count_drop(reason);
+    }
+
+    pub fn camera_disconnected(m: &Metrics, camera: &str, reason: &str) {
+        m.reconnects.fetch_add(1, Relaxed);
+        tracing::warn!(camera, reason, "camera disconnected; reconnecting");
+    }
+
+    pub fn spool_write_failed(m: &Metrics, reason: &str) {
+        m.count_drop(Drop::SpoolError);
+        tracing::error!(
+            reason,
+            "could not write a kept frame to the spool; it was dropped"
+        );
+    }
+
+    pub fn spool_full(m: &Metrics, used: u64, max: u64) {
+        // Log the first time only; every later one is counted.
+        if m.drops(Drop::SpoolFull) == 0 {
+            tracing::warn!(
+                used,
+                max,
+                "spool is full; kept frames are dropped until the uploader frees space"
+            );
+        }
+        m.count_drop(Drop::SpoolFull);
+    }
+
+    pub fn kept(m: &Metrics, camera: &str, file: &Path, value: f32) {
+        m.kept.fetch_add(1, Relaxed);
+        tracing::debug!(camera, file = %file.display(), value, "kept a frame");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_within_bucket_resolution() {
+        let h = Histogram::default();
+        for ms in 1..=100u64 {
+            h.record(Duration::from_millis(ms));
+        }
+        assert_eq!(h.count(), 100);
+        let p50 = h.quantile_ms(0.5);
+        let p99 = h.quantile_ms(0.99);
+        assert!((50.0..=50.0 * 1.13).contains(&p50), "p50 {p50}");
+        assert!((99.0..=99.0 * 1.13).contains(&p99), "p99 {p99}");
+        assert!((h.mean_ms() - 50.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn empty_histogram_is_zero() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile_ms(0.5), 0.0);
+        assert_eq!(h.mean_ms(), 0.0);
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason() {
+        let m = Metrics::default();
+        event::dropped(&m, Drop::QueueFull);
+        event::dropped(&m, Drop::QueueFull);
+        event::bad_frame(&m, "cam0", Path::new("x.jpg"), "empty file");
+        assert_eq!(m.drops(Drop::QueueFull), 2);
+        assert_eq!(m.drops(Drop::BadFrame), 1);
+        assert_eq!(m.total_drops(), 3);
+    }
+
+    use std::path::Path;
+}

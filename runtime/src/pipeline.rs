@@ -1,0 +1,673 @@
+//! The running pipeline: threads and bounded channels wiring the stages.
+//!
+//! Per camera:
+//! ```text
+//! capture-<cam>  source → preprocess (letterbox + stats) ─ work queue (bounded) ─▶
+//! infer-<cam>    copy into bound input → ORT run → decode+NMS → score
+//!                  └─ candidate? try_recv a free candidate, swap frame, try_send ─▶
+//! ```
+//! One `keeper` thread serves all cameras: best-N buffer per window → spool.
+//!
+//! Architecture invariants kept here:
+//! - The inference thread never blocks on anything downstream and never does I/O: the
+//!   hand-off is `try_recv` (free candidate) + `try_send` (keeper queue), each failure
+//!   counted by reason.
+//! - Memory is fixed at start-up: per camera `queue_depth + 2` frame slots (each a frame
+//!   and an input tensor), and `keeper_queue + keep capacity + cameras` candidates.
+//!   Buffers circulate; nothing on the per-frame path allocates after warm-up.
+//! - Shutdown is ordered by channel closure: capture stops → inference drains its queue
+//!   and drops its keeper sender → the keeper flushes its buffer to the spool and exits.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+
+use crate::{
+    codec,
+    config::{CameraConfig, Config},
+    detector::{DecodeParams, Decoder, Detection},
+    frame::Frame,
+    keep::{Candidate, KeepBuffer, Offer},
+    metrics::{Drop, Metrics, Stage, event},
+    model::{Model, ModelInfo, Runner},
+    preprocess::{FrameMeter, FrameStats, Letterbox, Preprocessor},
+    score::{self, Scores},
+    sidecar,
+    source::{FrameSource, Next, SourceError},
+    spool::{ImageEncoding, Spool},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("camera {camera}: {source}")]
+    Source { camera: String, source: SourceError },
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error("camera {camera}: {reason}")]
+    Inference { camera: String, reason: String },
+    #[error("could not start thread {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("thread {0} panicked")]
+    Panicked(String),
+}
+
+/// When to stop on its own (besides the end of every source and a stop request).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Stop after this many frames have been acquired (all cameras together).
+    pub max_frames: Option<u64>,
+    pub duration: Option<Duration>,
+}
+
+/// One frame in flight between capture and inference, with its input tensor.
+struct Slot {
+    frame: Frame,
+    tensor: Vec<f32>,
+    letterbox: Letterbox,
+    stats: FrameStats,
+}
+
+/// A running pipeline. Dropping it without [`Pipeline::join`] requests a stop.
+#[must_use = "a pipeline runs until joined"]
+pub struct Pipeline {
+    threads: Vec<(String, JoinHandle<Result<(), PipelineError>>)>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    model: Arc<ModelInfo>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub elapsed: Duration,
+    pub frames: u64,
+    pub inferred: u64,
+    pub kept: u64,
+    pub candidates: u64,
+    pub evicted: u64,
+    pub reconnects: u64,
+    pub drops: Vec<(&'static str, u64)>,
+    /// (stage, count, median ms, p99 ms)
+    pub stages: Vec<(&'static str, u64, f64, f64)>,
+}
+
+impl Summary {
+    pub fn fps(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.inferred as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl Pipeline {
+    /// Open every source, recover the spool and start all threads. Fails before starting
+    /// anything if a source cannot run (e.g. no camera) or the spool cannot be opened.
+    pub fn start(config: &Config, model: Model, limits: Limits) -> Result<Pipeline, PipelineError> {
+        let metrics = Arc::new(Metrics::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let info = Arc::new(model.info.clone());
+
+        let mut sources = Vec::with_capacity(config.cameras.len());
+        for cam in &config.cameras {
+            let source = cam.source.build().map_err(|source| PipelineError::Source {
+                camera: cam.name.clone(),
+                source,
+            })?;
+            tracing::info!(camera = %cam.name, source = %source.describe(), "camera ready");
+            sources.push(source);
+        }
+        let (spool, recovery) = Spool::open(&config.spool.dir, config.spool.max_bytes)?;
+        tracing::info!(
+            dir = %config.spool.dir.display(),
+            complete = recovery.complete,
+            removed_temp = recovery.removed_temp,
+            removed_orphans = recovery.removed_orphan_images,
+            removed_bad_sidecars = recovery.removed_bad_sidecars,
+            "spool ready"
+        );
+
+        // Candidate pool shared by all cameras.
+        let (max_w, max_h) = config
+            .cameras
+            .iter()
+            .map(|c| c.source.frame_size())
+            .max()
+            .unwrap_or((0, 0));
+        let candidates = config.pipeline.keeper_queue + config.keep.capacity + config.cameras.len();
+        let (free_tx, free_rx) = bounded::<Box<Candidate>>(candidates);
+        for _ in 0..candidates {
+            let _ = free_tx.try_send(Box::new(Candidate::with_capacity(
+                max_w,
+                max_h,
+                config.model.max_detections,
+            )));
+        }
+        let (keep_tx, keep_rx) = bounded::<Box<Candidate>>(config.pipeline.keeper_queue);
+
+        let mut threads = Vec::new();
+        let model = Arc::new(Mutex::new(model));
+        let acquired = Arc::new(AtomicU64::new(0));
+        for ((index, cam), source) in config.cameras.iter().enumerate().zip(sources) {
+            let (work_tx, work_rx) = bounded::<Box<Slot>>(config.pipeline.queue_depth);
+            let slots = config.pipeline.queue_depth + 2;
+            let (slot_tx, slot_rx) = bounded::<Box<Slot>>(slots);
+            let tensor_len = 3 * info.input_width as usize * info.input_height as usize;
+            let (w, h) = cam.source.frame_size();
+            for _ in 0..slots {
+                let _ = slot_tx.try_send(Box::new(Slot {
+                    frame: Frame::with_capacity(w, h),
+                    tensor: vec![0.0; tensor_len],
+                    letterbox: Letterbox::fit(1, 1, 1, 1),
+                    stats: FrameStats::default(),
+                }));
+            }
+            let capture = Capture {
+                camera: cam.clone(),
+                source,
+                preprocessor: Preprocessor::new(
+                    info.input_width,
+                    info.input_height,
+                    info.letterbox_fill,
+                    info.normalization,
+                ),
+                meter: FrameMeter::default(),
+                live: cam.source.is_live(),
+                work_tx,
+                work_rx: work_rx.clone(),
+                slot_rx: slot_rx.clone(),
+                metrics: metrics.clone(),
+                stop: stop.clone(),
+                acquired: acquired.clone(),
+                max_frames: limits.max_frames,
+            };
+            threads.push(spawn(format!("capture-{}", cam.name), move || {
+                capture.run()
+            })?);
+
+            let runner = model
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .runner()
+                .map_err(|e| PipelineError::Inference {
+                    camera: cam.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            let inference = Inference {
+                camera: cam.name.clone(),
+                camera_index: index,
+                model: model.clone(),
+                runner,
+                decoder: Decoder::new(
+                    info.layout,
+                    info.names.len(),
+                    DecodeParams {
+                        confidence: config.model.confidence_threshold,
+                        keep_down_to: (config.model.confidence_threshold
+                            - config.scoring.uncertainty_band)
+                            .max(0.0),
+                        iou: config.model.iou_threshold,
+                        max_detections: config.model.max_detections,
+                    },
+                ),
+                detections: Vec::with_capacity(config.model.max_detections),
+                output_shape: info.output_shape.clone(),
+                confidence: config.model.confidence_threshold,
+                scoring: config.scoring.clone(),
+                work_rx,
+                slot_tx,
+                free_rx: free_rx.clone(),
+                free_tx: free_tx.clone(),
+                keep_tx: keep_tx.clone(),
+                metrics: metrics.clone(),
+            };
+            threads.push(spawn(format!("infer-{}", cam.name), move || {
+                inference.run()
+            })?);
+        }
+        drop(keep_tx);
+
+        let keeper = Keeper {
+            cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
+            model: info.clone(),
+            buffer: KeepBuffer::new(config.keep.capacity, config.keep.when_full),
+            window: Duration::from_secs_f64(config.keep.window_secs),
+            jpeg_quality: config.keep.jpeg_quality,
+            confidence: config.model.confidence_threshold,
+            spool,
+            keep_rx,
+            free_tx,
+            metrics: metrics.clone(),
+            jpeg: Vec::new(),
+        };
+        threads.push(spawn("keeper".into(), move || keeper.run())?);
+
+        let started = Instant::now();
+        if let Some(d) = limits.duration {
+            let stop = stop.clone();
+            let _ = std::thread::Builder::new()
+                .name("deadline".into())
+                .spawn(move || {
+                    let until = started + d;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        std::thread::sleep(
+                            Duration::from_millis(20)
+                                .min(until.saturating_duration_since(Instant::now())),
+                        );
+                    }
+                    stop.store(true, Ordering::Relaxed);
+                });
+        }
+        Ok(Pipeline {
+            threads,
+            stop,
+            metrics,
+            started,
+            model: info,
+        })
+    }
+
+    /// Ask every thread to finish: capture stops, queued frames are inferred, the keep
+    /// buffer is flushed to the spool.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The flag [`Pipeline::stop`] sets, for signal handlers.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn model(&self) -> &ModelInfo {
+        &self.model
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// True once every thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|(_, t)| t.is_finished())
+    }
+
+    /// Wait for every thread; the first error (if any) wins, but all threads are joined.
+    pub fn join(mut self) -> Result<Summary, PipelineError> {
+        let mut first_error = None;
+        for (name, handle) in std::mem::take(&mut self.threads) {
+            let result = handle.join().unwrap_or(Err(PipelineError::Panicked(name)));
+            if let Err(e) = result {
+                tracing::error!(error = %e, "pipeline thread failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        let summary = summarize(&self.metrics, self.started.elapsed());
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
+    }
+}
+
+impl std::ops::Drop for Pipeline {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the metrics as a summary.
+pub fn summarize(m: &Metrics, elapsed: Duration) -> Summary {
+    Summary {
+        elapsed,
+        frames: m.frames.load(Ordering::Relaxed),
+        inferred: m.stage(Stage::Inference).count(),
+        kept: m.kept.load(Ordering::Relaxed),
+        candidates: m.candidates.load(Ordering::Relaxed),
+        evicted: m.evicted.load(Ordering::Relaxed),
+        reconnects: m.reconnects.load(Ordering::Relaxed),
+        drops: Drop::ALL.iter().map(|d| (d.name(), m.drops(*d))).collect(),
+        stages: Stage::ALL
+            .iter()
+            .map(|s| {
+                let h = m.stage(*s);
+                (s.name(), h.count(), h.quantile_ms(0.5), h.quantile_ms(0.99))
+            })
+            .collect(),
+    }
+}
+
+fn spawn(
+    name: String,
+    f: impl FnOnce() -> Result<(), PipelineError> + Send + 'static,
+) -> Result<(String, JoinHandle<Result<(), PipelineError>>), PipelineError> {
+    let handle = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|source| PipelineError::Spawn {
+            name: name.clone(),
+            source,
+        })?;
+    Ok((name, handle))
+}
+
+// ---------------------------------------------------------------------------------------
+// Capture + preprocess.
+
+struct Capture {
+    camera: CameraConfig,
+    source: Box<dyn FrameSource>,
+    preprocessor: Preprocessor,
+    meter: FrameMeter,
+    live: bool,
+    work_tx: Sender<Box<Slot>>,
+    /// A second handle on the work queue, to drop the oldest frame when it is full.
+    work_rx: Receiver<Box<Slot>>,
+    slot_rx: Receiver<Box<Slot>>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    acquired: Arc<AtomicU64>,
+    max_frames: Option<u64>,
+}
+
+impl Capture {
+    fn run(mut self) -> Result<(), PipelineError> {
+        let name = self.camera.name.clone();
+        let mut spare: Option<Box<Slot>> = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Some(max) = self.max_frames
+                && self.acquired.load(Ordering::Relaxed) >= max
+            {
+                break;
+            }
+            // A free slot: a spare, one returned by inference, or (live sources only,
+            // when the queue is full of waiting frames) the oldest waiting frame.
+            let mut slot = match spare.take() {
+                Some(s) => s,
+                None => match self.slot_rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(s) => s,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+
+            let t0 = Instant::now();
+            slot.frame.clear();
+            match self.source.next_frame(&mut slot.frame) {
+                Ok(Next::Frame) => {}
+                Ok(Next::End) => break,
+                Err(SourceError::BadFrame { path, reason }) => {
+                    event::bad_frame(&self.metrics, &name, &path, &reason);
+                    spare = Some(slot);
+                    continue;
+                }
+                Err(SourceError::Disconnected { reason, .. }) => {
+                    event::camera_disconnected(&self.metrics, &name, &reason);
+                    spare = Some(slot);
+                    continue;
+                }
+                Err(source @ SourceError::Fatal(_)) => {
+                    return Err(PipelineError::Source {
+                        camera: name,
+                        source,
+                    });
+                }
+            }
+            let t1 = Instant::now();
+            self.metrics.record(Stage::Acquire, t1 - t0);
+            self.acquired.fetch_add(1, Ordering::Relaxed);
+            self.metrics.frames.fetch_add(1, Ordering::Relaxed);
+
+            let Slot {
+                frame,
+                tensor,
+                letterbox,
+                stats,
+            } = &mut *slot;
+            match self.preprocessor.letterbox(frame, tensor) {
+                Ok(lb) => *letterbox = lb,
+                Err(e) => {
+                    event::bad_frame(
+                        &self.metrics,
+                        &name,
+                        std::path::Path::new(&frame.origin),
+                        &e.to_string(),
+                    );
+                    spare = Some(slot);
+                    continue;
+                }
+            }
+            *stats = self.meter.measure(frame);
+            self.metrics.record(Stage::Preprocess, t1.elapsed());
+
+            if self.live {
+                match self.work_tx.try_send(slot) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(slot)) => {
+                        // Drop the oldest waiting frame and queue this one instead.
+                        if let Ok(oldest) = self.work_rx.try_recv() {
+                            event::dropped(&self.metrics, Drop::QueueFull);
+                            spare = Some(oldest);
+                        }
+                        if let Err(e) = self.work_tx.try_send(slot) {
+                            // Inference just took a frame; requeue failed only if the
+                            // queue refilled, which only this thread does. Count it.
+                            event::dropped(&self.metrics, Drop::QueueFull);
+                            spare.get_or_insert(e.into_inner());
+                        }
+                    }
+                    Err(TrySendError::Disconnected(_)) => break,
+                }
+            } else if self.work_tx.send(slot).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Inference → decode → score → hand-off.
+
+struct Inference {
+    camera: String,
+    camera_index: usize,
+    model: Arc<Mutex<Model>>,
+    runner: Runner,
+    decoder: Decoder,
+    detections: Vec<Detection>,
+    output_shape: Vec<usize>,
+    confidence: f32,
+    scoring: crate::config::ScoringConfig,
+    work_rx: Receiver<Box<Slot>>,
+    slot_tx: Sender<Box<Slot>>,
+    free_rx: Receiver<Box<Candidate>>,
+    free_tx: Sender<Box<Candidate>>,
+    keep_tx: Sender<Box<Candidate>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Inference {
+    fn run(mut self) -> Result<(), PipelineError> {
+        let camera = self.camera.clone();
+        let fail = |reason: String| PipelineError::Inference {
+            camera: camera.clone(),
+            reason,
+        };
+        while let Ok(mut slot) = self.work_rx.recv() {
+            let t0 = Instant::now();
+            self.runner.input_mut().copy_from_slice(&slot.tensor);
+            self.model
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .run(&mut self.runner)
+                .map_err(|e| fail(e.to_string()))?;
+            let t1 = Instant::now();
+            self.metrics.record(Stage::Inference, t1 - t0);
+
+            self.decoder
+                .decode(
+                    self.runner.output(),
+                    &self.output_shape,
+                    &slot.letterbox,
+                    &mut self.detections,
+                )
+                .map_err(|e| fail(e.to_string()))?;
+            let t2 = Instant::now();
+            self.metrics.record(Stage::Decode, t2 - t1);
+
+            let scores = score::score(
+                &self.detections,
+                &slot.stats,
+                self.confidence,
+                &self.scoring,
+            );
+            let t3 = Instant::now();
+            self.metrics.record(Stage::Score, t3 - t2);
+
+            if scores.value >= self.scoring.min_value {
+                self.metrics.candidates.fetch_add(1, Ordering::Relaxed);
+                self.hand_off(&mut slot, scores);
+                self.metrics.record(Stage::Handoff, t3.elapsed());
+            }
+            // The slot channel holds every slot of this camera, so this never blocks.
+            let _ = self.slot_tx.try_send(slot);
+        }
+        Ok(())
+    }
+
+    /// Give a candidate to the keeper without blocking: take a free candidate, swap the
+    /// frame buffers (no pixel copy), `try_send`. Every failure is counted.
+    fn hand_off(&mut self, slot: &mut Slot, scores: Scores) {
+        let Ok(mut candidate) = self.free_rx.try_recv() else {
+            event::dropped(&self.metrics, Drop::KeeperBusy);
+            return;
+        };
+        std::mem::swap(&mut candidate.frame, &mut slot.frame);
+        candidate.camera = self.camera_index;
+        candidate.detections.clear();
+        candidate.detections.extend_from_slice(&self.detections);
+        candidate.stats = slot.stats;
+        candidate.scores = scores;
+        match self.keep_tx.try_send(candidate) {
+            Ok(()) => {}
+            Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => {
+                event::dropped(&self.metrics, Drop::KeeperQueueFull);
+                let _ = self.free_tx.try_send(c);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Keeper: best-N per window → spool.
+
+struct Keeper {
+    cameras: Vec<String>,
+    model: Arc<ModelInfo>,
+    buffer: KeepBuffer<Box<Candidate>>,
+    window: Duration,
+    jpeg_quality: u8,
+    confidence: f32,
+    spool: Spool,
+    keep_rx: Receiver<Box<Candidate>>,
+    free_tx: Sender<Box<Candidate>>,
+    metrics: Arc<Metrics>,
+    /// JPEG encode buffer, reused.
+    jpeg: Vec<u8>,
+}
+
+impl Keeper {
+    fn run(mut self) -> Result<(), PipelineError> {
+        let mut window_end = Instant::now() + self.window;
+        loop {
+            let timeout = window_end.saturating_duration_since(Instant::now());
+            match self.keep_rx.recv_timeout(timeout) {
+                Ok(candidate) => match self.buffer.offer(candidate) {
+                    Offer::Accepted => {}
+                    Offer::Evicted(c) | Offer::Rejected(c) => {
+                        self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.free_tx.try_send(c);
+                    }
+                },
+                Err(RecvTimeoutError::Timeout) => {
+                    self.flush();
+                    window_end = Instant::now() + self.window;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Write everything in the buffer to the spool, best first.
+    fn flush(&mut self) {
+        let items: Vec<Box<Candidate>> = self.buffer.drain().collect();
+        for candidate in items {
+            let t0 = Instant::now();
+            self.write(&candidate);
+            self.metrics.record(Stage::Keeper, t0.elapsed());
+            let _ = self.free_tx.try_send(candidate);
+        }
+    }
+
+    fn write(&mut self, c: &Candidate) {
+        let camera = &self.cameras[c.camera];
+        let millis = c
+            .frame
+            .captured_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let name = format!("{millis}-{camera}-{:08}", c.frame.seq);
+        let (image, encoding): (&[u8], ImageEncoding) = if !c.frame.encoded.is_empty() {
+            (&c.frame.encoded, ImageEncoding::Original)
+        } else {
+            if let Err(e) = codec::encode_jpeg(
+                &c.frame.rgb,
+                c.frame.width,
+                c.frame.height,
+                self.jpeg_quality,
+                &mut self.jpeg,
+            ) {
+                event::spool_write_failed(&self.metrics, &format!("JPEG encode: {e}"));
+                return;
+            }
+            (&self.jpeg, ImageEncoding::Encoded)
+        };
+        let model = &self.model;
+        let confidence = self.confidence;
+        let result = self.spool.write(&name, image, encoding, |record| {
+            serde_json::to_vec_pretty(&sidecar::Sidecar::new(camera, c, model, confidence, record))
+        });
+        match result {
+            Ok(path) => event::kept(&self.metrics, camera, &path, c.scores.value),
+            Err(crate::spool::SpoolError::Full { used, max }) => {
+                event::spool_full(&self.metrics, used, max)
+            }
+            Err(e) => event::spool_write_failed(&self.metrics, &e.to_string()),
+        }
+    }
+}

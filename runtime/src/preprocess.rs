@@ -1,0 +1,437 @@
+//! Preprocessing: letterbox a frame into the model's input tensor, and measure the
+//! frame (luma statistics, blur). Pure functions of their inputs; scratch buffers live
+//! in [`Preprocessor`] so the per-frame path allocates nothing after the first frame.
+
+use fast_image_resize::{self as fr, PixelType, images::Image, images::ImageRef};
+
+use crate::frame::Frame;
+
+/// How a frame was fitted into the model input: scaled by `scale`, then offset by the
+/// padding. Maps model-input coordinates back to frame coordinates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    pub scale: f32,
+    pub pad_x: f32,
+    pub pad_y: f32,
+    /// Size of the original frame, to clip mapped boxes.
+    pub frame_width: u32,
+    pub frame_height: u32,
+}
+
+impl Letterbox {
+    /// Geometry of fitting `frame_w × frame_h` into `input_w × input_h`, keeping the
+    /// aspect ratio and centring (as Ultralytics does).
+    pub fn fit(frame_w: u32, frame_h: u32, input_w: u32, input_h: u32) -> Self {
+        let scale = (input_w as f32 / frame_w as f32).min(input_h as f32 / frame_h as f32);
+        let (new_w, new_h) = Self::scaled_size(frame_w, frame_h, scale, input_w, input_h);
+        Letterbox {
+            scale,
+            pad_x: ((input_w - new_w) / 2) as f32,
+            pad_y: ((input_h - new_h) / 2) as f32,
+            frame_width: frame_w,
+            frame_height: frame_h,
+        }
+    }
+
+    fn scaled_size(
+        frame_w: u32,
+        frame_h: u32,
+        scale: f32,
+        input_w: u32,
+        input_h: u32,
+    ) -> (u32, u32) {
+        let w = ((frame_w as f32 * scale).round() as u32).clamp(1, input_w);
+        let h = ((frame_h as f32 * scale).round() as u32).clamp(1, input_h);
+        (w, h)
+    }
+
+    /// Size of the resized image inside the padding.
+    pub fn content_size(&self, input_w: u32, input_h: u32) -> (u32, u32) {
+        Self::scaled_size(
+            self.frame_width,
+            self.frame_height,
+            self.scale,
+            input_w,
+            input_h,
+        )
+    }
+
+    /// Map a point from model-input pixels to frame pixels, clipped to the frame.
+    pub fn to_frame(&self, x: f32, y: f32) -> (f32, f32) {
+        let fx = ((x - self.pad_x) / self.scale).clamp(0.0, self.frame_width as f32);
+        let fy = ((y - self.pad_y) / self.scale).clamp(0.0, self.frame_height as f32);
+        (fx, fy)
+    }
+}
+
+/// How pixel values become tensor values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalization {
+    /// Per channel (R, G, B): `tensor = (pixel / 255 - mean) / std`.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// Ultralytics convention: RGB scaled to 0..1.
+    pub const UNIT: Self = Self {
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    };
+}
+
+/// Letterboxes frames into an NCHW f32 tensor for one model input size.
+pub struct Preprocessor {
+    input_w: u32,
+    input_h: u32,
+    fill: u8,
+    norm: Normalization,
+    resizer: fr::Resizer,
+    /// Resized RGB8, `input_w × input_h × 3` at most.
+    resized: Vec<u8>,
+    /// Lookup tables pixel value → tensor value, per channel.
+    lut: [[f32; 256]; 3],
+}
+
+impl Preprocessor {
+    pub fn new(input_w: u32, input_h: u32, fill: u8, norm: Normalization) -> Self {
+        let mut lut = [[0.0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, out) in table.iter_mut().enumerate() {
+                *out = (v as f32 / 255.0 - norm.mean[c]) / norm.std[c];
+            }
+        }
+        Self {
+            input_w,
+            input_h,
+            fill,
+            norm,
+            resizer: fr::Resizer::new(),
+            resized: vec![0; input_w as usize * input_h as usize * 3],
+            lut,
+        }
+    }
+
+    pub fn input_size(&self) -> (u32, u32) {
+        (self.input_w, self.input_h)
+    }
+
+    pub fn normalization(&self) -> Normalization {
+        self.norm
+    }
+
+    /// Number of f32 values in one input tensor (`3 × h × w`).
+    pub fn tensor_len(&self) -> usize {
+        3 * self.input_w as usize * self.input_h as usize
+    }
+
+    /// Letterbox `frame` into `tensor` (NCHW, batch 1). `tensor.len()` must equal
+    /// [`Self::tensor_len`].
+    pub fn letterbox(
+        &mut self,
+        frame: &Frame,
+        tensor: &mut [f32],
+    ) -> Result<Letterbox, PreprocessError> {
+        if tensor.len() != self.tensor_len() {
+            return Err(PreprocessError::TensorSize {
+                expected: self.tensor_len(),
+                actual: tensor.len(),
+            });
+        }
+        if frame.width == 0
+            || frame.height == 0
+            || frame.rgb.len() < frame.width as usize * frame.height as usize * 3
+        {
+            return Err(PreprocessError::EmptyFrame);
+        }
+        let lb = Letterbox::fit(frame.width, frame.height, self.input_w, self.input_h);
+        let (new_w, new_h) = lb.content_size(self.input_w, self.input_h);
+
+        let src = ImageRef::new(frame.width, frame.height, &frame.rgb, PixelType::U8x3)
+            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        let content = &mut self.resized[..new_w as usize * new_h as usize * 3];
+        if (new_w, new_h) == (frame.width, frame.height) {
+            content.copy_from_slice(&frame.rgb[..content.len()]);
+        } else {
+            let mut dst = Image::from_slice_u8(new_w, new_h, content, PixelType::U8x3)
+                .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+            let options = fr::ResizeOptions::new()
+                .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+            self.resizer
+                .resize(&src, &mut dst, &options)
+                .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        }
+
+        // Pack into planar channels with padding, converting through the lookup table.
+        let (iw, ih) = (self.input_w as usize, self.input_h as usize);
+        let plane = iw * ih;
+        let (px, py) = (lb.pad_x as usize, lb.pad_y as usize);
+        let (nw, nh) = (new_w as usize, new_h as usize);
+        let (r_plane, rest) = tensor.split_at_mut(plane);
+        let (g_plane, b_plane) = rest.split_at_mut(plane);
+        let fill = [
+            self.lut[0][self.fill as usize],
+            self.lut[1][self.fill as usize],
+            self.lut[2][self.fill as usize],
+        ];
+        r_plane.fill(fill[0]);
+        g_plane.fill(fill[1]);
+        b_plane.fill(fill[2]);
+        let content = &self.resized[..nw * nh * 3];
+        for y in 0..nh {
+            let row = &content[y * nw * 3..(y + 1) * nw * 3];
+            let start = (y + py) * iw + px;
+            let (r, g, b) = (
+                &mut r_plane[start..start + nw],
+                &mut g_plane[start..start + nw],
+                &mut b_plane[start..start + nw],
+            );
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                r[x] = self.lut[0][px[0] as usize];
+                g[x] = self.lut[1][px[1] as usize];
+                b[x] = self.lut[2][px[2] as usize];
+            }
+        }
+        Ok(lb)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    #[error("input tensor holds {actual} values, the model needs {expected}")]
+    TensorSize { expected: usize, actual: usize },
+    #[error("frame has no pixels")]
+    EmptyFrame,
+    #[error("resize failed: {0}")]
+    Resize(String),
+}
+
+/// Cheap per-frame statistics, computed on a downscaled luma image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct FrameStats {
+    /// Mean luma, 0..255.
+    pub luma_mean: f32,
+    /// Standard deviation of luma (contrast).
+    pub luma_std: f32,
+    /// Variance of the 4-neighbour Laplacian of the downscaled luma; low = blurred.
+    pub blur: f32,
+}
+
+/// Downscale factor for the statistics: blur on a 4× smaller luma separates motion
+/// blur as well as full resolution at a sixteenth of the cost.
+pub const STATS_DOWNSCALE: usize = 4;
+
+/// Measures frames; holds the downscaled-luma scratch buffer.
+#[derive(Default)]
+pub struct FrameMeter {
+    luma: Vec<f32>,
+}
+
+impl FrameMeter {
+    pub fn measure(&mut self, frame: &Frame) -> FrameStats {
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let k = STATS_DOWNSCALE;
+        let (sw, sh) = (w / k, h / k);
+        if sw < 3 || sh < 3 {
+            return FrameStats::default();
+        }
+        self.luma.clear();
+        self.luma.resize(sw * sh, 0.0);
+        // Box-average k×k blocks of BT.601 luma.
+        let inv = 1.0 / (k * k) as f32;
+        for sy in 0..sh {
+            let out = &mut self.luma[sy * sw..(sy + 1) * sw];
+            for dy in 0..k {
+                let row = &frame.rgb[((sy * k + dy) * w) * 3..((sy * k + dy) * w + sw * k) * 3];
+                for (sx, block) in row.chunks_exact(3 * k).enumerate() {
+                    let mut acc = 0.0f32;
+                    for p in block.chunks_exact(3) {
+                        acc += 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
+                    }
+                    out[sx] += acc;
+                }
+            }
+            for v in out.iter_mut() {
+                *v *= inv;
+            }
+        }
+        let n = (sw * sh) as f64;
+        let (sum, sum_sq) = self.luma.iter().fold((0.0f64, 0.0f64), |(s, q), &v| {
+            (s + v as f64, q + (v as f64) * (v as f64))
+        });
+        let mean = sum / n;
+        let var = (sum_sq / n - mean * mean).max(0.0);
+        FrameStats {
+            luma_mean: mean as f32,
+            luma_std: var.sqrt() as f32,
+            blur: laplacian_variance(&self.luma, sw, sh),
+        }
+    }
+}
+
+/// Variance of the 4-neighbour Laplacian over the interior of a `w × h` image.
+pub fn laplacian_variance(img: &[f32], w: usize, h: usize) -> f32 {
+    if w < 3 || h < 3 {
+        return 0.0;
+    }
+    let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
+    for y in 1..h - 1 {
+        let (up, row, down) = (
+            &img[(y - 1) * w..y * w],
+            &img[y * w..(y + 1) * w],
+            &img[(y + 1) * w..(y + 2) * w],
+        );
+        let mut s = 0.0f32;
+        let mut q = 0.0f32;
+        for x in 1..w - 1 {
+            let l = up[x] + down[x] + row[x - 1] + row[x + 1] - 4.0 * row[x];
+            s += l;
+            q += l * l;
+        }
+        sum += s as f64;
+        sum_sq += q as f64;
+    }
+    let n = ((w - 2) * (h - 2)) as f64;
+    let mean = sum / n;
+    (sum_sq / n - mean * mean).max(0.0) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_from(width: u32, height: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Frame {
+        let mut frame = Frame::with_capacity(width, height);
+        frame.set_size(width, height);
+        for y in 0..height {
+            for x in 0..width {
+                let i = ((y * width + x) * 3) as usize;
+                frame.rgb[i..i + 3].copy_from_slice(&f(x, y));
+            }
+        }
+        frame
+    }
+
+    #[test]
+    fn letterbox_geometry_wide_frame() {
+        // 1280×720 into 320×320: scale 0.25, content 320×180, 70 rows of padding above.
+        let lb = Letterbox::fit(1280, 720, 320, 320);
+        assert_eq!(lb.scale, 0.25);
+        assert_eq!((lb.pad_x, lb.pad_y), (0.0, 70.0));
+        assert_eq!(lb.content_size(320, 320), (320, 180));
+        assert_eq!(lb.to_frame(0.0, 70.0), (0.0, 0.0));
+        assert_eq!(lb.to_frame(160.0, 160.0), (640.0, 360.0));
+        assert_eq!(lb.to_frame(320.0, 250.0), (1280.0, 720.0));
+        // Points in the padding clip to the frame edge.
+        assert_eq!(lb.to_frame(10.0, 5.0), (40.0, 0.0));
+    }
+
+    #[test]
+    fn letterbox_geometry_tall_and_exact_frames() {
+        let lb = Letterbox::fit(480, 640, 320, 320);
+        assert_eq!(lb.scale, 0.5);
+        assert_eq!((lb.pad_x, lb.pad_y), (40.0, 0.0));
+        let same = Letterbox::fit(320, 320, 320, 320);
+        assert_eq!((same.scale, same.pad_x, same.pad_y), (1.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn letterbox_fills_padding_and_normalizes() {
+        // Solid colour 64×32 into 32×32: content rows 8..24, padding grey 114.
+        let frame = frame_from(64, 32, |_, _| [255, 0, 51]);
+        let mut pre = Preprocessor::new(32, 32, 114, Normalization::UNIT);
+        let mut tensor = vec![0.0; pre.tensor_len()];
+        let lb = pre.letterbox(&frame, &mut tensor).expect("letterbox");
+        assert_eq!((lb.pad_x, lb.pad_y), (0.0, 8.0));
+        let at = |c: usize, y: usize, x: usize| tensor[c * 32 * 32 + y * 32 + x];
+        let grey = 114.0 / 255.0;
+        for c in 0..3 {
+            assert!((at(c, 0, 0) - grey).abs() < 1e-6);
+            assert!((at(c, 31, 31) - grey).abs() < 1e-6);
+        }
+        assert!((at(0, 16, 16) - 1.0).abs() < 1e-6);
+        assert!(at(1, 16, 16).abs() < 1e-6);
+        assert!((at(2, 16, 16) - 0.2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn normalization_uses_mean_and_std() {
+        let frame = frame_from(8, 8, |_, _| [255, 127, 0]);
+        let norm = Normalization {
+            mean: [0.5, 0.5, 0.5],
+            std: [0.5, 0.25, 0.5],
+        };
+        let mut pre = Preprocessor::new(8, 8, 0, norm);
+        let mut tensor = vec![0.0; pre.tensor_len()];
+        pre.letterbox(&frame, &mut tensor).expect("letterbox");
+        assert!((tensor[0] - 1.0).abs() < 1e-5);
+        assert!((tensor[64] - (127.0 / 255.0 - 0.5) / 0.25).abs() < 1e-5);
+        assert!((tensor[128] + 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn letterbox_keeps_spatial_layout() {
+        // Left half red, right half blue, in a 2:1 frame: the tensor's left content is red.
+        let frame = frame_from(
+            200,
+            100,
+            |x, _| if x < 100 { [255, 0, 0] } else { [0, 0, 255] },
+        );
+        let mut pre = Preprocessor::new(64, 64, 114, Normalization::UNIT);
+        let mut tensor = vec![0.0; pre.tensor_len()];
+        pre.letterbox(&frame, &mut tensor).expect("letterbox");
+        let at = |c: usize, y: usize, x: usize| tensor[c * 64 * 64 + y * 64 + x];
+        assert!(at(0, 32, 10) > 0.99 && at(2, 32, 10) < 0.01);
+        assert!(at(2, 32, 54) > 0.99 && at(0, 32, 54) < 0.01);
+    }
+
+    #[test]
+    fn wrong_tensor_size_is_an_error() {
+        let frame = frame_from(8, 8, |_, _| [0, 0, 0]);
+        let mut pre = Preprocessor::new(8, 8, 0, Normalization::UNIT);
+        let mut tensor = vec![0.0; 10];
+        assert!(matches!(
+            pre.letterbox(&frame, &mut tensor),
+            Err(PreprocessError::TensorSize { .. })
+        ));
+    }
+
+    /// A checkerboard-ish textured scene and the same scene box-blurred horizontally.
+    fn textured(blur_radius: i32) -> Frame {
+        let base = |x: i32, y: i32| -> f32 {
+            let v = ((x / 6 + y / 5) % 2) as f32 * 160.0 + ((x * 7 + y * 13) % 37) as f32;
+            v.min(255.0)
+        };
+        frame_from(320, 240, |x, y| {
+            let (x, y) = (x as i32, y as i32);
+            let mut acc = 0.0;
+            for dx in -blur_radius..=blur_radius {
+                acc += base((x + dx).clamp(0, 319), y);
+            }
+            let v = (acc / (2 * blur_radius + 1) as f32) as u8;
+            [v, v, v]
+        })
+    }
+
+    #[test]
+    fn blur_score_is_lower_for_a_blurred_copy() {
+        let mut meter = FrameMeter::default();
+        let sharp = meter.measure(&textured(0));
+        let blurred = meter.measure(&textured(12));
+        assert!(
+            sharp.blur > 4.0 * blurred.blur,
+            "sharp {} vs blurred {}",
+            sharp.blur,
+            blurred.blur
+        );
+        // Same scene: brightness statistics barely move.
+        assert!((sharp.luma_mean - blurred.luma_mean).abs() < 10.0);
+    }
+
+    #[test]
+    fn laplacian_of_flat_and_ramp_is_zero() {
+        assert_eq!(laplacian_variance(&[7.0; 25], 5, 5), 0.0);
+        let ramp: Vec<f32> = (0..25).map(|i| (i % 5) as f32 * 3.0).collect();
+        assert!(laplacian_variance(&ramp, 5, 5) < 1e-6);
+    }
+}

@@ -1,0 +1,91 @@
+//! Frame sources: where frames come from.
+//!
+//! Every source fills a caller-owned [`Frame`] (pooled, pre-allocated) so that the
+//! capture path allocates nothing in steady state. Sources pace themselves (a camera by
+//! its own clock, replay and synthetic by their `fps` setting).
+
+pub mod camera;
+pub mod replay;
+pub mod synthetic;
+
+use std::path::PathBuf;
+
+use crate::frame::Frame;
+
+/// What a call to [`FrameSource::next_frame`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// `frame` holds a new frame.
+    Frame,
+    /// The source is exhausted (end of a replay directory without looping).
+    End,
+}
+
+/// A stream of frames.
+pub trait FrameSource: Send {
+    /// Fill `frame` with the next frame. The frame's buffers are reused; the source
+    /// sets size, pixels, `seq`, `captured_at` and any of `encoded`, `origin`, `truth`.
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<Next, SourceError>;
+
+    /// A short human description for logs (`synthetic 1280x720 seed 7`, `/dev/video0`).
+    fn describe(&self) -> String;
+}
+
+/// Errors from a frame source. [`SourceError::is_fatal`] tells the pipeline whether to
+/// stop the camera or to count the problem and carry on.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// One input frame could not be used (truncated JPEG, zero-byte file, not an image).
+    /// The frame is skipped and counted; the stream goes on.
+    #[error("skipped {path}: {reason}")]
+    BadFrame { path: PathBuf, reason: String },
+
+    /// The camera went away or returned an error; the pipeline reconnects with backoff.
+    #[error("camera {device}: {reason}")]
+    Disconnected { device: String, reason: String },
+
+    /// The source cannot run at all (no camera, directory missing or empty).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl SourceError {
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, SourceError::Fatal(_))
+    }
+}
+
+impl crate::config::SourceConfig {
+    /// Open the configured source. Fails with a clear message when it cannot run at all
+    /// (no camera, missing replay directory).
+    pub fn build(&self) -> Result<Box<dyn FrameSource>, SourceError> {
+        use crate::config::SourceConfig;
+        Ok(match self {
+            SourceConfig::Synthetic(c) => Box::new(synthetic::SyntheticSource::new(c.clone())),
+            SourceConfig::Replay(c) => Box::new(replay::ReplaySource::open(c.clone())?),
+            SourceConfig::V4l2(c) => Box::new(camera::CameraSource::open(c.clone())?),
+        })
+    }
+
+    /// A live source runs on its own clock: when inference falls behind, the oldest
+    /// waiting frame is dropped so capture never stalls. Unpaced replay and synthetic
+    /// sources are not live: they wait for inference, so every frame is processed.
+    pub fn is_live(&self) -> bool {
+        use crate::config::SourceConfig;
+        match self {
+            SourceConfig::Synthetic(c) => c.fps > 0.0,
+            SourceConfig::Replay(c) => c.fps > 0.0,
+            SourceConfig::V4l2(_) => true,
+        }
+    }
+
+    /// Expected frame size, for pre-allocating buffers (0×0 when only the files know).
+    pub fn frame_size(&self) -> (u32, u32) {
+        use crate::config::SourceConfig;
+        match self {
+            SourceConfig::Synthetic(c) => (c.width, c.height),
+            SourceConfig::Replay(_) => (0, 0),
+            SourceConfig::V4l2(c) => (c.width, c.height),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Quick start 2: set up and run every test — formatting, lints, unit and integration
+# tests (the integration tests run the real binary with the real ONNX Runtime).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+lib=$(scripts/setup.sh | tail -n 1)
+export ORT_DYLIB_PATH="$lib"
+if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all -- --check; else echo "test: rustfmt not installed; format check skipped" >&2; fi
+if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets -- -D warnings; else echo "test: clippy not installed; lint skipped" >&2; fi
+cargo test --workspace
