@@ -27,6 +27,13 @@ pub fn decode_into(bytes: &[u8], frame: &mut Frame) -> Result<(), DecodeError> {
     let corrupt = |e: image::ImageError| DecodeError::Corrupt(e.to_string());
     match format {
         ImageFormat::Jpeg => {
+            if !jpeg_is_complete(bytes) {
+                // The decoder fills a truncated scan with grey and reports success;
+                // a frame cut short must be skipped, not scored.
+                return Err(DecodeError::Corrupt(
+                    "truncated JPEG: no end-of-image marker after the image data".into(),
+                ));
+            }
             let decoder =
                 image::codecs::jpeg::JpegDecoder::new(Cursor::new(bytes)).map_err(corrupt)?;
             read_rgb(decoder, frame).map_err(corrupt)
@@ -37,6 +44,21 @@ pub fn decode_into(bytes: &[u8], frame: &mut Frame) -> Result<(), DecodeError> {
             read_rgb(decoder, frame).map_err(corrupt)
         }
         _ => Err(DecodeError::UnknownFormat),
+    }
+}
+
+/// True when the last start-of-scan marker (FF DA) is followed by an end-of-image
+/// marker (FF D9). In entropy-coded data every FF is stuffed, so FF D9 there is a real
+/// marker; an embedded thumbnail's EOI comes before the main scan and does not count.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let find_last = |marker: u8| {
+        bytes
+            .windows(2)
+            .rposition(|w| w[0] == 0xFF && w[1] == marker)
+    };
+    match (find_last(0xDA), find_last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
     }
 }
 

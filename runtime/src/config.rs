@@ -995,9 +995,7 @@ fn explain(message: &str, path: &str) -> (String, Option<String>) {
         Some((table, k)) => (Some(table), k),
         None => (None, path),
     };
-    let within = table.map_or("at the top level".to_string(), |t| {
-        format!("in [{}]", table_display(t))
-    });
+    let within = table.map_or("at the top level".to_string(), |t| format!("in [{t}]"));
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (unknown, expected) = split_expected(rest);
         let hint = closest(unknown, &expected)
@@ -1018,37 +1016,33 @@ fn explain(message: &str, path: &str) -> (String, Option<String>) {
             hint,
         );
     }
-    if let Some(rest) = message.strip_prefix("invalid type: ") {
-        if let Some((found, expected)) = rest.split_once(", expected ") {
-            let hint =
-                default_example(path, key_name).map(|example| format!("write e.g. {example}"));
-            return (
-                format!(
-                    "{} must be {}, found {found}",
-                    display_key(path),
-                    describe_expected(expected)
-                ),
-                hint,
-            );
-        }
-    }
-    if let Some(rest) = message.strip_prefix("invalid value: ") {
-        if let Some((found, expected)) = rest.split_once(", expected ") {
-            return (
-                format!(
-                    "{} must be {}, found {found}",
-                    display_key(path),
-                    describe_expected(expected)
-                ),
-                None,
-            );
-        }
+    // "invalid type: string \"x\", expected f64" and "invalid value: ..., expected ...".
+    let mismatch = message
+        .strip_prefix("invalid type: ")
+        .map(|rest| (rest, true))
+        .or_else(|| {
+            message
+                .strip_prefix("invalid value: ")
+                .map(|rest| (rest, false))
+        });
+    if let Some((rest, is_type)) = mismatch
+        && let Some((found, expected)) = rest.split_once(", expected ")
+    {
+        let hint = if is_type {
+            default_example(path, key_name).map(|example| format!("write e.g. {example}"))
+        } else {
+            None
+        };
+        return (
+            format!(
+                "{} must be {}, found {found}",
+                display_key(path),
+                describe_expected(expected)
+            ),
+            hint,
+        );
     }
     (format!("{}: {message}", display_key(path)), None)
-}
-
-fn table_display(table: &str) -> String {
-    table.to_string()
 }
 
 fn display_key(path: &str) -> String {
@@ -1103,10 +1097,11 @@ fn default_example(path: &str, key_name: &str) -> Option<String> {
             in_table = line.trim_matches(['[', ']']) == table;
             continue;
         }
-        if in_table && let Some((k, v)) = line.split_once('=') {
-            if k.trim() == key_name {
-                return Some(format!("{key_name} = {}", v.trim()));
-            }
+        if in_table
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key_name
+        {
+            return Some(format!("{key_name} = {}", v.trim()));
         }
     }
     None
@@ -1140,7 +1135,7 @@ fn locate(table: &DeTable<'_>, path: &[PathPart]) -> Option<Range<usize>> {
             let DeValue::Array(items) = v.get_ref() else {
                 return Some(k.span());
             };
-            let item = items.iter().nth(*i)?;
+            let item = items.get(*i)?;
             let DeValue::Table(inner) = item.get_ref() else {
                 return Some(item.span());
             };
@@ -1276,7 +1271,7 @@ loop = true
         assert_eq!(config.cameras.len(), 2);
         assert_eq!(config.cameras[0].name, "front");
         assert!(
-            matches!(&config.cameras[1].source, SourceConfig::Replay(r) if r.looping && r.dir == PathBuf::from("/data/frames"))
+            matches!(&config.cameras[1].source, SourceConfig::Replay(r) if r.looping && r.dir == std::path::Path::new("/data/frames"))
         );
     }
 

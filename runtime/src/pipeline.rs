@@ -233,9 +233,11 @@ impl Pipeline {
                 scoring: config.scoring.clone(),
                 work_rx,
                 slot_tx,
-                free_rx: free_rx.clone(),
-                free_tx: free_tx.clone(),
-                keep_tx: keep_tx.clone(),
+                handoff: Handoff {
+                    free_rx: free_rx.clone(),
+                    free_tx: free_tx.clone(),
+                    keep_tx: keep_tx.clone(),
+                },
                 metrics: metrics.clone(),
             };
             threads.push(spawn(format!("infer-{}", cam.name), move || {
@@ -501,9 +503,7 @@ struct Inference {
     scoring: crate::config::ScoringConfig,
     work_rx: Receiver<Box<Slot>>,
     slot_tx: Sender<Box<Slot>>,
-    free_rx: Receiver<Box<Candidate>>,
-    free_tx: Sender<Box<Candidate>>,
-    keep_tx: Sender<Box<Candidate>>,
+    handoff: Handoff,
     metrics: Arc<Metrics>,
 }
 
@@ -556,23 +556,52 @@ impl Inference {
         Ok(())
     }
 
+    fn hand_off(&mut self, slot: &mut Slot, scores: Scores) {
+        self.handoff.offer(
+            &self.metrics,
+            self.camera_index,
+            &mut slot.frame,
+            &self.detections,
+            slot.stats,
+            scores,
+        );
+    }
+}
+
+/// The inference side of the keeper boundary: a free list of candidates and the keeper
+/// queue. Nothing here blocks.
+struct Handoff {
+    free_rx: Receiver<Box<Candidate>>,
+    free_tx: Sender<Box<Candidate>>,
+    keep_tx: Sender<Box<Candidate>>,
+}
+
+impl Handoff {
     /// Give a candidate to the keeper without blocking: take a free candidate, swap the
     /// frame buffers (no pixel copy), `try_send`. Every failure is counted.
-    fn hand_off(&mut self, slot: &mut Slot, scores: Scores) {
+    fn offer(
+        &self,
+        metrics: &Metrics,
+        camera: usize,
+        frame: &mut Frame,
+        detections: &[Detection],
+        stats: FrameStats,
+        scores: Scores,
+    ) {
         let Ok(mut candidate) = self.free_rx.try_recv() else {
-            event::dropped(&self.metrics, Drop::KeeperBusy);
+            event::dropped(metrics, Drop::KeeperBusy);
             return;
         };
-        std::mem::swap(&mut candidate.frame, &mut slot.frame);
-        candidate.camera = self.camera_index;
+        std::mem::swap(&mut candidate.frame, frame);
+        candidate.camera = camera;
         candidate.detections.clear();
-        candidate.detections.extend_from_slice(&self.detections);
-        candidate.stats = slot.stats;
+        candidate.detections.extend_from_slice(detections);
+        candidate.stats = stats;
         candidate.scores = scores;
         match self.keep_tx.try_send(candidate) {
             Ok(()) => {}
             Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => {
-                event::dropped(&self.metrics, Drop::KeeperQueueFull);
+                event::dropped(metrics, Drop::KeeperQueueFull);
                 let _ = self.free_tx.try_send(c);
             }
         }
@@ -669,5 +698,110 @@ impl Keeper {
             }
             Err(e) => event::spool_write_failed(&self.metrics, &e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handoff(free: usize, queue: usize) -> (Handoff, Receiver<Box<Candidate>>) {
+        let (free_tx, free_rx) = bounded(free);
+        for _ in 0..free {
+            free_tx
+                .try_send(Box::new(Candidate::with_capacity(4, 4, 4)))
+                .expect("fill free list");
+        }
+        let (keep_tx, keep_rx) = bounded(queue);
+        (
+            Handoff {
+                free_rx,
+                free_tx,
+                keep_tx,
+            },
+            keep_rx,
+        )
+    }
+
+    fn frame(seq: u64) -> Frame {
+        let mut f = Frame::with_capacity(4, 4);
+        f.set_size(4, 4);
+        f.seq = seq;
+        f
+    }
+
+    /// Offer 100 candidates to a keeper that never receives.
+    fn stalled(free: usize, queue: usize) -> (Metrics, usize) {
+        let (h, keep_rx) = handoff(free, queue);
+        let metrics = Metrics::default();
+        for seq in 0..100 {
+            let mut f = frame(seq);
+            h.offer(
+                &metrics,
+                0,
+                &mut f,
+                &[],
+                FrameStats::default(),
+                Scores::default(),
+            );
+        }
+        (metrics, keep_rx.len())
+    }
+
+    #[test]
+    fn handoff_never_blocks_when_the_keeper_is_stalled() {
+        // More free candidates than queue room: the queue fills, the rest bounce off it
+        // and go back to the free list.
+        let (metrics, queued) = stalled(3, 2);
+        assert_eq!(queued, 2);
+        assert_eq!(metrics.drops(Drop::KeeperQueueFull), 98);
+        assert_eq!(metrics.drops(Drop::KeeperBusy), 0);
+        // Every candidate is in the queue (the keeper holds them): the free list is dry.
+        let (metrics, queued) = stalled(2, 2);
+        assert_eq!(queued, 2);
+        assert_eq!(metrics.drops(Drop::KeeperBusy), 98);
+        assert_eq!(metrics.total_drops(), 98);
+    }
+
+    #[test]
+    fn handoff_swaps_frames_instead_of_copying() {
+        let (h, keep_rx) = handoff(1, 1);
+        let metrics = Metrics::default();
+        let mut f = frame(7);
+        f.rgb[0] = 99;
+        let pixels = f.rgb.as_ptr();
+        let det = Detection {
+            class_id: 1,
+            score: 0.3,
+            second_score: 0.1,
+            x1: 0.0,
+            y1: 0.0,
+            x2: 1.0,
+            y2: 1.0,
+        };
+        h.offer(
+            &metrics,
+            2,
+            &mut f,
+            &[det],
+            FrameStats::default(),
+            Scores {
+                value: 0.9,
+                ..Scores::default()
+            },
+        );
+        let c = keep_rx.try_recv().expect("candidate queued");
+        assert_eq!((c.camera, c.frame.seq, c.frame.rgb[0]), (2, 7, 99));
+        assert_eq!(
+            c.frame.rgb.as_ptr(),
+            pixels,
+            "the same buffer moved, no copy"
+        );
+        assert_eq!(c.detections, [det]);
+        assert_ne!(
+            f.rgb.as_ptr(),
+            pixels,
+            "the slot got the candidate's spare buffer"
+        );
     }
 }

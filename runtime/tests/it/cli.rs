@@ -1,0 +1,155 @@
+//! `validate`, `config default` and error messages of the binary.
+
+use crate::{framesift, run_ok, text};
+
+#[test]
+fn default_config_prints_and_validates() {
+    let out = run_ok(&mut framesift(&["config", "default"]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("framesift.toml");
+    std::fs::write(&file, &out.stdout).expect("write");
+    let text_out = text(&out.stdout);
+    assert!(text_out.contains("[[camera]]") && text_out.contains("[scoring]"));
+    let check = run_ok(&mut framesift(&["validate", file.to_str().expect("utf8")]));
+    assert!(text(&check.stdout).contains("ok (1 camera)"));
+}
+
+#[test]
+fn validate_reports_every_error_and_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[scoring]\ntreshold = 0.3\nmin_value = \"high\"\n\n[keep]\ncapacity = 0\n",
+    )
+    .expect("write");
+    let out = framesift(&["validate", file.to_str().expect("utf8")])
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr).replace(&*file.to_string_lossy(), "bad.toml");
+    insta::assert_snapshot!(stderr, @r#"
+    error: bad.toml: line 2, column 1: unknown key "treshold" in [scoring]; valid keys here: uncertainty_band, blur_threshold, uncertainty_weight, margin_weight, blur_weight, min_value, reason_level
+    error: bad.toml: line 3, column 13: scoring.min_value must be a number, found string "high"; write e.g. min_value = 0.5
+    error: bad.toml: line 6, column 1: keep.capacity = 0 is out of range; write a whole number from 1 to 1024
+    bad.toml: 3 problems
+    "#);
+}
+
+#[test]
+fn run_with_a_bad_config_names_the_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[modle]\n").expect("write");
+    let out = framesift(&["run", "--config", file.to_str().expect("utf8")])
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains(r#"unknown key "modle" at the top level; did you mean "model"?"#),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn missing_ort_library_says_how_to_get_it() {
+    let out = framesift(&["run", "--max-frames", "1"])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("ONNX Runtime library not found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cross/fetch-ort.sh"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/libonnxruntime.so"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn no_camera_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cam.toml");
+    std::fs::write(
+        &file,
+        "[[camera]]\ntype = \"v4l2\"\ndevice = \"/dev/video-framesift-missing\"\n",
+    )
+    .expect("write");
+    let out = framesift(&[
+        "run",
+        "--config",
+        file.to_str().expect("utf8"),
+        "--spool-dir",
+        dir.path().join("s").to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("spawn");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("no camera at /dev/video-framesift-missing"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("synthetic"), "{stderr}");
+}
+
+#[test]
+fn a_model_that_does_not_match_its_manifest_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let standin = crate::workspace().join("models/standin");
+    std::fs::copy(standin.join("model.onnx"), dir.path().join("model.onnx")).expect("copy");
+    let manifest = std::fs::read_to_string(standin.join("model.toml")).expect("manifest");
+    let tampered = manifest
+        .lines()
+        .map(|l| {
+            if l.starts_with("sha256") {
+                "sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.path().join("model.toml"), tampered).expect("write");
+    let model = dir.path().join("model.onnx");
+    let out = framesift(&[
+        "run",
+        "--max-frames",
+        "1",
+        "--model",
+        model.to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("spawn");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("does not match its manifest"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_missing_model_file_is_named() {
+    let out = framesift(&[
+        "run",
+        "--max-frames",
+        "1",
+        "--model",
+        "/nonexistent/detector.onnx",
+    ])
+    .output()
+    .expect("spawn");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot read model /nonexistent/detector.onnx"),
+        "{}",
+        text(&out.stderr)
+    );
+}

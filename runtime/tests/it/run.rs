@@ -1,0 +1,224 @@
+//! `framesift run` end to end: real ORT, the embedded model, spool contents.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sha2::Digest;
+
+use crate::{framesift, run_ok, text};
+
+/// Every complete spool entry's sidecar, checked against its image.
+fn spool_entries(dir: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("spool dir").flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let sidecar: Value = serde_json::from_slice(&std::fs::read(&path).expect("sidecar"))
+                .expect("sidecar is JSON");
+            let image = dir.join(sidecar["image"]["file"].as_str().expect("image.file"));
+            let bytes = std::fs::read(&image).expect("image beside sidecar");
+            assert_eq!(
+                bytes.len() as u64,
+                sidecar["image"]["bytes"].as_u64().expect("bytes")
+            );
+            let sha: String = sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(sha, sidecar["image"]["sha256"].as_str().expect("sha256"));
+            assert_eq!(&bytes[..2], &[0xff, 0xd8], "image is a JPEG");
+            out.push(sidecar);
+        }
+    }
+    let jpgs = std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jpg"))
+        .count();
+    assert_eq!(jpgs, out.len(), "every image has a sidecar");
+    out
+}
+
+#[test]
+fn default_run_keeps_frames_with_complete_sidecars() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let out = run_ok(&mut framesift(&[
+        "run",
+        "--max-frames",
+        "60",
+        "--spool-dir",
+        spool.to_str().expect("utf8"),
+    ]));
+    let summary = text(&out.stdout);
+    assert!(summary.contains("60 acquired, 60 inferred"), "{summary}");
+    for stage in ["acquire", "preprocess", "inference", "decode+nms", "score"] {
+        assert!(summary.contains(stage), "summary lacks {stage}: {summary}");
+    }
+
+    let entries = spool_entries(&spool);
+    assert!(
+        !entries.is_empty(),
+        "60 store frames should yield candidates: {summary}"
+    );
+    assert!(
+        entries.len() <= 16,
+        "keep capacity is 16, got {}",
+        entries.len()
+    );
+    let kept_line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("kept"))
+        .expect("kept line");
+    assert!(
+        kept_line.contains(&format!("kept        {} written", entries.len())),
+        "{kept_line}"
+    );
+    for s in &entries {
+        assert_eq!(s["camera"], "cam0");
+        assert_eq!(s["model"]["id"], "framesift-standin");
+        assert_eq!(s["frame"]["width"], 1280);
+        assert_eq!(s["image"]["encoding"], "encoded");
+        let value = s["scores"]["value"].as_f64().expect("value");
+        assert!(
+            value >= 0.5,
+            "kept frames are candidates (value >= min_value): {value}"
+        );
+        assert!(
+            !s["reasons"].as_array().expect("reasons").is_empty(),
+            "a kept frame says why: {s}"
+        );
+        assert!(
+            s["truth"]["boxes"].is_array(),
+            "synthetic frames carry ground truth"
+        );
+        assert!(s["captured_at"].as_str().expect("time").ends_with('Z'));
+        for d in s["detections"].as_array().expect("detections") {
+            let b: Vec<f64> = d["bbox"]
+                .as_array()
+                .expect("bbox")
+                .iter()
+                .map(|v| v.as_f64().expect("f64"))
+                .collect();
+            assert!(
+                b[0] <= b[2] && b[1] <= b[3] && b[2] <= 1280.0 && b[3] <= 720.0,
+                "box in frame: {b:?}"
+            );
+        }
+    }
+    assert!(
+        !spool.join(".tmp").read_dir().expect("tmp").any(|_| true),
+        "no temp files left"
+    );
+}
+
+fn write_jpeg(path: &Path, w: u32, h: u32, seed: u32) {
+    let rgb: Vec<u8> = (0..w * h * 3)
+        .map(|i| ((i / 3 % w + seed * 37) ^ (i / 3 / w)) as u8)
+        .collect();
+    let mut out = Vec::new();
+    framesift::codec::encode_jpeg(&rgb, w, h, 90, &mut out).expect("encode");
+    std::fs::write(path, out).expect("write");
+}
+
+#[test]
+fn replay_skips_bad_files_warns_counts_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).expect("mkdir");
+    for i in 0..5 {
+        write_jpeg(&frames.join(format!("f{i}.jpg")), 320, 240, i);
+    }
+    let good = std::fs::read(frames.join("f0.jpg")).expect("read");
+    std::fs::write(frames.join("f5_truncated.jpg"), &good[..good.len() / 2]).expect("truncated");
+    std::fs::write(frames.join("f6_empty.jpg"), b"").expect("empty");
+    std::fs::write(
+        frames.join("f7_text.jpg"),
+        b"this is not an image, just text with a .jpg name\n",
+    )
+    .expect("text");
+
+    let spool = dir.path().join("spool");
+    let out = framesift(&[
+        "run",
+        "--replay",
+        frames.to_str().expect("utf8"),
+        "--spool-dir",
+        spool.to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("spawn");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "exit {}: {stderr}", out.status);
+    for bad in ["f5_truncated.jpg", "f6_empty.jpg", "f7_text.jpg"] {
+        assert!(
+            stderr.contains(bad) && stderr.contains("skipped a bad frame"),
+            "no warning for {bad}: {stderr}"
+        );
+    }
+    assert!(stdout.contains("5 acquired, 5 inferred"), "{stdout}");
+    assert!(stdout.contains("bad_frame 3"), "{stdout}");
+    // Replay frames arrive as JPEG: kept ones are written as they came.
+    for s in spool_entries(&spool) {
+        assert_eq!(s["image"]["encoding"], "original");
+        assert!(s["origin"].as_str().expect("origin").starts_with('f'));
+        assert!(s.get("truth").is_none());
+    }
+}
+
+#[test]
+fn sigterm_flushes_the_keep_buffer_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    // A long window: nothing reaches the spool unless shutdown flushes it.
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[keep]\nwindow_secs = 3600.0\n[scoring]\nmin_value = 0.0\n",
+    )
+    .expect("write");
+    let child = framesift(&[
+        "run",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--spool-dir",
+        spool.to_str().expect("utf8"),
+    ])
+    .env("FRAMESIFT_LOG", "info")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    // Wait until frames are flowing (the spool is created at start), then SIGTERM.
+    let start = Instant::now();
+    while !spool.join(".tmp").exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        spool_entries(&spool).is_empty(),
+        "nothing written before the window ends"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "exit {}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    let entries = spool_entries(&spool);
+    assert_eq!(
+        entries.len(),
+        16,
+        "the full keep buffer (capacity 16) was flushed: {}",
+        text(&out.stdout)
+    );
+}
