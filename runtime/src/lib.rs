@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod dataset;
 pub mod detector;
 pub mod frame;
 pub mod keep;
