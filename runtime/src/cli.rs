@@ -280,8 +280,33 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let progress = !args.quiet && std::io::stderr().is_terminal();
     let mut last_log = std::time::Instant::now();
+    let systemd = crate::systemd::Notifier::from_env();
+    systemd.ready();
+    let mut last_ping = std::time::Instant::now();
+    let mut stall_logged = false;
     while !pipeline.is_finished() {
         std::thread::sleep(Duration::from_millis(250));
+        if let Some(timeout) = systemd.watchdog_timeout() {
+            // Feed the watchdog only while no thread is stuck on one frame for longer
+            // than half the timeout; a stalled loop gets the daemon restarted.
+            let stalled = pipeline
+                .longest_busy()
+                .filter(|(_, busy)| *busy > timeout / 2);
+            if let Some((thread, busy)) = stalled {
+                if !stall_logged {
+                    tracing::error!(
+                        thread,
+                        busy_secs = busy.as_secs_f64(),
+                        "pipeline thread stalled; no longer feeding the watchdog"
+                    );
+                }
+                stall_logged = true;
+            } else if last_ping.elapsed() >= timeout / 4 {
+                systemd.watchdog();
+                last_ping = std::time::Instant::now();
+                stall_logged = false;
+            }
+        }
         let m = pipeline.metrics();
         let secs = pipeline.elapsed().as_secs_f64();
         let inferred = m.stage(crate::metrics::Stage::Inference).count();
@@ -306,6 +331,7 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
     if progress {
         eprintln!();
     }
+    systemd.stopping();
     let summary = pipeline.join()?;
     print_summary(&summary, &config);
     Ok(ExitCode::SUCCESS)

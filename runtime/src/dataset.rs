@@ -219,7 +219,11 @@ mod tests {
             tree(&tmp.path().join("b")),
             tree(&tmp.path().join("c")),
         );
-        assert_eq!(ta.len(), 4 + 12, "4 top-level files, 6 images, 6 label files");
+        assert_eq!(
+            ta.len(),
+            4 + 12,
+            "4 top-level files, 6 images, 6 label files"
+        );
         assert_eq!(ta, tb, "byte-identical for the same seed");
         assert_ne!(ta, tc, "a different seed differs");
         assert_eq!(a.frames, 6);

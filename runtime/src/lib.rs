@@ -20,3 +20,4 @@ pub mod score;
 pub mod sidecar;
 pub mod source;
 pub mod spool;
+pub mod systemd;

@@ -282,3 +282,64 @@ mod tests {
 
     use std::path::Path;
 }
+
+/// Marks a thread busy with one unit of work, so a watchdog can tell a stalled loop (busy
+/// for too long) from an idle one (waiting for input).
+pub struct Heartbeat {
+    pub thread: String,
+    epoch: std::time::Instant,
+    /// Milliseconds since `epoch` + 1 when the current work began; 0 when idle.
+    busy_since: AtomicU64,
+}
+
+impl Heartbeat {
+    pub fn new(thread: String, epoch: std::time::Instant) -> Self {
+        Heartbeat {
+            thread,
+            epoch,
+            busy_since: AtomicU64::new(0),
+        }
+    }
+
+    pub fn begin(&self) {
+        self.busy_since
+            .store(self.epoch.elapsed().as_millis() as u64 + 1, Relaxed);
+    }
+
+    pub fn end(&self) {
+        self.busy_since.store(0, Relaxed);
+    }
+
+    /// How long the current work has taken, if busy.
+    pub fn busy_for(&self) -> Option<Duration> {
+        match self.busy_since.load(Relaxed) {
+            0 => None,
+            since => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(since - 1)),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_reports_busy_time_only_while_busy() {
+        let epoch = std::time::Instant::now() - Duration::from_secs(5);
+        let h = Heartbeat::new("infer-cam0".into(), epoch);
+        assert_eq!(h.busy_for(), None);
+        h.begin();
+        std::thread::sleep(Duration::from_millis(20));
+        let busy = h.busy_for().expect("busy");
+        assert!(
+            busy >= Duration::from_millis(15) && busy < Duration::from_secs(4),
+            "{busy:?}"
+        );
+        h.end();
+        assert_eq!(h.busy_for(), None);
+    }
+}

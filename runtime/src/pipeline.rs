@@ -35,7 +35,7 @@ use crate::{
     detector::{DecodeParams, Decoder, Detection},
     frame::Frame,
     keep::{Candidate, KeepBuffer, Offer},
-    metrics::{Drop, Metrics, Stage, event},
+    metrics::{Drop, Heartbeat, Metrics, Stage, event},
     model::{Model, ModelInfo, Runner},
     preprocess::{FrameMeter, FrameStats, Letterbox, Preprocessor},
     score::{self, Scores},
@@ -85,6 +85,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     started: Instant,
     model: Arc<ModelInfo>,
+    heartbeats: Vec<Arc<Heartbeat>>,
 }
 
 /// What a run did.
@@ -163,6 +164,8 @@ impl Pipeline {
         let (keep_tx, keep_rx) = bounded::<Box<Candidate>>(config.pipeline.keeper_queue);
 
         let mut threads = Vec::new();
+        let mut heartbeats = Vec::new();
+        let epoch = Instant::now();
         let model = Arc::new(Mutex::new(model));
         let acquired = Arc::new(AtomicU64::new(0));
         for ((index, cam), source) in config.cameras.iter().enumerate().zip(sources) {
@@ -179,7 +182,12 @@ impl Pipeline {
                     stats: FrameStats::default(),
                 }));
             }
+            let capture_beat = Arc::new(Heartbeat::new(format!("capture-{}", cam.name), epoch));
+            let infer_beat = Arc::new(Heartbeat::new(format!("infer-{}", cam.name), epoch));
+            heartbeats.push(capture_beat.clone());
+            heartbeats.push(infer_beat.clone());
             let capture = Capture {
+                heartbeat: capture_beat,
                 camera: cam.clone(),
                 source,
                 preprocessor: Preprocessor::new(
@@ -211,6 +219,7 @@ impl Pipeline {
                     reason: e.to_string(),
                 })?;
             let inference = Inference {
+                heartbeat: infer_beat,
                 camera: cam.name.clone(),
                 camera_index: index,
                 model: model.clone(),
@@ -283,6 +292,7 @@ impl Pipeline {
             metrics,
             started,
             model: info,
+            heartbeats,
         })
     }
 
@@ -307,6 +317,16 @@ impl Pipeline {
 
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The pipeline thread that has been busy with one frame the longest, and for how
+    /// long; `None` when every thread is idle or waiting for input. A systemd watchdog
+    /// is fed only while this stays short.
+    pub fn longest_busy(&self) -> Option<(&str, Duration)> {
+        self.heartbeats
+            .iter()
+            .filter_map(|h| h.busy_for().map(|d| (h.thread.as_str(), d)))
+            .max_by_key(|(_, d)| *d)
     }
 
     /// True once every thread has ended.
@@ -377,6 +397,7 @@ fn spawn(
 // Capture + preprocess.
 
 struct Capture {
+    heartbeat: Arc<Heartbeat>,
     camera: CameraConfig,
     source: Box<dyn FrameSource>,
     preprocessor: Preprocessor,
@@ -415,7 +436,10 @@ impl Capture {
 
             let t0 = Instant::now();
             slot.frame.clear();
-            match self.source.next_frame(&mut slot.frame) {
+            self.heartbeat.begin();
+            let next = self.source.next_frame(&mut slot.frame);
+            self.heartbeat.end();
+            match next {
                 Ok(Next::Frame) => {}
                 Ok(Next::End) => break,
                 Err(SourceError::BadFrame { path, reason }) => {
@@ -492,6 +516,7 @@ impl Capture {
 // Inference → decode → score → hand-off.
 
 struct Inference {
+    heartbeat: Arc<Heartbeat>,
     camera: String,
     camera_index: usize,
     model: Arc<Mutex<Model>>,
@@ -515,6 +540,7 @@ impl Inference {
             reason,
         };
         while let Ok(mut slot) = self.work_rx.recv() {
+            self.heartbeat.begin();
             let t0 = Instant::now();
             self.runner.input_mut().copy_from_slice(&slot.tensor);
             self.model
@@ -552,6 +578,7 @@ impl Inference {
             }
             // The slot channel holds every slot of this camera, so this never blocks.
             let _ = self.slot_tx.try_send(slot);
+            self.heartbeat.end();
         }
         Ok(())
     }

@@ -222,3 +222,41 @@ fn sigterm_flushes_the_keep_buffer_and_exits_zero() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn tells_systemd_it_is_ready_and_feeds_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("notify.sock");
+    let server = UnixDatagram::bind(&sock).expect("bind");
+    server
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let child = framesift(&[
+        "run",
+        "--duration-secs",
+        "3",
+        "--spool-dir",
+        dir.path().join("s").to_str().expect("utf8"),
+    ])
+    .env("NOTIFY_SOCKET", &sock)
+    .env("WATCHDOG_USEC", "1000000")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 256];
+    while !messages.iter().any(|m| m == "STOPPING=1") {
+        let n = server.recv(&mut buf).expect("a notification within 60 s");
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(messages[0], "READY=1");
+    let pings = messages.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(
+        pings >= 4,
+        "a 1 s watchdog over a 3 s run is fed every 250 ms: {messages:?}"
+    );
+}
