@@ -4,6 +4,7 @@
 //! `cross/fetch-ort.sh` (scripts/test.sh does both).
 
 mod cli;
+mod models;
 mod run;
 
 use std::{

@@ -1,0 +1,183 @@
+//! Bring-your-own models: every supported output layout, decoded through the real
+//! ONNX Runtime, checked against hand-computed boxes.
+//!
+//! The models (tests/data/models, built by make_models.py) return fixed candidates in
+//! 64×64 input pixels. The frame is 128×64, so the letterbox scales by 0.5 and pads 16
+//! rows above: frame = ((x - 0) / 0.5, (y - 16) / 0.5).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::{framesift, run_ok, text};
+
+fn model(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/models")
+        .join(name)
+}
+
+/// Run `model` on one 128×64 frame, keeping every frame; the frame's detections as
+/// (class, score, below_threshold, [x1, y1, x2, y2]).
+fn detect(model: &Path) -> Vec<(String, f64, bool, [f64; 4])> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).expect("mkdir");
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(128, 64, image::Rgb([90, 120, 150]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("png");
+    std::fs::write(frames.join("frame.png"), png).expect("write");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[scoring]\nmin_value = 0.0\n").expect("config");
+    let spool = dir.path().join("spool");
+    let arg = |p: &Path| p.to_str().expect("utf8").to_string();
+    run_ok(&mut framesift(&[
+        "run",
+        "--config",
+        &arg(&config),
+        "--model",
+        &arg(model),
+        "--replay",
+        &arg(&frames),
+        "--spool-dir",
+        &arg(&spool),
+    ]));
+    let sidecar = std::fs::read_dir(&spool)
+        .expect("spool")
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .expect("the frame was kept");
+    let s: Value =
+        serde_json::from_slice(&std::fs::read(sidecar.path()).expect("read")).expect("json");
+    s["detections"]
+        .as_array()
+        .expect("detections")
+        .iter()
+        .map(|d| {
+            let b: Vec<f64> = d["bbox"]
+                .as_array()
+                .expect("bbox")
+                .iter()
+                .map(|v| v.as_f64().expect("f64"))
+                .collect();
+            (
+                d["class"].as_str().expect("class").to_string(),
+                d["score"].as_f64().expect("score"),
+                d["below_threshold"].as_bool().expect("flag"),
+                [b[0], b[1], b[2], b[3]],
+            )
+        })
+        .collect()
+}
+
+fn check(got: &[(String, f64, bool, [f64; 4])], want: &[(&str, f64, bool, [f64; 4])]) {
+    assert_eq!(got.len(), want.len(), "got {got:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!((g.0.as_str(), g.2), (w.0, w.2), "got {got:?}");
+        assert!((g.1 - w.1).abs() < 1e-5, "score {} vs {}", g.1, w.1);
+        for i in 0..4 {
+            assert!((g.3[i] - w.3[i]).abs() < 1e-3, "box {:?} vs {:?}", g.3, w.3);
+        }
+    }
+}
+
+#[test]
+fn yolov8_layout_from_metadata_without_a_manifest() {
+    // Anchor 1 (same box, 0.8) is suppressed by NMS; anchor 3 (0.05) is below the band.
+    check(
+        &detect(&model("v8.onnx")),
+        &[
+            ("a", 0.9, false, [44.0, 22.0, 84.0, 42.0]),
+            ("b", 0.6, false, [12.0, 40.0, 28.0, 56.0]),
+        ],
+    );
+}
+
+#[test]
+fn yolov5_layout_multiplies_objectness() {
+    // 0.9 × 0.8, 0.9 × 0.5, and 0.5 × 0.4 = 0.2 kept as a below-threshold candidate.
+    check(
+        &detect(&model("v5.onnx")),
+        &[
+            ("b", 0.72, false, [44.0, 22.0, 84.0, 42.0]),
+            ("a", 0.45, false, [88.0, 0.0, 104.0, 16.0]),
+            ("a", 0.2, true, [16.0, 0.0, 24.0, 0.0]),
+        ],
+    );
+}
+
+#[test]
+fn end_to_end_layout_skips_nms() {
+    check(
+        &detect(&model("e2e.onnx")),
+        &[
+            ("a", 0.9, false, [44.0, 22.0, 84.0, 42.0]),
+            ("a", 0.7, false, [46.0, 22.0, 86.0, 42.0]),
+        ],
+    );
+}
+
+#[test]
+fn a_model_without_metadata_or_manifest_says_what_to_write() {
+    let out = framesift(&[
+        "run",
+        "--max-frames",
+        "1",
+        "--model",
+        model("bare.onnx").to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("spawn");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    for needle in [
+        "no manifest",
+        "bare.toml",
+        "layout = \"yolov8\"",
+        "input_width",
+        "names = [",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in: {stderr}");
+    }
+}
+
+#[test]
+fn an_unsupported_layout_names_the_shape() {
+    let out = framesift(&[
+        "run",
+        "--max-frames",
+        "1",
+        "--model",
+        model("odd.onnx").to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("spawn");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("[1, 9, 9]"), "{stderr}");
+}
+
+#[test]
+fn the_shared_yolov8n_benchmark_model_runs() {
+    let shared = crate::workspace().join("../shared/models/yolov8n-320.onnx");
+    if !shared.is_file() {
+        eprintln!("skipped: {} not present", shared.display());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_ok(&mut framesift(&[
+        "run",
+        "--model",
+        shared.to_str().expect("utf8"),
+        "--max-frames",
+        "5",
+        "--spool-dir",
+        dir.path().to_str().expect("utf8"),
+    ]));
+    assert!(
+        text(&out.stdout).contains("5 acquired, 5 inferred"),
+        "{}",
+        text(&out.stdout)
+    );
+}
