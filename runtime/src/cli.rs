@@ -265,8 +265,12 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_frames: args.max_frames,
         duration: args.duration_secs.map(Duration::from_secs_f64),
     };
-    let pipeline =
-        Pipeline::start(&config, model, limits).context("could not start the pipeline")?;
+    let pipeline = Pipeline::start(
+        &config,
+        std::sync::Arc::new(std::sync::Mutex::new(model)),
+        limits,
+    )
+    .context("could not start the pipeline")?;
 
     // First Ctrl-C / SIGTERM: stop capturing, flush, exit 0. A second Ctrl-C: exit now.
     let stop = pipeline.stop_flag();

@@ -61,6 +61,10 @@ pub enum PipelineError {
     Panicked(String),
 }
 
+/// The model, shared by every camera's inference thread (one session; ORT parallelises
+/// inside a run with its intra-op threads).
+pub type SharedModel = Arc<Mutex<Model>>;
+
 /// When to stop on its own (besides the end of every source and a stop request).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
@@ -70,11 +74,138 @@ pub struct Limits {
 }
 
 /// One frame in flight between capture and inference, with its input tensor.
-struct Slot {
-    frame: Frame,
-    tensor: Vec<f32>,
-    letterbox: Letterbox,
-    stats: FrameStats,
+pub struct Slot {
+    pub frame: Frame,
+    pub tensor: Vec<f32>,
+    pub letterbox: Letterbox,
+    pub stats: FrameStats,
+}
+
+impl Slot {
+    /// A slot with buffers for `width × height` frames and a `tensor_len` input.
+    pub fn new(width: u32, height: u32, tensor_len: usize) -> Self {
+        Slot {
+            frame: Frame::with_capacity(width, height),
+            tensor: vec![0.0; tensor_len],
+            letterbox: Letterbox::fit(1, 1, 1, 1),
+            stats: FrameStats::default(),
+        }
+    }
+}
+
+/// The capture thread's per-frame work after acquisition: letterbox into the slot's
+/// tensor and measure the frame. Separate from the thread so benchmarks and the
+/// allocation test run exactly the same code.
+pub struct Preparer {
+    pub preprocessor: Preprocessor,
+    pub meter: FrameMeter,
+}
+
+impl Preparer {
+    pub fn new(info: &ModelInfo) -> Self {
+        Preparer {
+            preprocessor: Preprocessor::new(
+                info.input_width,
+                info.input_height,
+                info.letterbox_fill,
+                info.normalization,
+            ),
+            meter: FrameMeter::default(),
+        }
+    }
+
+    pub fn prepare(&mut self, slot: &mut Slot) -> Result<(), crate::preprocess::PreprocessError> {
+        slot.letterbox = self.preprocessor.letterbox(&slot.frame, &mut slot.tensor)?;
+        slot.stats = self.meter.measure(&slot.frame);
+        Ok(())
+    }
+}
+
+/// The inference thread's per-frame work: run the model on a prepared slot, decode,
+/// score. Owns the bound tensors and decode buffers, so it allocates nothing per frame.
+pub struct Inferer {
+    runner: Runner,
+    decoder: Decoder,
+    detections: Vec<Detection>,
+    output_shape: Vec<usize>,
+    confidence: f32,
+    scoring: crate::config::ScoringConfig,
+}
+
+impl Inferer {
+    pub fn new(model: &Model, config: &Config) -> Result<Self, crate::model::ModelError> {
+        let info = &model.info;
+        Ok(Inferer {
+            runner: model.runner()?,
+            decoder: Decoder::new(
+                info.layout,
+                info.names.len(),
+                DecodeParams {
+                    confidence: config.model.confidence_threshold,
+                    keep_down_to: (config.model.confidence_threshold
+                        - config.scoring.uncertainty_band)
+                        .max(0.0),
+                    iou: config.model.iou_threshold,
+                    max_detections: config.model.max_detections,
+                },
+            ),
+            detections: Vec::with_capacity(config.model.max_detections),
+            output_shape: info.output_shape.clone(),
+            confidence: config.model.confidence_threshold,
+            scoring: config.scoring.clone(),
+        })
+    }
+
+    /// Inference → decode + NMS → score for one slot, recording each stage's latency.
+    pub fn infer(
+        &mut self,
+        model: &Mutex<Model>,
+        slot: &Slot,
+        metrics: &Metrics,
+    ) -> Result<Scores, String> {
+        let t0 = Instant::now();
+        self.runner.input_mut().copy_from_slice(&slot.tensor);
+        model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .run(&mut self.runner)
+            .map_err(|e| e.to_string())?;
+        let t1 = Instant::now();
+        metrics.record(Stage::Inference, t1 - t0);
+        self.decoder
+            .decode(
+                self.runner.output(),
+                &self.output_shape,
+                &slot.letterbox,
+                &mut self.detections,
+            )
+            .map_err(|e| e.to_string())?;
+        let t2 = Instant::now();
+        metrics.record(Stage::Decode, t2 - t1);
+        let scores = score::score(
+            &self.detections,
+            &slot.stats,
+            self.confidence,
+            &self.scoring,
+        );
+        metrics.record(Stage::Score, t2.elapsed());
+        Ok(scores)
+    }
+
+    /// Detections of the last inferred frame.
+    pub fn detections(&self) -> &[Detection] {
+        &self.detections
+    }
+
+    /// Whether scores make the frame a candidate for keeping.
+    pub fn is_candidate(&self, scores: &Scores) -> bool {
+        scores.value >= self.scoring.min_value
+    }
+
+    /// The bound tensors, for running the bare model on the same inputs.
+    pub fn runner_mut(&mut self) -> &mut Runner {
+        &mut self.runner
+    }
 }
 
 /// A running pipeline. Dropping it without [`Pipeline::join`] requests a stop.
@@ -121,10 +252,14 @@ impl Summary {
 impl Pipeline {
     /// Open every source, recover the spool and start all threads. Fails before starting
     /// anything if a source cannot run (e.g. no camera) or the spool cannot be opened.
-    pub fn start(config: &Config, model: Model, limits: Limits) -> Result<Pipeline, PipelineError> {
+    pub fn start(
+        config: &Config,
+        model: SharedModel,
+        limits: Limits,
+    ) -> Result<Pipeline, PipelineError> {
         let metrics = Arc::new(Metrics::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let info = Arc::new(model.info.clone());
+        let info = Arc::new(model.lock().unwrap_or_else(|p| p.into_inner()).info.clone());
 
         let mut sources = Vec::with_capacity(config.cameras.len());
         for cam in &config.cameras {
@@ -166,7 +301,6 @@ impl Pipeline {
         let mut threads = Vec::new();
         let mut heartbeats = Vec::new();
         let epoch = Instant::now();
-        let model = Arc::new(Mutex::new(model));
         let acquired = Arc::new(AtomicU64::new(0));
         for ((index, cam), source) in config.cameras.iter().enumerate().zip(sources) {
             let (work_tx, work_rx) = bounded::<Box<Slot>>(config.pipeline.queue_depth);
@@ -175,12 +309,7 @@ impl Pipeline {
             let tensor_len = 3 * info.input_width as usize * info.input_height as usize;
             let (w, h) = cam.source.frame_size();
             for _ in 0..slots {
-                let _ = slot_tx.try_send(Box::new(Slot {
-                    frame: Frame::with_capacity(w, h),
-                    tensor: vec![0.0; tensor_len],
-                    letterbox: Letterbox::fit(1, 1, 1, 1),
-                    stats: FrameStats::default(),
-                }));
+                let _ = slot_tx.try_send(Box::new(Slot::new(w, h, tensor_len)));
             }
             let capture_beat = Arc::new(Heartbeat::new(format!("capture-{}", cam.name), epoch));
             let infer_beat = Arc::new(Heartbeat::new(format!("infer-{}", cam.name), epoch));
@@ -190,13 +319,7 @@ impl Pipeline {
                 heartbeat: capture_beat,
                 camera: cam.clone(),
                 source,
-                preprocessor: Preprocessor::new(
-                    info.input_width,
-                    info.input_height,
-                    info.letterbox_fill,
-                    info.normalization,
-                ),
-                meter: FrameMeter::default(),
+                preparer: Preparer::new(&info),
                 live: cam.source.is_live(),
                 work_tx,
                 work_rx: work_rx.clone(),
@@ -210,10 +333,7 @@ impl Pipeline {
                 capture.run()
             })?);
 
-            let runner = model
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .runner()
+            let inferer = Inferer::new(&model.lock().unwrap_or_else(|p| p.into_inner()), config)
                 .map_err(|e| PipelineError::Inference {
                     camera: cam.name.clone(),
                     reason: e.to_string(),
@@ -223,23 +343,7 @@ impl Pipeline {
                 camera: cam.name.clone(),
                 camera_index: index,
                 model: model.clone(),
-                runner,
-                decoder: Decoder::new(
-                    info.layout,
-                    info.names.len(),
-                    DecodeParams {
-                        confidence: config.model.confidence_threshold,
-                        keep_down_to: (config.model.confidence_threshold
-                            - config.scoring.uncertainty_band)
-                            .max(0.0),
-                        iou: config.model.iou_threshold,
-                        max_detections: config.model.max_detections,
-                    },
-                ),
-                detections: Vec::with_capacity(config.model.max_detections),
-                output_shape: info.output_shape.clone(),
-                confidence: config.model.confidence_threshold,
-                scoring: config.scoring.clone(),
+                inferer,
                 work_rx,
                 slot_tx,
                 handoff: Handoff {
@@ -400,8 +504,7 @@ struct Capture {
     heartbeat: Arc<Heartbeat>,
     camera: CameraConfig,
     source: Box<dyn FrameSource>,
-    preprocessor: Preprocessor,
-    meter: FrameMeter,
+    preparer: Preparer,
     live: bool,
     work_tx: Sender<Box<Slot>>,
     /// A second handle on the work queue, to drop the oldest frame when it is full.
@@ -464,26 +567,16 @@ impl Capture {
             self.acquired.fetch_add(1, Ordering::Relaxed);
             self.metrics.frames.fetch_add(1, Ordering::Relaxed);
 
-            let Slot {
-                frame,
-                tensor,
-                letterbox,
-                stats,
-            } = &mut *slot;
-            match self.preprocessor.letterbox(frame, tensor) {
-                Ok(lb) => *letterbox = lb,
-                Err(e) => {
-                    event::bad_frame(
-                        &self.metrics,
-                        &name,
-                        std::path::Path::new(&frame.origin),
-                        &e.to_string(),
-                    );
-                    spare = Some(slot);
-                    continue;
-                }
+            if let Err(e) = self.preparer.prepare(&mut slot) {
+                event::bad_frame(
+                    &self.metrics,
+                    &name,
+                    std::path::Path::new(&slot.frame.origin),
+                    &e.to_string(),
+                );
+                spare = Some(slot);
+                continue;
             }
-            *stats = self.meter.measure(frame);
             self.metrics.record(Stage::Preprocess, t1.elapsed());
 
             if self.live {
@@ -519,13 +612,8 @@ struct Inference {
     heartbeat: Arc<Heartbeat>,
     camera: String,
     camera_index: usize,
-    model: Arc<Mutex<Model>>,
-    runner: Runner,
-    decoder: Decoder,
-    detections: Vec<Detection>,
-    output_shape: Vec<usize>,
-    confidence: f32,
-    scoring: crate::config::ScoringConfig,
+    model: SharedModel,
+    inferer: Inferer,
     work_rx: Receiver<Box<Slot>>,
     slot_tx: Sender<Box<Slot>>,
     handoff: Handoff,
@@ -541,40 +629,22 @@ impl Inference {
         };
         while let Ok(mut slot) = self.work_rx.recv() {
             self.heartbeat.begin();
-            let t0 = Instant::now();
-            self.runner.input_mut().copy_from_slice(&slot.tensor);
-            self.model
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .run(&mut self.runner)
-                .map_err(|e| fail(e.to_string()))?;
-            let t1 = Instant::now();
-            self.metrics.record(Stage::Inference, t1 - t0);
-
-            self.decoder
-                .decode(
-                    self.runner.output(),
-                    &self.output_shape,
-                    &slot.letterbox,
-                    &mut self.detections,
-                )
-                .map_err(|e| fail(e.to_string()))?;
-            let t2 = Instant::now();
-            self.metrics.record(Stage::Decode, t2 - t1);
-
-            let scores = score::score(
-                &self.detections,
-                &slot.stats,
-                self.confidence,
-                &self.scoring,
-            );
-            let t3 = Instant::now();
-            self.metrics.record(Stage::Score, t3 - t2);
-
-            if scores.value >= self.scoring.min_value {
+            let scores = self
+                .inferer
+                .infer(&self.model, &slot, &self.metrics)
+                .map_err(&fail)?;
+            if self.inferer.is_candidate(&scores) {
+                let t0 = Instant::now();
                 self.metrics.candidates.fetch_add(1, Ordering::Relaxed);
-                self.hand_off(&mut slot, scores);
-                self.metrics.record(Stage::Handoff, t3.elapsed());
+                self.handoff.offer(
+                    &self.metrics,
+                    self.camera_index,
+                    &mut slot.frame,
+                    self.inferer.detections(),
+                    slot.stats,
+                    scores,
+                );
+                self.metrics.record(Stage::Handoff, t0.elapsed());
             }
             // The slot channel holds every slot of this camera, so this never blocks.
             let _ = self.slot_tx.try_send(slot);
@@ -582,28 +652,47 @@ impl Inference {
         }
         Ok(())
     }
-
-    fn hand_off(&mut self, slot: &mut Slot, scores: Scores) {
-        self.handoff.offer(
-            &self.metrics,
-            self.camera_index,
-            &mut slot.frame,
-            &self.detections,
-            slot.stats,
-            scores,
-        );
-    }
 }
 
 /// The inference side of the keeper boundary: a free list of candidates and the keeper
 /// queue. Nothing here blocks.
-struct Handoff {
+pub struct Handoff {
     free_rx: Receiver<Box<Candidate>>,
     free_tx: Sender<Box<Candidate>>,
     keep_tx: Sender<Box<Candidate>>,
 }
 
 impl Handoff {
+    /// A hand-off with `free` pooled candidates (buffers for `width × height` frames) and
+    /// a keeper queue of `queue`. Returns the keeper's ends: the queue to receive from
+    /// and the free list to return candidates to.
+    pub fn new(
+        free: usize,
+        queue: usize,
+        width: u32,
+        height: u32,
+        max_detections: usize,
+    ) -> (Handoff, Receiver<Box<Candidate>>, Sender<Box<Candidate>>) {
+        let (free_tx, free_rx) = bounded(free);
+        for _ in 0..free {
+            let _ = free_tx.try_send(Box::new(Candidate::with_capacity(
+                width,
+                height,
+                max_detections,
+            )));
+        }
+        let (keep_tx, keep_rx) = bounded(queue);
+        (
+            Handoff {
+                free_rx,
+                free_tx: free_tx.clone(),
+                keep_tx,
+            },
+            keep_rx,
+            free_tx,
+        )
+    }
+
     /// Give a candidate to the keeper without blocking: take a free candidate, swap the
     /// frame buffers (no pixel copy), `try_send`. Every failure is counted.
     fn offer(
@@ -733,21 +822,8 @@ mod tests {
     use super::*;
 
     fn handoff(free: usize, queue: usize) -> (Handoff, Receiver<Box<Candidate>>) {
-        let (free_tx, free_rx) = bounded(free);
-        for _ in 0..free {
-            free_tx
-                .try_send(Box::new(Candidate::with_capacity(4, 4, 4)))
-                .expect("fill free list");
-        }
-        let (keep_tx, keep_rx) = bounded(queue);
-        (
-            Handoff {
-                free_rx,
-                free_tx,
-                keep_tx,
-            },
-            keep_rx,
-        )
+        let (h, keep_rx, _free_tx) = Handoff::new(free, queue, 4, 4, 4);
+        (h, keep_rx)
     }
 
     fn frame(seq: u64) -> Frame {
