@@ -112,28 +112,25 @@ impl Decoder {
     /// Check that an output shape fits this decoder's layout and class count.
     pub fn check_shape(&self, shape: &[usize]) -> Result<(), DecodeError> {
         let nc = self.classes;
-        let (ok, expected) = match self.layout {
-            Layout::YoloV8 => (
-                shape.len() == 3 && shape[0] == 1 && shape[1] == 4 + nc,
-                format!("[1, {}, N] (yolov8, {nc} classes)", 4 + nc),
-            ),
-            Layout::YoloV5 => (
-                shape.len() == 3 && shape[0] == 1 && shape[2] == 5 + nc,
-                format!("[1, N, {}] (yolov5, {nc} classes)", 5 + nc),
-            ),
-            Layout::EndToEnd => (
-                shape.len() == 3 && shape[0] == 1 && shape[2] == 6,
-                "[1, N, 6] (end-to-end)".to_string(),
-            ),
+        let rank3 = shape.len() == 3 && shape[0] == 1;
+        let ok = match self.layout {
+            Layout::YoloV8 => rank3 && shape[1] == 4 + nc,
+            Layout::YoloV5 => rank3 && shape[2] == 5 + nc,
+            Layout::EndToEnd => rank3 && shape[2] == 6,
         };
         if ok {
-            Ok(())
-        } else {
-            Err(DecodeError::Shape {
-                shape: shape.to_vec(),
-                expected,
-            })
+            return Ok(());
         }
+        // Called on every frame: build the message only on failure.
+        let expected = match self.layout {
+            Layout::YoloV8 => format!("[1, {}, N] (yolov8, {nc} classes)", 4 + nc),
+            Layout::YoloV5 => format!("[1, N, {}] (yolov5, {nc} classes)", 5 + nc),
+            Layout::EndToEnd => "[1, N, 6] (end-to-end)".to_string(),
+        };
+        Err(DecodeError::Shape {
+            shape: shape.to_vec(),
+            expected,
+        })
     }
 
     /// Decode `output` (row-major, `shape`) into `out`, sorted by score, best first.

@@ -695,7 +695,7 @@ impl Handoff {
 
     /// Give a candidate to the keeper without blocking: take a free candidate, swap the
     /// frame buffers (no pixel copy), `try_send`. Every failure is counted.
-    fn offer(
+    pub fn offer(
         &self,
         metrics: &Metrics,
         camera: usize,

@@ -2,8 +2,6 @@
 //! frame (luma statistics, blur). Pure functions of their inputs; scratch buffers live
 //! in [`Preprocessor`] so the per-frame path allocates nothing after the first frame.
 
-use fast_image_resize::{self as fr, PixelType, images::Image, images::ImageRef};
-
 use crate::frame::Frame;
 
 /// How a frame was fitted into the model input: scaled by `scale`, then offset by the
@@ -80,35 +78,103 @@ impl Normalization {
     };
 }
 
-/// Letterboxes frames into an NCHW f32 tensor for one model input size.
+/// Letterboxes frames into an NCHW f32 tensor for one model input size, in one fused
+/// pass: separable resampling (area averaging when shrinking, like OpenCV's
+/// `INTER_AREA`; bilinear when enlarging), normalisation and planar packing.
+///
+/// Written by hand rather than with `fast_image_resize` because that crate recomputes
+/// its filter coefficients — about 500 small allocations — on every call; here the
+/// coefficients are computed once per frame size and every buffer is reused, so a
+/// frame costs no allocation.
 pub struct Preprocessor {
     input_w: u32,
     input_h: u32,
     fill: u8,
     norm: Normalization,
-    resizer: fr::Resizer,
-    /// Resized RGB8, `input_w × input_h × 3` at most.
-    resized: Vec<u8>,
-    /// Lookup tables pixel value → tensor value, per channel.
-    lut: [[f32; 256]; 3],
+    /// Per channel: tensor = pixel × scale + offset.
+    scale: [f32; 3],
+    offset: [f32; 3],
+    /// Coefficients for the current frame size → content size.
+    plan: Option<Plan>,
+    /// One vertically resampled row, `frame_w × 3`.
+    row: Vec<f32>,
+}
+
+/// Resampling weights along one axis: destination `i` reads `taps` source indexes from
+/// `start[i]` with `weights[i * taps..]`.
+#[derive(Debug, Clone, PartialEq)]
+struct Axis {
+    start: Vec<u32>,
+    weights: Vec<f32>,
+    taps: usize,
+}
+
+impl Axis {
+    fn new(src: u32, dst: u32) -> Axis {
+        let scale = src as f64 / dst as f64;
+        let mut spans: Vec<(u32, Vec<f32>)> = Vec::with_capacity(dst as usize);
+        for i in 0..dst {
+            let (first, w) = if scale >= 1.0 {
+                // Area: the destination pixel covers [i·s, (i+1)·s) of the source.
+                let (a, b) = (i as f64 * scale, (i + 1) as f64 * scale);
+                let first = a.floor() as u32;
+                let last = (b.ceil() as u32).min(src);
+                let w: Vec<f32> = (first..last)
+                    .map(|k| ((b.min(k as f64 + 1.0) - a.max(k as f64)) / scale) as f32)
+                    .collect();
+                (first, w)
+            } else {
+                // Bilinear between the two nearest source pixels.
+                let x = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+                let x0 = (x.floor() as u32).min(src - 1);
+                let frac = (x - x0 as f64) as f32;
+                if x0 + 1 < src {
+                    (x0, vec![1.0 - frac, frac])
+                } else {
+                    (x0, vec![1.0])
+                }
+            };
+            spans.push((first, w));
+        }
+        let taps = spans.iter().map(|(_, w)| w.len()).max().unwrap_or(1);
+        let mut start = Vec::with_capacity(dst as usize);
+        let mut weights = vec![0.0f32; dst as usize * taps];
+        for (i, (first, w)) in spans.into_iter().enumerate() {
+            // Keep every window inside the source by sliding it left at the far edge.
+            let window = first.min(src.saturating_sub(taps as u32));
+            let shift = (first - window) as usize;
+            start.push(window);
+            weights[i * taps + shift..i * taps + shift + w.len()].copy_from_slice(&w);
+        }
+        Axis {
+            start,
+            weights,
+            taps,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    src: (u32, u32),
+    dst: (u32, u32),
+    x: Axis,
+    y: Axis,
 }
 
 impl Preprocessor {
     pub fn new(input_w: u32, input_h: u32, fill: u8, norm: Normalization) -> Self {
-        let mut lut = [[0.0f32; 256]; 3];
-        for (c, table) in lut.iter_mut().enumerate() {
-            for (v, out) in table.iter_mut().enumerate() {
-                *out = (v as f32 / 255.0 - norm.mean[c]) / norm.std[c];
-            }
-        }
+        let scale = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
+        let offset = std::array::from_fn(|c| -norm.mean[c] / norm.std[c]);
         Self {
             input_w,
             input_h,
             fill,
             norm,
-            resizer: fr::Resizer::new(),
-            resized: vec![0; input_w as usize * input_h as usize * 3],
-            lut,
+            scale,
+            offset,
+            plan: None,
+            row: Vec::new(),
         }
     }
 
@@ -138,58 +204,78 @@ impl Preprocessor {
                 actual: tensor.len(),
             });
         }
-        if frame.width == 0
-            || frame.height == 0
-            || frame.rgb.len() < frame.width as usize * frame.height as usize * 3
-        {
+        let (fw, fh) = (frame.width, frame.height);
+        if fw == 0 || fh == 0 || frame.rgb.len() < fw as usize * fh as usize * 3 {
             return Err(PreprocessError::EmptyFrame);
         }
-        let lb = Letterbox::fit(frame.width, frame.height, self.input_w, self.input_h);
-        let (new_w, new_h) = lb.content_size(self.input_w, self.input_h);
-
-        let src = ImageRef::new(frame.width, frame.height, &frame.rgb, PixelType::U8x3)
-            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
-        let content = &mut self.resized[..new_w as usize * new_h as usize * 3];
-        if (new_w, new_h) == (frame.width, frame.height) {
-            content.copy_from_slice(&frame.rgb[..content.len()]);
-        } else {
-            let mut dst = Image::from_slice_u8(new_w, new_h, content, PixelType::U8x3)
-                .map_err(|e| PreprocessError::Resize(e.to_string()))?;
-            let options = fr::ResizeOptions::new()
-                .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
-            self.resizer
-                .resize(&src, &mut dst, &options)
-                .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        let lb = Letterbox::fit(fw, fh, self.input_w, self.input_h);
+        let (nw, nh) = lb.content_size(self.input_w, self.input_h);
+        if self
+            .plan
+            .as_ref()
+            .is_none_or(|p| p.src != (fw, fh) || p.dst != (nw, nh))
+        {
+            // New frame size: the only time this allocates.
+            self.plan = Some(Plan {
+                src: (fw, fh),
+                dst: (nw, nh),
+                x: Axis::new(fw, nw),
+                y: Axis::new(fh, nh),
+            });
+            self.row = vec![0.0; fw as usize * 3];
         }
+        let Some(plan) = &self.plan else {
+            return Err(PreprocessError::EmptyFrame);
+        };
 
-        // Pack into planar channels with padding, converting through the lookup table.
         let (iw, ih) = (self.input_w as usize, self.input_h as usize);
         let plane = iw * ih;
-        let (px, py) = (lb.pad_x as usize, lb.pad_y as usize);
-        let (nw, nh) = (new_w as usize, new_h as usize);
         let (r_plane, rest) = tensor.split_at_mut(plane);
         let (g_plane, b_plane) = rest.split_at_mut(plane);
-        let fill = [
-            self.lut[0][self.fill as usize],
-            self.lut[1][self.fill as usize],
-            self.lut[2][self.fill as usize],
-        ];
-        r_plane.fill(fill[0]);
-        g_plane.fill(fill[1]);
-        b_plane.fill(fill[2]);
-        let content = &self.resized[..nw * nh * 3];
-        for y in 0..nh {
-            let row = &content[y * nw * 3..(y + 1) * nw * 3];
-            let start = (y + py) * iw + px;
+        let fill = self.fill as f32;
+        r_plane.fill(fill * self.scale[0] + self.offset[0]);
+        g_plane.fill(fill * self.scale[1] + self.offset[1]);
+        b_plane.fill(fill * self.scale[2] + self.offset[2]);
+
+        let stride = fw as usize * 3;
+        let (px, py) = (lb.pad_x as usize, lb.pad_y as usize);
+        let row = &mut self.row;
+        for y in 0..nh as usize {
+            // Vertical pass: a weighted sum of source rows (contiguous, vectorises).
+            row.fill(0.0);
+            let first = plan.y.start[y] as usize;
+            for (k, &w) in plan.y.weights[y * plan.y.taps..(y + 1) * plan.y.taps]
+                .iter()
+                .enumerate()
+            {
+                if w == 0.0 {
+                    continue;
+                }
+                let src = &frame.rgb[(first + k) * stride..(first + k + 1) * stride];
+                for (acc, &v) in row.iter_mut().zip(src) {
+                    *acc += w * v as f32;
+                }
+            }
+            // Horizontal pass, normalise, and write the three planes.
+            let out = (y + py) * iw + px;
             let (r, g, b) = (
-                &mut r_plane[start..start + nw],
-                &mut g_plane[start..start + nw],
-                &mut b_plane[start..start + nw],
+                &mut r_plane[out..out + nw as usize],
+                &mut g_plane[out..out + nw as usize],
+                &mut b_plane[out..out + nw as usize],
             );
-            for (x, px) in row.chunks_exact(3).enumerate() {
-                r[x] = self.lut[0][px[0] as usize];
-                g[x] = self.lut[1][px[1] as usize];
-                b[x] = self.lut[2][px[2] as usize];
+            for x in 0..nw as usize {
+                let first = plan.x.start[x] as usize;
+                let weights = &plan.x.weights[x * plan.x.taps..(x + 1) * plan.x.taps];
+                let taps = &row[first * 3..(first + weights.len()) * 3];
+                let (mut sr, mut sg, mut sb) = (0.0f32, 0.0f32, 0.0f32);
+                for (w, p) in weights.iter().zip(taps.chunks_exact(3)) {
+                    sr += w * p[0];
+                    sg += w * p[1];
+                    sb += w * p[2];
+                }
+                r[x] = sr * self.scale[0] + self.offset[0];
+                g[x] = sg * self.scale[1] + self.offset[1];
+                b[x] = sb * self.scale[2] + self.offset[2];
             }
         }
         Ok(lb)
@@ -383,6 +469,58 @@ mod tests {
         let at = |c: usize, y: usize, x: usize| tensor[c * 64 * 64 + y * 64 + x];
         assert!(at(0, 32, 10) > 0.99 && at(2, 32, 10) < 0.01);
         assert!(at(2, 32, 54) > 0.99 && at(0, 32, 54) < 0.01);
+    }
+
+    #[test]
+    fn resampling_weights_sum_to_one_and_stay_inside_the_source() {
+        for (src, dst) in [
+            (1280, 320),
+            (720, 180),
+            (1000, 333),
+            (64, 64),
+            (100, 320),
+            (7, 3),
+            (1, 5),
+        ] {
+            let axis = Axis::new(src, dst);
+            assert_eq!(axis.start.len(), dst as usize);
+            for i in 0..dst as usize {
+                let w = &axis.weights[i * axis.taps..(i + 1) * axis.taps];
+                let sum: f32 = w.iter().sum();
+                assert!((sum - 1.0).abs() < 1e-5, "{src}->{dst} [{i}] sums to {sum}");
+                let last_used = w.iter().rposition(|v| *v != 0.0).unwrap_or(0);
+                assert!(
+                    axis.start[i] as usize + last_used < src as usize,
+                    "{src}->{dst} [{i}] reads past the edge"
+                );
+            }
+        }
+        // An exact 4× shrink averages blocks of four.
+        let axis = Axis::new(8, 2);
+        assert_eq!(
+            (axis.start.clone(), axis.weights.clone()),
+            (vec![0, 4], vec![0.25; 8])
+        );
+    }
+
+    #[test]
+    fn shrinking_averages_and_reallocates_only_on_size_change() {
+        // 4×2 frame of alternating black/white columns shrunk into 2×... : each output
+        // pixel averages one black and one white column.
+        let frame = frame_from(4, 4, |x, _| {
+            if x % 2 == 0 {
+                [0, 0, 0]
+            } else {
+                [255, 255, 255]
+            }
+        });
+        let mut pre = Preprocessor::new(2, 2, 0, Normalization::UNIT);
+        let mut tensor = vec![0.0; pre.tensor_len()];
+        pre.letterbox(&frame, &mut tensor).expect("letterbox");
+        assert!(tensor.iter().all(|v| (v - 0.5).abs() < 1e-6), "{tensor:?}");
+        let plan = pre.plan.clone();
+        pre.letterbox(&frame, &mut tensor).expect("again");
+        assert_eq!(pre.plan, plan);
     }
 
     #[test]
