@@ -39,6 +39,9 @@ enum Command {
         /// The config file to check.
         file: PathBuf,
     },
+    /// Benchmark the real pipeline against bare `session.run` and with capture on/off,
+    /// interleaved in one run; prints a table (or JSON).
+    Bench(BenchArgs),
     /// Export a labelled dataset (images, YOLO labels, perturbation tags) from the
     /// synthetic scene source.
     Synth(SynthArgs),
@@ -53,6 +56,28 @@ enum Command {
 enum ConfigCommand {
     /// Print the complete, commented default config.
     Default,
+}
+
+#[derive(Parser)]
+struct BenchArgs {
+    /// Config file (TOML). Without it the built-in defaults are used.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Model file (.onnx), overriding [model] path.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Benchmark on this directory of frames instead of the configured camera.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Frames per phase (pipeline, bare run, capture on, capture off).
+    #[arg(long, default_value_t = 300)]
+    frames: u64,
+    /// Interleaved rounds the frames are split over.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Parser)]
@@ -110,6 +135,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_pipeline(args),
         Command::Validate { file } => Ok(validate(&file)),
         Command::Synth(args) => synth(args),
+        Command::Bench(args) => bench(args),
         Command::Config {
             command: ConfigCommand::Default,
         } => {
@@ -151,6 +177,43 @@ fn validate(file: &Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let run_args = RunArgs {
+        config: args.config,
+        model: args.model,
+        replay: args.replay.clone(),
+        spool_dir: None,
+        max_frames: None,
+        duration_secs: None,
+        quiet: true,
+    };
+    let mut config = match run_config(&run_args) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if args.replay.is_some()
+        && let Some(SourceConfig::Replay(r)) = config.cameras.first_mut().map(|c| &mut c.source)
+    {
+        // Frames are split over rounds and phases: loop so every phase gets its share.
+        r.looping = true;
+    }
+    config.cameras.truncate(1);
+    let model = std::sync::Arc::new(std::sync::Mutex::new(load_model(&config)?));
+    let opts = crate::bench::BenchOptions {
+        frames: args.frames,
+        rounds: args.rounds,
+    };
+    let report = crate::bench::run(&config, model, &opts, |phase| {
+        tracing::info!("bench: {phase}")
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn synth(args: SynthArgs) -> anyhow::Result<ExitCode> {

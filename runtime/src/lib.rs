@@ -5,6 +5,7 @@
 //! writes them atomically to a spool for upload — without slowing the inference path.
 //! See ARCHITECTURE.md for the data flow and invariants.
 
+pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod config;

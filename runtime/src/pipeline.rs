@@ -223,6 +223,8 @@ pub struct Pipeline {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub elapsed: Duration,
+    /// From start to the last inference (excludes the final keeper flush).
+    pub inference_elapsed: Duration,
     pub frames: u64,
     pub inferred: u64,
     pub kept: u64,
@@ -235,8 +237,14 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Frames inferred per second of inference time (start to last inference).
     pub fn fps(&self) -> f64 {
-        let s = self.elapsed.as_secs_f64();
+        let s = if self.inference_elapsed.is_zero() {
+            self.elapsed
+        } else {
+            self.inference_elapsed
+        }
+        .as_secs_f64();
         if s > 0.0 {
             self.inferred as f64 / s
         } else {
@@ -339,6 +347,7 @@ impl Pipeline {
                     reason: e.to_string(),
                 })?;
             let inference = Inference {
+                epoch,
                 heartbeat: infer_beat,
                 camera: cam.name.clone(),
                 camera_index: index,
@@ -374,7 +383,7 @@ impl Pipeline {
         };
         threads.push(spawn("keeper".into(), move || keeper.run())?);
 
-        let started = Instant::now();
+        let started = epoch;
         if let Some(d) = limits.duration {
             let stop = stop.clone();
             let _ = std::thread::Builder::new()
@@ -466,6 +475,7 @@ impl std::ops::Drop for Pipeline {
 pub fn summarize(m: &Metrics, elapsed: Duration) -> Summary {
     Summary {
         elapsed,
+        inference_elapsed: Duration::from_nanos(m.inference_done_ns.load(Ordering::Relaxed)),
         frames: m.frames.load(Ordering::Relaxed),
         inferred: m.stage(Stage::Inference).count(),
         kept: m.kept.load(Ordering::Relaxed),
@@ -609,6 +619,7 @@ impl Capture {
 // Inference → decode → score → hand-off.
 
 struct Inference {
+    epoch: Instant,
     heartbeat: Arc<Heartbeat>,
     camera: String,
     camera_index: usize,
@@ -650,6 +661,10 @@ impl Inference {
             let _ = self.slot_tx.try_send(slot);
             self.heartbeat.end();
         }
+        let done = self.epoch.elapsed().as_nanos() as u64;
+        self.metrics
+            .inference_done_ns
+            .fetch_max(done, Ordering::Relaxed);
         Ok(())
     }
 }

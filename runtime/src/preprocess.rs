@@ -307,10 +307,12 @@ pub struct FrameStats {
 /// blur as well as full resolution at a sixteenth of the cost.
 pub const STATS_DOWNSCALE: usize = 4;
 
-/// Measures frames; holds the downscaled-luma scratch buffer.
+/// Measures frames; holds the scratch buffers.
 #[derive(Default)]
 pub struct FrameMeter {
     luma: Vec<f32>,
+    /// Sum of `STATS_DOWNSCALE` source rows, per byte (contiguous, so it vectorises).
+    rows: Vec<u16>,
 }
 
 impl FrameMeter {
@@ -323,22 +325,35 @@ impl FrameMeter {
         }
         self.luma.clear();
         self.luma.resize(sw * sh, 0.0);
-        // Box-average k×k blocks of BT.601 luma.
-        let inv = 1.0 / (k * k) as f32;
+        let span = sw * k * 3;
+        self.rows.clear();
+        self.rows.resize(span, 0);
+        // Box-average k×k blocks of BT.601 luma: integer row sums first (k × 255 fits a
+        // u16), then per block the three channel sums, weighted once.
+        let weight = [
+            0.299 / (k * k) as f32,
+            0.587 / (k * k) as f32,
+            0.114 / (k * k) as f32,
+        ];
         for sy in 0..sh {
-            let out = &mut self.luma[sy * sw..(sy + 1) * sw];
+            self.rows.fill(0);
             for dy in 0..k {
-                let row = &frame.rgb[((sy * k + dy) * w) * 3..((sy * k + dy) * w + sw * k) * 3];
-                for (sx, block) in row.chunks_exact(3 * k).enumerate() {
-                    let mut acc = 0.0f32;
-                    for p in block.chunks_exact(3) {
-                        acc += 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
-                    }
-                    out[sx] += acc;
+                let start = (sy * k + dy) * w * 3;
+                for (acc, &v) in self.rows.iter_mut().zip(&frame.rgb[start..start + span]) {
+                    *acc += u16::from(v);
                 }
             }
-            for v in out.iter_mut() {
-                *v *= inv;
+            let out = &mut self.luma[sy * sw..(sy + 1) * sw];
+            for (o, block) in out.iter_mut().zip(self.rows.chunks_exact(3 * k)) {
+                let mut rgb = [0u32; 3];
+                for p in block.chunks_exact(3) {
+                    rgb[0] += u32::from(p[0]);
+                    rgb[1] += u32::from(p[1]);
+                    rgb[2] += u32::from(p[2]);
+                }
+                *o = weight[0] * rgb[0] as f32
+                    + weight[1] * rgb[1] as f32
+                    + weight[2] * rgb[2] as f32;
             }
         }
         let n = (sw * sh) as f64;
@@ -571,5 +586,38 @@ mod tests {
         assert_eq!(laplacian_variance(&[7.0; 25], 5, 5), 0.0);
         let ramp: Vec<f32> = (0..25).map(|i| (i % 5) as f32 * 3.0).collect();
         assert!(laplacian_variance(&ramp, 5, 5) < 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// `cargo test --release -p framesift --lib preprocess::timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing; run in release"]
+    fn letterbox_and_measure_1280x720() {
+        let mut frame = Frame::with_capacity(1280, 720);
+        frame.set_size(1280, 720);
+        for (i, v) in frame.rgb.iter_mut().enumerate() {
+            *v = (i * 7 % 251) as u8;
+        }
+        let mut pre = Preprocessor::new(320, 320, 114, Normalization::UNIT);
+        let mut tensor = vec![0.0; pre.tensor_len()];
+        let mut meter = FrameMeter::default();
+        for _ in 0..5 {
+            pre.letterbox(&frame, &mut tensor).expect("letterbox");
+        }
+        let n = 50;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            pre.letterbox(&frame, &mut tensor).expect("letterbox");
+        }
+        let lb = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            meter.measure(&frame);
+        }
+        eprintln!("letterbox {:?}  measure {:?}", lb, t.elapsed() / n);
     }
 }

@@ -153,3 +153,43 @@ fn a_missing_model_file_is_named() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn bench_reports_ratios_measured_in_one_run() {
+    let out = run_ok(&mut framesift(&[
+        "bench", "--frames", "8", "--rounds", "2", "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in [
+        "pipeline_fps",
+        "bare_fps",
+        "pipeline_vs_bare",
+        "capture_p99_ratio",
+        "peak_rss_mib",
+        "cpu_cores_used",
+    ] {
+        let v = report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {report}"));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert_eq!(report["board"]["frames_per_phase"], 8);
+    assert_eq!(report["board"]["intra_threads"], 2);
+    let stages: Vec<&str> = report["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["stage"].as_str().expect("name"))
+        .collect();
+    for stage in ["acquire", "preprocess", "inference", "decode+nms", "score"] {
+        assert!(stages.contains(&stage), "{stage} missing from {stages:?}");
+    }
+    let table = run_ok(&mut framesift(&["bench", "--frames", "4", "--rounds", "1"]));
+    let table = text(&table.stdout);
+    assert!(
+        table.contains("pipeline_vs_bare")
+            && table.contains("capture_p99_ratio")
+            && table.contains("p99 ms"),
+        "{table}"
+    );
+}

@@ -1,0 +1,408 @@
+//! `framesift bench`: the real pipeline measured against its baselines in one run.
+//!
+//! Phases are interleaved round by round — pipeline, bare `session.run`, capture on,
+//! capture off — so a noisy shared machine slows each of them alike and the ratios
+//! stay meaningful:
+//! - `pipeline_vs_bare`: pipeline fps ÷ fps of a bare loop of `run` on the same
+//!   pre-made input tensors, same session and threads;
+//! - `capture_p99_ratio`: inference p99 when every frame is handed to the keeper ÷
+//!   inference p99 when none is.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{
+    config::Config,
+    metrics::{Histogram, Metrics, Stage},
+    pipeline::{Inferer, Limits, Pipeline, Preparer, SharedModel, Slot},
+    source::Next,
+};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Frames per phase, split over the rounds.
+    pub frames: u64,
+    pub rounds: u32,
+}
+
+/// Facts about the board and the run, printed as the table header.
+#[derive(Debug, Clone, Serialize)]
+pub struct Board {
+    pub cpu: String,
+    pub cores: usize,
+    pub arch: &'static str,
+    pub ort_version: String,
+    pub intra_threads: usize,
+    pub model: String,
+    pub input: String,
+    pub source: String,
+    pub frames_per_phase: u64,
+    pub rounds: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRow {
+    pub stage: &'static str,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub board: Board,
+    pub stages: Vec<StageRow>,
+    pub pipeline_fps: f64,
+    pub bare_fps: f64,
+    pub pipeline_vs_bare: f64,
+    pub bare_p50_ms: f64,
+    pub capture_on_inference_p99_ms: f64,
+    pub capture_off_inference_p99_ms: f64,
+    pub capture_p99_ratio: f64,
+    /// CPU time of the process ÷ wall time during pipeline phases, in cores.
+    pub cpu_cores_used: f64,
+    pub peak_rss_mib: f64,
+    /// Resident set growth from the end of the first round to the end of the last.
+    pub rss_growth_kib: i64,
+    pub dropped: u64,
+}
+
+pub fn run(
+    config: &Config,
+    model: SharedModel,
+    opts: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(
+        opts.rounds >= 1 && opts.frames >= opts.rounds as u64,
+        "--frames must be at least --rounds"
+    );
+    let per_round = opts.frames / opts.rounds as u64;
+    let info = model.lock().unwrap_or_else(|p| p.into_inner()).info.clone();
+    let spool = tempdir()?;
+
+    // The bench's configs: the user's, writing to a scratch spool, keep windows long
+    // enough that no spool write happens while inference is measured.
+    let mut base = config.clone();
+    base.spool.dir = spool.clone();
+    base.keep.window_secs = 3600.0;
+    let mut capture_on = base.clone();
+    capture_on.scoring.min_value = 0.0;
+    let mut capture_off = base.clone();
+    capture_off.scoring.min_value = f32::INFINITY;
+
+    // Pre-made input tensors for the bare loop: the first frames of the same source.
+    let tensors = premade_tensors(&base, &model, per_round.min(32) as usize)?;
+
+    let pipeline_metrics = Metrics::default();
+    let (bare, on, off) = (
+        Histogram::default(),
+        Histogram::default(),
+        Histogram::default(),
+    );
+    let (mut pipeline_frames, mut pipeline_time, mut bare_frames, mut bare_time) =
+        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    let mut cpu_secs = 0.0;
+    let mut dropped = 0;
+    let mut rss_after_first = 0i64;
+
+    let mut inferer = Inferer::new(&model.lock().unwrap_or_else(|p| p.into_inner()), &base)?;
+    for round in 0..opts.rounds {
+        progress(&format!("round {}/{}: pipeline", round + 1, opts.rounds));
+        let cpu0 = process_cpu_secs();
+        let (metrics, elapsed) = run_pipeline(&base, &model, per_round)?;
+        cpu_secs += process_cpu_secs() - cpu0;
+        pipeline_frames += metrics.stage(Stage::Inference).count();
+        pipeline_time += elapsed;
+        dropped += metrics.total_drops();
+        for stage in Stage::ALL {
+            pipeline_metrics.stage(stage).merge(metrics.stage(stage));
+        }
+
+        progress(&format!(
+            "round {}/{}: bare session.run",
+            round + 1,
+            opts.rounds
+        ));
+        let t0 = Instant::now();
+        for i in 0..per_round as usize {
+            let runner = inferer.runner_mut();
+            runner
+                .input_mut()
+                .copy_from_slice(&tensors[i % tensors.len()]);
+            let t = Instant::now();
+            model
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .run(runner)?;
+            bare.record(t.elapsed());
+        }
+        bare_time += t0.elapsed();
+        bare_frames += per_round;
+
+        progress(&format!("round {}/{}: capture on", round + 1, opts.rounds));
+        let (m, _) = run_pipeline(&capture_on, &model, per_round)?;
+        on.merge(m.stage(Stage::Inference));
+        progress(&format!("round {}/{}: capture off", round + 1, opts.rounds));
+        let (m, _) = run_pipeline(&capture_off, &model, per_round)?;
+        off.merge(m.stage(Stage::Inference));
+        if round == 0 {
+            rss_after_first = rss_kib("VmRSS:");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&spool);
+
+    let pipeline_fps = pipeline_frames as f64 / pipeline_time.as_secs_f64().max(1e-9);
+    let bare_fps = bare_frames as f64 / bare_time.as_secs_f64().max(1e-9);
+    let (on_p99, off_p99) = (on.quantile_ms(0.99), off.quantile_ms(0.99));
+    Ok(BenchReport {
+        board: Board {
+            cpu: cpu_model(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            arch: std::env::consts::ARCH,
+            ort_version: ort_version(
+                &crate::model::environment(None)
+                    .map(|(_, p)| p)
+                    .unwrap_or_default(),
+            ),
+            intra_threads: config.model.intra_threads,
+            model: format!("{} {} ({})", info.id, info.version, info.origin),
+            input: format!("{}x{}", info.input_width, info.input_height),
+            source: source_name(config),
+            frames_per_phase: per_round * opts.rounds as u64,
+            rounds: opts.rounds,
+        },
+        stages: Stage::ALL
+            .iter()
+            .map(|s| {
+                let h = pipeline_metrics.stage(*s);
+                StageRow {
+                    stage: s.name(),
+                    count: h.count(),
+                    p50_ms: h.quantile_ms(0.5),
+                    p95_ms: h.quantile_ms(0.95),
+                    p99_ms: h.quantile_ms(0.99),
+                }
+            })
+            .filter(|r| r.count > 0)
+            .collect(),
+        pipeline_fps,
+        bare_fps,
+        pipeline_vs_bare: pipeline_fps / bare_fps.max(1e-9),
+        bare_p50_ms: bare.quantile_ms(0.5),
+        capture_on_inference_p99_ms: on_p99,
+        capture_off_inference_p99_ms: off_p99,
+        capture_p99_ratio: on_p99 / off_p99.max(1e-9),
+        cpu_cores_used: cpu_secs / pipeline_time.as_secs_f64().max(1e-9),
+        peak_rss_mib: rss_kib("VmHWM:") as f64 / 1024.0,
+        rss_growth_kib: rss_kib("VmRSS:") - rss_after_first,
+        dropped,
+    })
+}
+
+fn source_name(config: &Config) -> String {
+    use crate::config::SourceConfig;
+    match config.cameras.first().map(|c| &c.source) {
+        Some(SourceConfig::Synthetic(c)) => format!(
+            "synthetic {}x{} raw RGB ({})",
+            c.width,
+            c.height,
+            c.split.name()
+        ),
+        Some(SourceConfig::Replay(c)) => format!("replay {}", c.dir.display()),
+        Some(SourceConfig::V4l2(c)) => format!(
+            "v4l2 {} {}x{} {}",
+            c.device,
+            c.width,
+            c.height,
+            c.format.name()
+        ),
+        None => "none".into(),
+    }
+}
+
+fn run_pipeline(
+    config: &Config,
+    model: &SharedModel,
+    frames: u64,
+) -> anyhow::Result<(Arc<Metrics>, Duration)> {
+    let pipeline = Pipeline::start(
+        config,
+        model.clone(),
+        Limits {
+            max_frames: Some(frames),
+            duration: None,
+        },
+    )?;
+    let metrics = pipeline.metrics().clone();
+    let summary = pipeline.join()?;
+    Ok((metrics, summary.inference_elapsed))
+}
+
+fn premade_tensors(
+    config: &Config,
+    model: &SharedModel,
+    count: usize,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let info = model.lock().unwrap_or_else(|p| p.into_inner()).info.clone();
+    let camera = config
+        .cameras
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no camera configured"))?;
+    let mut source = camera.source.build()?;
+    let mut preparer = Preparer::new(&info);
+    let (w, h) = camera.source.frame_size();
+    let mut slot = Slot::new(w, h, 3 * (info.input_width * info.input_height) as usize);
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        match source.next_frame(&mut slot.frame) {
+            Ok(Next::Frame) => {
+                if preparer.prepare(&mut slot).is_ok() {
+                    out.push(slot.tensor.clone());
+                }
+            }
+            Ok(Next::End) => break,
+            Err(e) if e.is_fatal() => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "the source gave no usable frame");
+    Ok(out)
+}
+
+fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("framesift-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A line of /proc/self/status in KiB (`VmRSS:`, `VmHWM:`); 0 when unavailable.
+fn rss_kib(key: &str) -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of this process.
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    field("model name")
+        .or_else(|| {
+            std::fs::read_to_string("/proc/device-tree/model")
+                .ok()
+                .map(|s| s.trim_end_matches('\0').to_string())
+        })
+        .or_else(|| field("CPU part").map(|p| format!("ARM CPU part {p}")))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The loaded library's version, from its build info or its file name.
+fn ort_version(library: &std::path::Path) -> String {
+    let info = ort::info();
+    if let Some(v) = info
+        .split([',', ' '])
+        .find_map(|part| part.strip_prefix("git-branch=rel-"))
+    {
+        return v.to_string();
+    }
+    let real = std::fs::canonicalize(library).unwrap_or_else(|_| library.to_path_buf());
+    let name = real
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.strip_prefix("libonnxruntime.so.") {
+        Some(v) => v.to_string(),
+        None => format!("unknown ({})", real.display()),
+    }
+}
+
+impl BenchReport {
+    /// The table a person pastes into an issue.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let b = &self.board;
+        let mut s = String::new();
+        let _ = writeln!(s, "framesift bench");
+        let _ = writeln!(s, "  cpu        {} ({} cores, {})", b.cpu, b.cores, b.arch);
+        let _ = writeln!(
+            s,
+            "  onnxruntime {}, {} intra-op threads",
+            b.ort_version, b.intra_threads
+        );
+        let _ = writeln!(s, "  model      {}, input {}", b.model, b.input);
+        let _ = writeln!(
+            s,
+            "  source     {}, {} frames per phase in {} interleaved rounds",
+            b.source, b.frames_per_phase, b.rounds
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "  stage               count    p50 ms    p95 ms    p99 ms"
+        );
+        for r in &self.stages {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>8} {:>9.3} {:>9.3} {:>9.3}",
+                r.stage, r.count, r.p50_ms, r.p95_ms, r.p99_ms
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "  pipeline           {:8.1} fps   (CPU {:.2} cores, dropped {})",
+            self.pipeline_fps, self.cpu_cores_used, self.dropped
+        );
+        let _ = writeln!(
+            s,
+            "  bare session.run   {:8.1} fps   (p50 {:.3} ms)",
+            self.bare_fps, self.bare_p50_ms
+        );
+        let _ = writeln!(s, "  pipeline_vs_bare   {:8.3}", self.pipeline_vs_bare);
+        let _ = writeln!(
+            s,
+            "  capture_p99_ratio  {:8.3}       (inference p99 {:.3} ms capturing every frame / {:.3} ms capturing none)",
+            self.capture_p99_ratio,
+            self.capture_on_inference_p99_ms,
+            self.capture_off_inference_p99_ms
+        );
+        let _ = writeln!(
+            s,
+            "  peak RSS           {:8.1} MiB   (growth after round 1: {} KiB)",
+            self.peak_rss_mib, self.rss_growth_kib
+        );
+        s
+    }
+}
