@@ -260,3 +260,47 @@ fn tells_systemd_it_is_ready_and_feeds_the_watchdog() {
         "a 1 s watchdog over a 3 s run is fed every 250 ms: {messages:?}"
     );
 }
+
+#[test]
+fn several_cameras_share_the_model_and_the_spool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).expect("mkdir");
+    for i in 0..6 {
+        write_jpeg(&frames.join(format!("f{i}.jpg")), 320, 240, i);
+    }
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[scoring]\nmin_value = 0.0\n\n[[camera]]\nname = \"front\"\ntype = \"synthetic\"\nwidth = 640\nheight = 360\nseed = 3\n\n[[camera]]\nname = \"back\"\ntype = \"replay\"\ndir = \"{}\"\n",
+            frames.display()
+        ),
+    )
+    .expect("config");
+    let spool = dir.path().join("spool");
+    let out = run_ok(&mut framesift(&[
+        "run",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--spool-dir",
+        spool.to_str().expect("utf8"),
+        "--max-frames",
+        "30",
+    ]));
+    let entries = spool_entries(&spool);
+    let cameras: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .map(|s| s["camera"].as_str().expect("camera"))
+        .collect();
+    assert_eq!(
+        cameras.into_iter().collect::<Vec<_>>(),
+        ["back", "front"],
+        "{}",
+        text(&out.stdout)
+    );
+    for s in &entries {
+        let expected = if s["camera"] == "front" { 640 } else { 320 };
+        assert_eq!(s["frame"]["width"], expected);
+    }
+}
