@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# framesift vs the Python loop a team would otherwise write (benches/python_baseline.py):
+# same JPEG frames, same model, same ONNX Runtime version and intra-op thread count,
+# interleaved round by round so a loaded machine slows both alike. Prints each round's
+# fps and the median ratio framesift / python.
+#
+#   benches/compare-python.sh                 # 200 frames, 3 rounds, 2 threads
+#   FRAMES=100 ROUNDS=3 THREADS=1 MODEL=/path/to/yolov8n-640.onnx benches/compare-python.sh
+#
+# Environment (all optional):
+#   FRAMES   frames per run (default 200)           ROUNDS   interleaved rounds (default 3)
+#   THREADS  intra-op threads, both sides (2)        MODEL    ONNX model (../shared/models/yolov8n-320.onnx)
+#   VENV     Python venv (target/pybench-venv)       WORK     scratch dir (target/pybench)
+#   INTERP   python letterbox resize: linear (cv2.INTER_LINEAR, default) or area
+#   FRAMESIFT  framesift binary (target/release/framesift; built if missing, or always with REBUILD=1)
+#   ORT_DYLIB_PATH  libonnxruntime.so for framesift (default target/ort/<arch>/libonnxruntime.so)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+FRAMES=${FRAMES:-200}
+ROUNDS=${ROUNDS:-3}
+THREADS=${THREADS:-2}
+INTERP=${INTERP:-linear}
+MODEL=${MODEL:-$root/../shared/models/yolov8n-320.onnx}
+VENV=${VENV:-$root/target/pybench-venv}
+WORK=${WORK:-$root/target/pybench}
+FRAMESIFT=${FRAMESIFT:-$root/target/release/framesift}
+arch=$(uname -m)
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$root/target/ort/$arch/libonnxruntime.so}
+
+# Pinned so both sides run the same ONNX Runtime (framesift loads 1.31.1 from the
+# official wheel, see cross/fetch-ort.sh).
+PY_PINS=(onnxruntime==1.31.1 opencv-python-headless==5.0.0.93 numpy==2.4.6)
+
+say() { echo "compare-python: $*" >&2; }
+
+[[ -f $MODEL ]] || { say "model $MODEL not found (set MODEL)"; exit 1; }
+[[ -f $ORT_DYLIB_PATH ]] || { say "ONNX Runtime library $ORT_DYLIB_PATH not found (run cross/fetch-ort.sh $arch or set ORT_DYLIB_PATH)"; exit 1; }
+
+# (a) Python environment.
+if ! "$VENV/bin/python" -c 'import onnxruntime, cv2, numpy' 2>/dev/null; then
+    say "creating $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet "${PY_PINS[@]}"
+fi
+py="$VENV/bin/python"
+
+# framesift binary.
+if [[ ! -x $FRAMESIFT || ${REBUILD:-0} == 1 ]]; then
+    say "building framesift (release)"
+    cargo build --release --locked -p framesift --bin framesift
+fi
+
+# (b) Frames: synthetic store scenes, 1280x720, re-encoded as JPEG q90 (a typical MJPEG
+# camera; `framesift synth` itself writes q95).
+frames="$WORK/frames-$FRAMES"
+if [[ ! -f $frames/.done ]]; then
+    rm -rf "$frames" "$WORK/synth-$FRAMES"
+    say "generating $FRAMES frames"
+    "$FRAMESIFT" synth --out "$WORK/synth-$FRAMES" --frames "$FRAMES" --split store --seed 5 \
+        --width 1280 --height 720 >&2
+    mkdir -p "$frames"
+    "$py" - "$WORK/synth-$FRAMES/images" "$frames" <<'EOF'
+import os, sys, cv2
+src, dst = sys.argv[1:3]
+for name in sorted(os.listdir(src)):
+    img = cv2.imread(os.path.join(src, name))
+    cv2.imwrite(os.path.join(dst, name), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+EOF
+    rm -rf "$WORK/synth-$FRAMES"
+    touch "$frames/.done"
+fi
+
+# (d) framesift config: only the thread count differs from the defaults.
+config="$WORK/framesift-threads-$THREADS.toml"
+printf '[model]\nintra_threads = %s\n' "$THREADS" >"$config"
+
+run_python() {
+    "$py" "$root/benches/python_baseline.py" --frames-dir "$frames" --model "$MODEL" \
+        --threads "$THREADS" --frames "$FRAMES" --interp "$INTERP" --out-dir "$WORK/python-kept" \
+        | "$py" -c 'import json,sys; print("%.2f" % json.load(sys.stdin)["fps"])'
+}
+
+run_framesift() {
+    local spool="$WORK/framesift-spool"
+    rm -rf "$spool"
+    # The summary line: "frames      N acquired, N inferred in X s (Y fps)".
+    "$FRAMESIFT" run --config "$config" --replay "$frames" --model "$MODEL" \
+        --spool-dir "$spool" --quiet 2>/dev/null \
+        | sed -n 's/.*inferred in .* s (\([0-9.]*\) fps).*/\1/p'
+}
+
+say "$FRAMES frames, $ROUNDS rounds, $THREADS intra-op threads, model $MODEL"
+say "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+py_fps=() fs_fps=()
+for ((r = 1; r <= ROUNDS; r++)); do
+    say "round $r/$ROUNDS: python"
+    fps=$(run_python)
+    [[ -n $fps ]] || { say "python baseline failed"; exit 1; }
+    py_fps+=("$fps")
+    say "round $r/$ROUNDS: framesift"
+    fps=$(run_framesift)
+    [[ -n $fps ]] || { say "framesift run failed (rerun without 2>/dev/null to see why)"; exit 1; }
+    fs_fps+=("$fps")
+done
+
+echo
+echo "framesift vs Python baseline: $FRAMES JPEG q90 frames 1280x720, $(basename "$MODEL"), $THREADS intra-op threads, python resize $INTERP"
+echo "  $("$py" -c 'import onnxruntime as o, cv2, numpy as n; print(f"python: onnxruntime {o.__version__}, opencv {cv2.__version__}, numpy {n.__version__}")')"
+echo "  framesift: $("$FRAMESIFT" --version), $ORT_DYLIB_PATH"
+echo "  cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') ($(nproc) cores), load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+printf '  %-6s %12s %15s %8s\n' round "python fps" "framesift fps" ratio
+ratios=()
+for ((i = 0; i < ROUNDS; i++)); do
+    ratio=$(awk -v a="${fs_fps[i]}" -v b="${py_fps[i]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }')
+    ratios+=("$ratio")
+    printf '  %-6s %12s %15s %8s\n' $((i + 1)) "${py_fps[i]}" "${fs_fps[i]}" "$ratio"
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+echo
+echo "  median  python $(median "${py_fps[@]}") fps, framesift $(median "${fs_fps[@]}") fps, ratio framesift/python $(median "${ratios[@]}")"
