@@ -426,6 +426,8 @@ impl Model {
             .map_err(|e| session_err(e.into()))?
             .with_inter_threads(1)
             .map_err(|e| session_err(e.into()))?
+            .with_intra_op_spinning(config.intra_spinning)
+            .map_err(|e| session_err(e.into()))?
             .with_optimization_level(level)
             .map_err(|e| session_err(e.into()))?
             .commit_from_memory(&file.bytes)
