@@ -230,6 +230,8 @@ def evaluate_dataset(session, data: Path, names: list[str], limit: int | None = 
         "frames": len(frames),
         "objects": int(sum(n_gts)),
         "map50": m,
+        # COCO-style thresholds 0.50:0.05:0.95, same VOC AP: how tight the boxes are.
+        "map50_95": float(np.mean([mean_ap(frames, nc, t)[0] for t in np.arange(0.5, 0.96, 0.05)])),
         "per_class": {names[c]: {"ap50": aps[c], "objects": n_gts[c]} for c in range(nc)},
     }
     tags = read_tags(data)
@@ -249,7 +251,8 @@ def evaluate_dataset(session, data: Path, names: list[str], limit: int | None = 
 
 
 def format_result(name: str, r: dict) -> str:
-    lines = [f"{name}: mAP@0.5 = {r['map50']:.3f} ({r['frames']} frames, {r['objects']} objects)"]
+    lines = [f"{name}: mAP@0.5 = {r['map50']:.3f}, mAP@0.5:0.95 = {r['map50_95']:.3f} "
+             f"({r['frames']} frames, {r['objects']} objects)"]
     lines.append("  per class: " + ", ".join(
         f"{k} {v['ap50']:.3f}" for k, v in r["per_class"].items()))
     for t, v in r.get("per_tag", {}).items():

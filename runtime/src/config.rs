@@ -277,7 +277,7 @@ impl Default for RawModel {
             path: String::new(),
             ort_library: String::new(),
             intra_threads: 2,
-            intra_spinning: true,
+            intra_spinning: false,
             optimization_level: OptimizationLevel::All,
             confidence_threshold: 0.25,
             iou_threshold: 0.45,
