@@ -26,8 +26,8 @@ use crate::{
 };
 
 /// The detector built into the binary, so `framesift run` works with no files at all.
-pub const EMBEDDED_MODEL: &[u8] = include_bytes!("../../models/standin/model.onnx");
-pub const EMBEDDED_MANIFEST: &str = include_str!("../../models/standin/model.toml");
+pub const EMBEDDED_MODEL: &[u8] = include_bytes!("../../models/detector/model.onnx");
+pub const EMBEDDED_MANIFEST: &str = include_str!("../../models/detector/model.toml");
 
 /// ONNX Runtime version this build is tested against (the PyPI `onnxruntime` wheel).
 pub const ORT_VERSION: &str = "1.31.1";

@@ -102,7 +102,7 @@ fn no_camera_is_a_clear_error() {
 #[test]
 fn a_model_that_does_not_match_its_manifest_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let standin = crate::workspace().join("models/standin");
+    let standin = crate::workspace().join("models/detector");
     std::fs::copy(standin.join("model.onnx"), dir.path().join("model.onnx")).expect("copy");
     let manifest = std::fs::read_to_string(standin.join("model.toml")).expect("manifest");
     let tampered = manifest

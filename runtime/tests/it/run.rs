@@ -79,7 +79,7 @@ fn default_run_keeps_frames_with_complete_sidecars() {
     );
     for s in &entries {
         assert_eq!(s["camera"], "cam0");
-        assert_eq!(s["model"]["id"], "framesift-standin");
+        assert_eq!(s["model"]["id"], "framesift-products");
         assert_eq!(s["frame"]["width"], 1280);
         assert_eq!(s["image"]["encoding"], "encoded");
         let value = s["scores"]["value"].as_f64().expect("value");

@@ -4,7 +4,7 @@ Each model ignores its pixels (the output is a constant plus 0 x mean(input), so
 input is used) and returns hand-written candidate boxes, so the tests can check decoding,
 NMS and the letterbox mapping against hand-computed numbers.
 
-    pip install -r models/standin/requirements.txt
+    pip install -r runtime/tests/data/models/requirements.txt
     python3 runtime/tests/data/models/make_models.py
 
 Input: images [1, 3, 64, 64]. Class names: ["a", "b"].
