@@ -58,17 +58,24 @@ enum ConfigCommand {
     Default,
 }
 
-#[derive(Parser)]
-struct BenchArgs {
+/// What to run on: shared by `run` and `bench`.
+#[derive(clap::Args)]
+struct Inputs {
     /// Config file (TOML). Without it the built-in defaults are used.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Model file (.onnx), overriding [model] path.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Benchmark on this directory of frames instead of the configured camera.
+    /// Replace the configured cameras with one replay camera reading this directory.
     #[arg(long)]
     replay: Option<PathBuf>,
+}
+
+#[derive(Parser)]
+struct BenchArgs {
+    #[command(flatten)]
+    inputs: Inputs,
     /// Frames per phase (pipeline, bare run, capture on, capture off).
     #[arg(long, default_value_t = 300)]
     frames: u64,
@@ -104,15 +111,8 @@ struct SynthArgs {
 
 #[derive(Parser)]
 struct RunArgs {
-    /// Config file (TOML). Without it the built-in defaults are used.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Model file (.onnx), overriding [model] path.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Replace the configured cameras with one replay camera reading this directory.
-    #[arg(long)]
-    replay: Option<PathBuf>,
+    #[command(flatten)]
+    inputs: Inputs,
     /// Spool directory, overriding [spool] dir.
     #[arg(long)]
     spool_dir: Option<PathBuf>,
@@ -180,10 +180,9 @@ fn validate(file: &Path) -> ExitCode {
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let replay = args.inputs.replay.is_some();
     let run_args = RunArgs {
-        config: args.config,
-        model: args.model,
-        replay: args.replay.clone(),
+        inputs: args.inputs,
         spool_dir: None,
         max_frames: None,
         duration_secs: None,
@@ -193,7 +192,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    if args.replay.is_some()
+    if replay
         && let Some(SourceConfig::Replay(r)) = config.cameras.first_mut().map(|c| &mut c.source)
     {
         // Frames are split over rounds and phases: loop so every phase gets its share.
@@ -269,20 +268,20 @@ fn synth(args: SynthArgs) -> anyhow::Result<ExitCode> {
 
 /// The config for a run: the file (or defaults) with command-line overrides applied.
 fn run_config(args: &RunArgs) -> Result<Config, ExitCode> {
-    let mut config = match &args.config {
+    let mut config = match &args.inputs.config {
         Some(path) => Config::load(path).map_err(|e| {
             eprintln!("{e}");
             ExitCode::from(2)
         })?,
         None => Config::default(),
     };
-    if let Some(model) = &args.model {
+    if let Some(model) = &args.inputs.model {
         config.model.path = Some(model.clone());
     }
     if let Some(dir) = &args.spool_dir {
         config.spool.dir = dir.clone();
     }
-    if let Some(dir) = &args.replay {
+    if let Some(dir) = &args.inputs.replay {
         config.cameras = vec![CameraConfig {
             name: "replay".into(),
             source: SourceConfig::Replay(ReplayConfig {

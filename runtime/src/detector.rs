@@ -153,17 +153,7 @@ impl Decoder {
                 let row = |r: usize| &output[r * n..(r + 1) * n];
                 let (cx, cy, w, h) = (row(0), row(1), row(2), row(3));
                 for i in 0..n {
-                    let (mut best, mut best_c, mut second) = (f32::MIN, 0usize, 0.0f32);
-                    for c in 0..nc {
-                        let s = output[(4 + c) * n + i];
-                        if s > best {
-                            second = best.max(second);
-                            best = s;
-                            best_c = c;
-                        } else if s > second {
-                            second = s;
-                        }
-                    }
+                    let (best, best_c, second) = top2((0..nc).map(|c| output[(4 + c) * n + i]));
                     if best >= floor {
                         self.candidates.push(make_box(
                             cx[i],
@@ -185,16 +175,7 @@ impl Decoder {
                     if obj < floor {
                         continue;
                     }
-                    let (mut best, mut best_c, mut second) = (f32::MIN, 0usize, 0.0f32);
-                    for (c, &s) in rec[5..].iter().enumerate() {
-                        if s > best {
-                            second = best.max(second);
-                            best = s;
-                            best_c = c;
-                        } else if s > second {
-                            second = s;
-                        }
-                    }
+                    let (best, best_c, second) = top2(rec[5..].iter().copied());
                     let score = obj * best;
                     if score >= floor {
                         self.candidates.push(make_box(
@@ -244,6 +225,21 @@ impl Decoder {
         }
         Ok(())
     }
+}
+
+/// Best score, its class, and the second-best score (0 with a single class).
+fn top2(scores: impl Iterator<Item = f32>) -> (f32, usize, f32) {
+    let (mut best, mut best_c, mut second) = (f32::MIN, 0usize, 0.0f32);
+    for (c, s) in scores.enumerate() {
+        if s > best {
+            second = best.max(second);
+            best = s;
+            best_c = c;
+        } else if s > second {
+            second = s;
+        }
+    }
+    (best, best_c, second)
 }
 
 #[allow(clippy::too_many_arguments)]
