@@ -770,10 +770,13 @@ impl Keeper {
                         let _ = self.free_tx.try_send(c);
                     }
                 },
-                Err(RecvTimeoutError::Timeout) => {
+                // A timeout can come early (seen under qemu-user): flush only once the
+                // window has really ended, so a window never yields more than capacity.
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= window_end => {
                     self.flush();
                     window_end = Instant::now() + self.window;
                 }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush();
                     return Ok(());
