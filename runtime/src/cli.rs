@@ -13,7 +13,6 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     config::{CameraConfig, Config, DEFAULT_CONFIG_TOML, SourceConfig},
-    metrics::Drop,
     model::{self, Model, ModelFile},
     pipeline::{Limits, Pipeline, Summary},
     source::replay::ReplayConfig,
@@ -443,5 +442,4 @@ fn print_summary(s: &Summary, config: &Config) {
             println!("  {name:<16} {count:>7} {p50:>11.3} {p99:>10.3}");
         }
     }
-    let _ = Drop::ALL;
 }

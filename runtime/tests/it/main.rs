@@ -59,3 +59,13 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// A sidecar detection's `bbox` as `[x1, y1, x2, y2]`.
+pub fn bbox(detection: &serde_json::Value) -> Vec<f64> {
+    detection["bbox"]
+        .as_array()
+        .expect("bbox")
+        .iter()
+        .map(|v| v.as_f64().expect("f64"))
+        .collect()
+}

@@ -55,12 +55,7 @@ fn detect(model: &Path) -> Vec<(String, f64, bool, [f64; 4])> {
         .expect("detections")
         .iter()
         .map(|d| {
-            let b: Vec<f64> = d["bbox"]
-                .as_array()
-                .expect("bbox")
-                .iter()
-                .map(|v| v.as_f64().expect("f64"))
-                .collect();
+            let b = crate::bbox(d);
             (
                 d["class"].as_str().expect("class").to_string(),
                 d["score"].as_f64().expect("score"),

@@ -97,12 +97,7 @@ fn default_run_keeps_frames_with_complete_sidecars() {
         );
         assert!(s["captured_at"].as_str().expect("time").ends_with('Z'));
         for d in s["detections"].as_array().expect("detections") {
-            let b: Vec<f64> = d["bbox"]
-                .as_array()
-                .expect("bbox")
-                .iter()
-                .map(|v| v.as_f64().expect("f64"))
-                .collect();
+            let b = crate::bbox(d);
             assert!(
                 b[0] <= b[2] && b[1] <= b[3] && b[2] <= 1280.0 && b[3] <= 720.0,
                 "box in frame: {b:?}"
