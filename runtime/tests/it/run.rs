@@ -46,8 +46,14 @@ fn spool_entries(dir: &Path) -> Vec<Value> {
 fn default_run_keeps_frames_with_complete_sidecars() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = dir.path().join("spool");
+    // Defaults, except one window for the whole run: 60 frames take ~90 s under qemu
+    // (or on a slow board), which would span three 30 s windows of 16 frames each.
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[keep]\nwindow_secs = 3600.0\n").expect("write");
     let out = run_ok(&mut framesift(&[
         "run",
+        "--config",
+        config.to_str().expect("utf8"),
         "--max-frames",
         "60",
         "--spool-dir",
