@@ -43,12 +43,13 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/cross}
 #                         linux-libc-dev:arm64 (/usr/include/aarch64-linux-gnu/asm), which
 #                         bindgen needs for nokhwa's <linux/videodev2.h> bindings
 # libclang-dev            libclang for bindgen (v4l2-sys-mit's build script)
+# cmake                   builds the vendored libjpeg-turbo (turbojpeg-sys) for aarch64
 # qemu-user               qemu-aarch64, for the smoke test and emulated tests
 # python3-pip unzip       cross/fetch-ort.sh (ONNX Runtime from its PyPI wheel)
 need_pkgs() {
   local p missing=()
   for p in rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6:arm64 \
-           libc6-dev:arm64 linux-libc-dev:arm64 libclang-dev qemu-user python3-pip unzip; do
+           libc6-dev:arm64 linux-libc-dev:arm64 libclang-dev cmake qemu-user python3-pip unzip; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
   done
   printf '%s\n' "${missing[@]}"

@@ -16,12 +16,15 @@ if [ "$(id -u)" != 0 ]; then
   if command -v sudo >/dev/null; then sudo_cmd=(sudo); else sudo_cmd=(false); fi
 fi
 
-# System packages: a C toolchain, libclang for nokhwa's V4L2 bindings, python3 + pip and
-# unzip to fetch ONNX Runtime from its PyPI wheel.
+# System packages: a C toolchain, libclang for nokhwa's V4L2 bindings, cmake (and nasm on
+# x86 for its SIMD) to build the vendored libjpeg-turbo, python3 + pip and unzip to fetch
+# ONNX Runtime from its PyPI wheel.
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 [ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null | head -1)" ] || need+=(libclang-dev)
+command -v cmake >/dev/null || need+=(cmake)
+case "$(uname -m)" in x86_64 | i?86) command -v nasm >/dev/null || need+=(nasm) ;; esac
 command -v unzip >/dev/null || need+=(unzip)
 command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)

@@ -18,7 +18,7 @@ use benches::{
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use framesift::{
-    codec::{decode_into, encode_jpeg},
+    codec::{FrameDecoder, encode_jpeg},
     config::{Config, WhenFull},
     detector::{Decoder, Detection, Layout},
     frame::Frame,
@@ -239,10 +239,23 @@ fn jpeg(c: &mut Criterion) {
     let mut jpeg = Vec::new();
     encode_jpeg(&frame.rgb, WIDTH, HEIGHT, 90, &mut jpeg).expect("encode");
     let mut decoded = Frame::with_capacity(WIDTH, HEIGHT);
-    group.bench_function(
-        format!("decode_1280x720_q90_{}kib", jpeg.len() / 1024),
-        |b| b.iter(|| decode_into(black_box(&jpeg), &mut decoded).expect("decode")),
-    );
+    let kib = jpeg.len() / 1024;
+    let mut full = FrameDecoder::full_size();
+    group.bench_function(format!("decode_1280x720_q90_{kib}kib"), |b| {
+        b.iter(|| {
+            full.decode_into(black_box(&jpeg), &mut decoded)
+                .expect("decode")
+        })
+    });
+    // What the pipeline does for a 320×320 model: DCT-scaled decode to 320×180.
+    let mut fitted = FrameDecoder::fitting(320, 320);
+    group.bench_function(format!("decode_1280x720_q90_{kib}kib_fit_320"), |b| {
+        b.iter(|| {
+            fitted
+                .decode_into(black_box(&jpeg), &mut decoded)
+                .expect("decode")
+        })
+    });
     group.finish();
 }
 

@@ -152,7 +152,7 @@ pub fn run(
         let (m, _) = run_pipeline(&capture_off, &model, per_round)?;
         off.merge(m.stage(Stage::Inference));
         if round == 0 {
-            rss_after_first = rss_kib("VmRSS:");
+            rss_after_first = crate::metrics::rss_kib();
         }
     }
     let _ = std::fs::remove_dir_all(&spool);
@@ -199,8 +199,8 @@ pub fn run(
         capture_off_inference_p99_ms: off_p99,
         capture_p99_ratio: on_p99 / off_p99.max(1e-9),
         cpu_cores_used: cpu_secs / pipeline_time.as_secs_f64().max(1e-9),
-        peak_rss_mib: rss_kib("VmHWM:") as f64 / 1024.0,
-        rss_growth_kib: rss_kib("VmRSS:") - rss_after_first,
+        peak_rss_mib: crate::metrics::peak_rss_kib() as f64 / 1024.0,
+        rss_growth_kib: crate::metrics::rss_kib() - rss_after_first,
         dropped,
     })
 }
@@ -254,7 +254,7 @@ fn premade_tensors(
         .cameras
         .first()
         .ok_or_else(|| anyhow::anyhow!("no camera configured"))?;
-    let mut source = camera.source.build()?;
+    let mut source = camera.source.build((info.input_width, info.input_height))?;
     let mut preparer = Preparer::new(&info);
     let (w, h) = camera.source.frame_size();
     let mut slot = Slot::new(w, h, 3 * (info.input_width * info.input_height) as usize);
@@ -282,17 +282,6 @@ fn tempdir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// A line of /proc/self/status in KiB (`VmRSS:`, `VmHWM:`); 0 when unavailable.
-fn rss_kib(key: &str) -> i64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// User + system CPU seconds of this process.
 fn process_cpu_secs() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {

@@ -349,6 +349,7 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
     systemd.ready();
     let mut last_ping = std::time::Instant::now();
     let mut stall_logged = false;
+    let mut memory = MemoryWatch::default();
     while !pipeline.is_finished() {
         std::thread::sleep(Duration::from_millis(250));
         if let Some(timeout) = systemd.watchdog_timeout() {
@@ -375,12 +376,14 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         let m = pipeline.metrics();
         let secs = pipeline.elapsed().as_secs_f64();
         let inferred = m.stage(crate::metrics::Stage::Inference).count();
+        let rss = memory.sample(inferred);
         let line = format!(
-            "{secs:7.1} s  frames {:>7}  {:6.1} fps  kept {:>5}  dropped {:>5}",
+            "{secs:7.1} s  frames {:>7}  {:6.1} fps  kept {:>5}  dropped {:>5}  rss {:>4} MiB",
             m.frames.load(Ordering::Relaxed),
             inferred as f64 / secs.max(1e-9),
             m.kept.load(Ordering::Relaxed),
-            m.total_drops()
+            m.total_drops(),
+            rss / 1024
         );
         if progress {
             eprint!("\r{line}");
@@ -399,7 +402,43 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
     systemd.stopping();
     let summary = pipeline.join()?;
     print_summary(&summary, &config);
+    memory.print();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resident memory while the pipeline runs: the level once warmed up and the last
+/// sample, so a long run shows whether memory creeps (a leak) or stays flat.
+#[derive(Default)]
+struct MemoryWatch {
+    /// (frames inferred, RSS KiB) when the warm-up ended.
+    warm: Option<(u64, i64)>,
+    last: (u64, i64),
+}
+
+impl MemoryWatch {
+    /// Frames after which buffers, pools and ORT's arena have reached their working size.
+    const WARM_UP_FRAMES: u64 = 1000;
+
+    fn sample(&mut self, inferred: u64) -> i64 {
+        let rss = crate::metrics::rss_kib();
+        if self.warm.is_none() && inferred >= Self::WARM_UP_FRAMES {
+            self.warm = Some((inferred, rss));
+        }
+        self.last = (inferred, rss);
+        rss
+    }
+
+    fn print(&self) {
+        let peak = crate::metrics::peak_rss_kib() as f64 / 1024.0;
+        match self.warm {
+            Some((from, warm)) if self.last.0 > from => println!(
+                "  memory      peak RSS {peak:.1} MiB; RSS {:+} KiB from frame {from} to frame {}",
+                self.last.1 - warm,
+                self.last.0
+            ),
+            _ => println!("  memory      peak RSS {peak:.1} MiB"),
+        }
+    }
 }
 
 fn print_summary(s: &Summary, config: &Config) {

@@ -296,6 +296,7 @@ mod tests {
         pad_y: 0.0,
         frame_width: 640,
         frame_height: 640,
+        to_source: [1.0, 1.0],
     };
 
     fn params() -> DecodeParams {

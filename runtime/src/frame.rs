@@ -13,8 +13,14 @@ pub struct Frame {
     pub seq: u64,
     /// Wall-clock time the frame was captured (or rendered / read).
     pub captured_at: SystemTime,
+    /// Size of `rgb`.
     pub width: u32,
     pub height: u32,
+    /// Size of the image as captured. Equal to `width × height` unless the JPEG decoder
+    /// downscaled while decoding ([`crate::codec::FrameDecoder::fitting`]); detections and
+    /// sidecars are in these coordinates.
+    pub source_width: u32,
+    pub source_height: u32,
     /// Packed RGB8, `width * height * 3` bytes. Capacity is kept across reuse.
     pub rgb: Vec<u8>,
     /// The frame's original encoded bytes when the source delivered JPEG/MJPEG, so a kept
@@ -36,6 +42,8 @@ impl Frame {
             captured_at: SystemTime::UNIX_EPOCH,
             width: 0,
             height: 0,
+            source_width: 0,
+            source_height: 0,
             rgb: Vec::with_capacity(bytes),
             encoded: Vec::new(),
             origin: String::new(),
@@ -45,8 +53,22 @@ impl Frame {
 
     /// Resize the pixel buffer for a `width × height` RGB frame (reuses capacity).
     pub fn set_size(&mut self, width: u32, height: u32) {
+        self.set_scaled_size(width, height, width, height);
+    }
+
+    /// As [`Self::set_size`], for pixels decoded at reduced scale from a
+    /// `source_width × source_height` image.
+    pub fn set_scaled_size(
+        &mut self,
+        width: u32,
+        height: u32,
+        source_width: u32,
+        source_height: u32,
+    ) {
         self.width = width;
         self.height = height;
+        self.source_width = source_width;
+        self.source_height = source_height;
         self.rgb.resize(width as usize * height as usize * 3, 0);
     }
 

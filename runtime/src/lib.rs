@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod preprocess;
+pub mod priority;
 pub mod score;
 pub mod sidecar;
 pub mod source;

@@ -359,3 +359,24 @@ mod heartbeat_tests {
         assert_eq!(h.busy_for(), None);
     }
 }
+
+/// Resident set size of this process in KiB (Linux; 0 where unknown).
+pub fn rss_kib() -> i64 {
+    proc_status_kib("VmRSS:")
+}
+
+/// Peak resident set size of this process in KiB (Linux; 0 where unknown).
+pub fn peak_rss_kib() -> i64 {
+    proc_status_kib("VmHWM:")
+}
+
+fn proc_status_kib(key: &str) -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

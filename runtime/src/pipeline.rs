@@ -38,6 +38,7 @@ use crate::{
     metrics::{Drop, Heartbeat, Metrics, Stage, event},
     model::{Model, ModelInfo, Runner},
     preprocess::{FrameMeter, FrameStats, Letterbox, Preprocessor},
+    priority::{self, CAPTURE_NICE, KEEPER_NICE},
     score::{self, Scores},
     sidecar,
     source::{FrameSource, Next, SourceError},
@@ -271,10 +272,13 @@ impl Pipeline {
 
         let mut sources = Vec::with_capacity(config.cameras.len());
         for cam in &config.cameras {
-            let source = cam.source.build().map_err(|source| PipelineError::Source {
-                camera: cam.name.clone(),
-                source,
-            })?;
+            let source = cam
+                .source
+                .build((info.input_width, info.input_height))
+                .map_err(|source| PipelineError::Source {
+                    camera: cam.name.clone(),
+                    source,
+                })?;
             tracing::info!(camera = %cam.name, source = %source.describe(), "camera ready");
             sources.push(source);
         }
@@ -337,9 +341,11 @@ impl Pipeline {
                 acquired: acquired.clone(),
                 max_frames: limits.max_frames,
             };
-            threads.push(spawn(format!("capture-{}", cam.name), move || {
-                capture.run()
-            })?);
+            threads.push(spawn(
+                format!("capture-{}", cam.name),
+                CAPTURE_NICE,
+                move || capture.run(),
+            )?);
 
             let inferer = Inferer::new(&model.lock().unwrap_or_else(|p| p.into_inner()), config)
                 .map_err(|e| PipelineError::Inference {
@@ -362,7 +368,7 @@ impl Pipeline {
                 },
                 metrics: metrics.clone(),
             };
-            threads.push(spawn(format!("infer-{}", cam.name), move || {
+            threads.push(spawn(format!("infer-{}", cam.name), 0, move || {
                 inference.run()
             })?);
         }
@@ -381,7 +387,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             jpeg: Vec::new(),
         };
-        threads.push(spawn("keeper".into(), move || keeper.run())?);
+        threads.push(spawn("keeper".into(), KEEPER_NICE, move || keeper.run())?);
 
         let started = epoch;
         if let Some(d) = limits.duration {
@@ -493,13 +499,23 @@ pub fn summarize(m: &Metrics, elapsed: Duration) -> Summary {
     }
 }
 
+/// Start a pipeline thread `nice` steps below the caller's priority (see [`priority`]).
 fn spawn(
     name: String,
+    nice: i32,
     f: impl FnOnce() -> Result<(), PipelineError> + Send + 'static,
 ) -> Result<(String, JoinHandle<Result<(), PipelineError>>), PipelineError> {
+    let thread = name.clone();
     let handle = std::thread::Builder::new()
         .name(name.clone())
-        .spawn(f)
+        .spawn(move || {
+            if nice > 0
+                && let Err(e) = priority::lower_current_thread(nice)
+            {
+                tracing::warn!(%thread, nice, "could not lower thread priority: {e}");
+            }
+            f()
+        })
         .map_err(|source| PipelineError::Spawn {
             name: name.clone(),
             source,

@@ -5,15 +5,18 @@
 use crate::frame::Frame;
 
 /// How a frame was fitted into the model input: scaled by `scale`, then offset by the
-/// padding. Maps model-input coordinates back to frame coordinates.
+/// padding. Maps model-input coordinates back to the captured image's coordinates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
     pub scale: f32,
     pub pad_x: f32,
     pub pad_y: f32,
-    /// Size of the original frame, to clip mapped boxes.
+    /// Size of the frame's pixels (as decoded), to clip mapped boxes.
     pub frame_width: u32,
     pub frame_height: u32,
+    /// Decoded pixels → captured-image pixels, per axis: 1 unless the JPEG decoder
+    /// downscaled (see [`Frame::source_width`]).
+    pub to_source: [f32; 2],
 }
 
 impl Letterbox {
@@ -28,6 +31,7 @@ impl Letterbox {
             pad_y: ((input_h - new_h) / 2) as f32,
             frame_width: frame_w,
             frame_height: frame_h,
+            to_source: [1.0, 1.0],
         }
     }
 
@@ -54,11 +58,11 @@ impl Letterbox {
         )
     }
 
-    /// Map a point from model-input pixels to frame pixels, clipped to the frame.
+    /// Map a point from model-input pixels to captured-image pixels, clipped to the image.
     pub fn to_frame(&self, x: f32, y: f32) -> (f32, f32) {
         let fx = ((x - self.pad_x) / self.scale).clamp(0.0, self.frame_width as f32);
         let fy = ((y - self.pad_y) / self.scale).clamp(0.0, self.frame_height as f32);
-        (fx, fy)
+        (fx * self.to_source[0], fy * self.to_source[1])
     }
 }
 
@@ -208,7 +212,13 @@ impl Preprocessor {
         if fw == 0 || fh == 0 || frame.rgb.len() < fw as usize * fh as usize * 3 {
             return Err(PreprocessError::EmptyFrame);
         }
-        let lb = Letterbox::fit(fw, fh, self.input_w, self.input_h);
+        let mut lb = Letterbox::fit(fw, fh, self.input_w, self.input_h);
+        if (frame.source_width, frame.source_height) != (fw, fh) && frame.source_width > 0 {
+            lb.to_source = [
+                frame.source_width as f32 / fw as f32,
+                frame.source_height as f32 / fh as f32,
+            ];
+        }
         let (nw, nh) = lb.content_size(self.input_w, self.input_h);
         if self
             .plan
@@ -318,7 +328,13 @@ pub struct FrameMeter {
 impl FrameMeter {
     pub fn measure(&mut self, frame: &Frame) -> FrameStats {
         let (w, h) = (frame.width as usize, frame.height as usize);
-        let k = STATS_DOWNSCALE;
+        // Measure at 1/STATS_DOWNSCALE of the captured size whatever the decoder did, so
+        // blur scores of JPEG (decoded at reduced scale) and raw frames agree.
+        let decoded_at = (frame.source_width as usize)
+            .checked_div(w)
+            .unwrap_or(1)
+            .max(1);
+        let k = (STATS_DOWNSCALE / decoded_at).max(1);
         let (sw, sh) = (w / k, h / k);
         if sw < 3 || sh < 3 {
             return FrameStats::default();

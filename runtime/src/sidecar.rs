@@ -104,8 +104,8 @@ impl<'a> Sidecar<'a> {
                 sha256: &model.sha256,
             },
             frame: FrameRef {
-                width: c.frame.width,
-                height: c.frame.height,
+                width: c.frame.source_width,
+                height: c.frame.source_height,
             },
             image,
             detections: c

@@ -1,5 +1,6 @@
 //! The steady-state per-frame path allocates nothing: acquire (synthetic source) →
-//! preprocess → inference (ORT through IoBinding) → decode + NMS → score → hand-off.
+//! preprocess → inference (ORT through IoBinding) → decode + NMS → score → hand-off;
+//! and for JPEG sources, reading and decoding a frame file at reduced scale.
 //!
 //! A counting global allocator counts allocations made on this thread while the
 //! counter is armed. ONNX Runtime's own intra-op worker threads are other threads; any
@@ -16,10 +17,16 @@ use std::{
 };
 
 use framesift::{
+    codec::{FrameDecoder, encode_jpeg},
     config::{Config, SourceConfig},
     metrics::Metrics,
     model::{self, Model, ModelFile},
     pipeline::{Handoff, Inferer, Preparer, Slot},
+    preprocess::{FrameMeter, Normalization, Preprocessor},
+    source::{
+        FrameSource,
+        replay::{ReplayConfig, ReplaySource},
+    },
 };
 
 struct Counting;
@@ -92,7 +99,10 @@ fn steady_state_per_frame_path_allocates_nothing() {
     let SourceConfig::Synthetic(synthetic) = &config.cameras[0].source else {
         panic!("default camera is synthetic")
     };
-    let mut source = config.cameras[0].source.build().expect("source");
+    let mut source = config.cameras[0]
+        .source
+        .build((info.input_width, info.input_height))
+        .expect("source");
     let mut preparer = Preparer::new(&info);
     let mut inferer = Inferer::new(&model.lock().expect("lock"), &config).expect("inferer");
     let tensor_len = 3 * (info.input_width * info.input_height) as usize;
@@ -136,5 +146,48 @@ fn steady_state_per_frame_path_allocates_nothing() {
     assert!(
         per_frame.iter().all(|n| *n == (0, 0, 0, 0)),
         "allocations per frame after warm-up (acquire, preprocess, inference+decode+score, hand-off): {per_frame:?}"
+    );
+}
+
+/// Replayed JPEG files: open + read into a reused buffer, libjpeg-turbo decode at 1/4
+/// scale into the pooled frame, letterbox. libjpeg-turbo's per-image working memory is
+/// malloc'd inside the C library, out of this allocator's sight; the Rust side must
+/// allocate nothing.
+#[test]
+fn jpeg_replay_acquire_and_preprocess_allocate_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (w, h) = (1280u32, 720u32);
+    let mut jpeg = Vec::new();
+    for i in 0..3u32 {
+        let rgb: Vec<u8> = (0..w * h * 3)
+            .map(|p| ((p / 3 + i * 37) % 251) as u8)
+            .collect();
+        encode_jpeg(&rgb, w, h, 90, &mut jpeg).expect("encode");
+        std::fs::write(dir.path().join(format!("{i}.jpg")), &jpeg).expect("write");
+    }
+    let mut source = ReplaySource::open(ReplayConfig {
+        dir: dir.path().to_path_buf(),
+        fps: 0.0,
+        looping: true,
+    })
+    .expect("replay")
+    .decoding_with(FrameDecoder::fitting(320, 320));
+    let mut preparer = Preparer {
+        preprocessor: Preprocessor::new(320, 320, 114, Normalization::UNIT),
+        meter: FrameMeter::default(),
+    };
+    let mut slot = Slot::new(w, h, 3 * 320 * 320);
+    let mut per_frame = Vec::new();
+    for i in 0..20 {
+        let (_, a) = count(|| source.next_frame(&mut slot.frame).expect("frame"));
+        let (_, b) = count(|| preparer.prepare(&mut slot).expect("prepare"));
+        assert_eq!((slot.frame.width, slot.frame.source_width), (320, 1280));
+        if i >= 5 {
+            per_frame.push((a, b));
+        }
+    }
+    assert!(
+        per_frame.iter().all(|n| *n == (0, 0)),
+        "allocations per frame after warm-up (acquire, preprocess): {per_frame:?}"
     );
 }

@@ -1,7 +1,7 @@
 //! V4L2 camera source (through `nokhwa`'s V4L2 backend).
 //!
 //! MJPEG frames are kept as the camera sent them (`Frame::encoded`, so a kept frame is
-//! written without re-encoding) and decoded with [`codec::decode_into`]; YUYV frames are
+//! written without re-encoding) and decoded with [`codec::FrameDecoder`]; YUYV frames are
 //! converted to RGB here ([`yuyv_to_rgb`]). Neither path allocates once the frame's buffers
 //! have grown to size.
 //!
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::{FrameSource, Next, SourceError};
-use crate::codec;
+use crate::codec::FrameDecoder;
 use crate::frame::Frame;
 
 /// Pixel format requested from the camera.
@@ -365,7 +365,7 @@ const AC_CHROMA_VALUES: [u8; 162] = [
 
 /// Copy one MJPEG frame (trimmed to its EOI, standard Huffman tables inserted if the camera
 /// left them out) into `frame.encoded` and decode it into `frame.rgb`.
-fn fill_mjpeg(bytes: &[u8], frame: &mut Frame) -> Result<(), String> {
+fn fill_mjpeg(bytes: &[u8], decoder: &mut FrameDecoder, frame: &mut Frame) -> Result<(), String> {
     let layout = scan_jpeg(bytes)?;
     frame.encoded.clear();
     match layout.missing_dht_at {
@@ -378,7 +378,7 @@ fn fill_mjpeg(bytes: &[u8], frame: &mut Frame) -> Result<(), String> {
     }
     // `decode_into` needs the frame mutably; lend it the bytes (no allocation either way).
     let encoded = std::mem::take(&mut frame.encoded);
-    let decoded = codec::decode_into(&encoded, frame);
+    let decoded = decoder.decode_into(&encoded, frame);
     frame.encoded = encoded;
     decoded.map_err(|e| {
         frame.encoded.clear();
@@ -597,6 +597,7 @@ pub struct CameraSource {
     sleep: Sleeper,
     backoff: Backoff,
     seq: u64,
+    decoder: FrameDecoder,
 }
 
 impl CameraSource {
@@ -641,7 +642,14 @@ impl CameraSource {
             sleep,
             backoff,
             seq: 0,
+            decoder: FrameDecoder::full_size(),
         })
+    }
+
+    /// Decode MJPEG frames with `decoder` (e.g. [`FrameDecoder::fitting`] the model input).
+    pub fn decoding_with(mut self, decoder: FrameDecoder) -> Self {
+        self.decoder = decoder;
+        self
     }
 
     /// Wait out the next backoff delay and try to reopen the camera.
@@ -691,7 +699,7 @@ impl FrameSource for CameraSource {
         frame.clear();
         frame.truth = None;
         let filled = match self.config.format {
-            CameraFormat::Mjpeg => fill_mjpeg(raw.bytes, frame),
+            CameraFormat::Mjpeg => fill_mjpeg(raw.bytes, &mut self.decoder, frame),
             CameraFormat::Yuyv => fill_yuyv(raw.bytes, raw.width, raw.height, frame),
         };
         if let Err(reason) = filled {
@@ -1225,7 +1233,7 @@ mod tests {
             .flat_map(|i| [(i * 7) as u8, (i * 3) as u8, 200])
             .collect();
         let mut out = Vec::new();
-        codec::encode_jpeg(&rgb, width, height, 90, &mut out).expect("encode");
+        crate::codec::encode_jpeg(&rgb, width, height, 90, &mut out).expect("encode");
         out
     }
 
@@ -1305,15 +1313,20 @@ mod tests {
         assert_eq!(&stripped[sos..sos + 2], [0xFF, 0xDA]);
 
         let mut want = Frame::with_capacity(32, 16);
-        codec::decode_into(&original, &mut want).expect("decode original");
+        let mut decoder = FrameDecoder::full_size();
+        decoder
+            .decode_into(&original, &mut want)
+            .expect("decode original");
         let mut got = Frame::with_capacity(32, 16);
-        fill_mjpeg(&stripped, &mut got).expect("fill");
+        fill_mjpeg(&stripped, &mut decoder, &mut got).expect("fill");
         assert_eq!(got.rgb, want.rgb);
         // The kept bytes are a standalone JPEG with tables, decodable by anything.
         assert_eq!(got.encoded.len(), stripped.len() + 420);
         assert_eq!(scan_jpeg(&got.encoded).expect("scan").missing_dht_at, None);
         let mut again = Frame::with_capacity(32, 16);
-        codec::decode_into(&got.encoded, &mut again).expect("decode kept bytes");
+        decoder
+            .decode_into(&got.encoded, &mut again)
+            .expect("decode kept bytes");
         assert_eq!(again.rgb, want.rgb);
     }
 

@@ -10,7 +10,7 @@ pub mod synthetic;
 
 use std::path::PathBuf;
 
-use crate::frame::Frame;
+use crate::{codec::FrameDecoder, frame::Frame};
 
 /// What a call to [`FrameSource::next_frame`] produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,14 +56,21 @@ impl SourceError {
 }
 
 impl crate::config::SourceConfig {
-    /// Open the configured source. Fails with a clear message when it cannot run at all
-    /// (no camera, missing replay directory).
-    pub fn build(&self) -> Result<Box<dyn FrameSource>, SourceError> {
+    /// Open the configured source for a model with a `model_input` (width, height)
+    /// input: JPEG frames are decoded at the reduced scale that still fills it
+    /// ([`FrameDecoder::fitting`]). Fails with a clear message when the source cannot run at
+    /// all (no camera, missing replay directory).
+    pub fn build(&self, model_input: (u32, u32)) -> Result<Box<dyn FrameSource>, SourceError> {
         use crate::config::SourceConfig;
+        let decoder = || FrameDecoder::fitting(model_input.0, model_input.1);
         Ok(match self {
             SourceConfig::Synthetic(c) => Box::new(synthetic::SyntheticSource::new(c.clone())),
-            SourceConfig::Replay(c) => Box::new(replay::ReplaySource::open(c.clone())?),
-            SourceConfig::V4l2(c) => Box::new(camera::CameraSource::open(c.clone())?),
+            SourceConfig::Replay(c) => {
+                Box::new(replay::ReplaySource::open(c.clone())?.decoding_with(decoder()))
+            }
+            SourceConfig::V4l2(c) => {
+                Box::new(camera::CameraSource::open(c.clone())?.decoding_with(decoder()))
+            }
         })
     }
 

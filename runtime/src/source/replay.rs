@@ -10,7 +10,10 @@ use std::{
 };
 
 use super::{FrameSource, Next, SourceError};
-use crate::{codec, frame::Frame};
+use crate::{
+    codec::{self, FrameDecoder},
+    frame::Frame,
+};
 
 /// Validated settings of a replay source.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +33,7 @@ pub struct ReplaySource {
     /// Read buffer, reused across files.
     bytes: Vec<u8>,
     next_deadline: Option<Instant>,
+    decoder: FrameDecoder,
 }
 
 /// File extensions replay picks up (case-insensitive).
@@ -45,7 +49,14 @@ impl ReplaySource {
             seq: 0,
             bytes: Vec::new(),
             next_deadline: None,
+            decoder: FrameDecoder::full_size(),
         })
+    }
+
+    /// Decode with `decoder` (e.g. [`FrameDecoder::fitting`] the model input).
+    pub fn decoding_with(mut self, decoder: FrameDecoder) -> Self {
+        self.decoder = decoder;
+        self
     }
 
     /// Number of frame files found.
@@ -115,8 +126,10 @@ impl FrameSource for ReplaySource {
         std::io::Read::read_to_end(&mut file, &mut self.bytes).map_err(|e| bad(e.to_string()))?;
 
         frame.clear();
-        codec::decode_into(&self.bytes, frame).map_err(|e| bad(e.to_string()))?;
-        if image::guess_format(&self.bytes).ok() == Some(image::ImageFormat::Jpeg) {
+        self.decoder
+            .decode_into(&self.bytes, frame)
+            .map_err(|e| bad(e.to_string()))?;
+        if codec::is_jpeg(&self.bytes) {
             frame.encoded.extend_from_slice(&self.bytes);
         }
         frame.seq = self.seq;
