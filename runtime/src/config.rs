@@ -760,6 +760,7 @@ fn validate_camera(c: &mut Checker, index: usize, cam: RawCamera) -> CameraConfi
                 1,
                 1000,
             ) as u32,
+            prerendered: 0,
         }),
         SourceKind::Replay => {
             let dir = cam.dir.unwrap_or_default();

@@ -99,6 +99,7 @@ pub fn export(
         seed: opts.seed,
         split: opts.split,
         frames_per_scene: opts.frames_per_scene,
+        prerendered: 0,
     });
     let mut rgb = vec![0u8; opts.width as usize * opts.height as usize * 3];
     let mut truth = GroundTruth::default();

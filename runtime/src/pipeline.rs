@@ -510,6 +510,7 @@ fn spawn(
         .name(name.clone())
         .spawn(move || {
             if nice > 0
+                && std::env::var_os("FRAMESIFT_NO_NICE").is_none()
                 && let Err(e) = priority::lower_current_thread(nice)
             {
                 tracing::warn!(%thread, nice, "could not lower thread priority: {e}");

@@ -66,6 +66,11 @@ pub struct SyntheticConfig {
     /// Consecutive frames that show the same scene (with small camera jitter), so
     /// temporal signals have something to compare. At least 1.
     pub frames_per_scene: u32,
+    /// Render only the first `prerendered` frames, then deliver them again in a cycle,
+    /// the way a camera hands over frames it filled by DMA: acquiring costs a copy, not a
+    /// render. 0 renders every frame. `framesift bench` uses it so the renderer's CPU
+    /// time is not counted as pipeline cost; not a TOML key.
+    pub prerendered: u32,
 }
 
 impl Default for SyntheticConfig {
@@ -77,6 +82,7 @@ impl Default for SyntheticConfig {
             seed: 1,
             split: Split::Store,
             frames_per_scene: 8,
+            prerendered: 0,
         }
     }
 }
@@ -486,6 +492,8 @@ pub struct SyntheticSource {
     next_index: u64,
     period: Duration,
     deadline: Option<Instant>,
+    /// The cycle of `config.prerendered` frames (pixels, truth), filled on first use.
+    cycle: Vec<(Vec<u8>, GroundTruth)>,
 }
 
 impl SyntheticSource {
@@ -540,6 +548,7 @@ impl SyntheticSource {
             next_index: 0,
             period,
             deadline: None,
+            cycle: Vec::new(),
             config,
         }
     }
@@ -888,7 +897,17 @@ impl FrameSource for SyntheticSource {
         frame.set_size(self.config.width, self.config.height);
         let mut truth = frame.truth.take().unwrap_or_default();
         let index = self.next_index;
-        self.render(index, &mut frame.rgb, &mut truth);
+        let cycle = u64::from(self.config.prerendered);
+        if cycle == 0 {
+            self.render(index, &mut frame.rgb, &mut truth);
+        } else if index < cycle {
+            self.render(index, &mut frame.rgb, &mut truth);
+            self.cycle.push((frame.rgb.clone(), truth.clone()));
+        } else {
+            let (rgb, cached) = &self.cycle[(index % cycle) as usize];
+            frame.rgb.copy_from_slice(rgb);
+            truth.clone_from(cached);
+        }
         frame.truth = Some(truth);
         frame.seq = index;
         self.next_index += 1;
@@ -898,8 +917,12 @@ impl FrameSource for SyntheticSource {
     }
 
     fn describe(&self) -> String {
+        let cycle = match self.config.prerendered {
+            0 => String::new(),
+            n => format!(", {n} pre-rendered frames cycled"),
+        };
         format!(
-            "synthetic {}x{} seed {} split {}",
+            "synthetic {}x{} seed {} split {}{cycle}",
             self.config.width,
             self.config.height,
             self.config.seed,
@@ -2079,6 +2102,7 @@ mod tests {
             seed,
             split,
             frames_per_scene: 4,
+            prerendered: 0,
         }
     }
 
@@ -2451,6 +2475,23 @@ mod tests {
             assert_eq!(frame.truth.as_ref(), Some(&truth));
         }
         assert!(src.describe().contains("160x120"));
+    }
+
+    #[test]
+    fn a_prerendered_cycle_repeats_the_rendered_frames() {
+        let mut src = SyntheticSource::new(SyntheticConfig {
+            prerendered: 3,
+            ..config(Split::Store, 9, 96, 64)
+        });
+        let mut reference = SyntheticSource::new(config(Split::Store, 9, 96, 64));
+        let mut frame = Frame::with_capacity(96, 64);
+        for i in 0..7u64 {
+            assert!(src.next_frame(&mut frame).is_ok());
+            assert_eq!(frame.seq, i, "sequence numbers keep counting");
+            let (rgb, truth) = render(&mut reference, i % 3);
+            assert_eq!(frame.rgb, rgb, "frame {i} is rendered frame {}", i % 3);
+            assert_eq!(frame.truth.as_ref(), Some(&truth));
+        }
     }
 
     #[test]
