@@ -40,6 +40,9 @@ pub enum ModelError {
     OrtNotFound { tried: String },
     #[error("cannot load ONNX Runtime from {path}: {reason}")]
     OrtLoad { path: PathBuf, reason: String },
+    /// The first attempt's error (not found, or failed to load), kept for later callers.
+    #[error("{0}")]
+    OrtUnavailable(String),
     #[error("cannot read model {path}: {source}")]
     Read {
         path: PathBuf,
@@ -388,10 +391,7 @@ pub fn environment(configured: Option<&Path>) -> Result<(Environment, PathBuf), 
             .to_string()),
         }
     });
-    result.clone().map_err(|message| ModelError::OrtLoad {
-        path: PathBuf::new(),
-        reason: message,
-    })
+    result.clone().map_err(ModelError::OrtUnavailable)
 }
 
 /// A loaded detector: the session plus what it was checked to be.

@@ -62,8 +62,8 @@ fn missing_ort_library_says_how_to_get_it() {
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("ONNX Runtime library not found"),
-        "{stderr}"
+        stderr.contains("error: ONNX Runtime library not found"),
+        "the message leads, with no empty path before it: {stderr}"
     );
     assert!(stderr.contains("cross/fetch-ort.sh"), "{stderr}");
     assert!(
@@ -176,6 +176,11 @@ fn bench_reports_ratios_measured_in_one_run() {
     let cpu = report["cpu_cores_used"].as_f64().expect("cpu_cores_used");
     assert!(cpu.is_finite() && cpu >= 0.0, "cpu_cores_used = {cpu}");
     assert_eq!(report["board"]["frames_per_phase"], 8);
+    // With capture on, every frame is a candidate and the keeper really writes.
+    assert!(
+        report["capture_on_written"].as_u64().expect("capture_on_written") >= 2,
+        "{report}"
+    );
     assert_eq!(report["board"]["intra_threads"], 2);
     let stages: Vec<&str> = report["stages"]
         .as_array()
