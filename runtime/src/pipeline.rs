@@ -780,13 +780,7 @@ impl Keeper {
         loop {
             let timeout = window_end.saturating_duration_since(Instant::now());
             match self.keep_rx.recv_timeout(timeout) {
-                Ok(candidate) => match self.buffer.offer(candidate) {
-                    Offer::Accepted => {}
-                    Offer::Evicted(c) | Offer::Rejected(c) => {
-                        self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
-                        let _ = self.free_tx.try_send(c);
-                    }
-                },
+                Ok(candidate) => self.offer(candidate),
                 // A timeout can come early (seen under qemu-user): flush only once the
                 // window has really ended, so a window never yields more than capacity.
                 Err(RecvTimeoutError::Timeout) if Instant::now() >= window_end => {
@@ -802,10 +796,25 @@ impl Keeper {
         }
     }
 
-    /// Write everything in the buffer to the spool, best first.
+    fn offer(&mut self, candidate: Box<Candidate>) {
+        match self.buffer.offer(candidate) {
+            Offer::Accepted => {}
+            Offer::Evicted(c) | Offer::Rejected(c) => {
+                self.metrics.evicted.fetch_add(1, Ordering::Relaxed);
+                let _ = self.free_tx.try_send(c);
+            }
+        }
+    }
+
+    /// Write everything in the buffer to the spool, best first. Between writes, take
+    /// what inference handed over meanwhile into the emptied buffer (the next window),
+    /// so a slow disk or a busy CPU does not back the hand-off up into drops.
     fn flush(&mut self) {
         let items: Vec<Box<Candidate>> = self.buffer.drain().collect();
         for candidate in items {
+            while let Ok(next) = self.keep_rx.try_recv() {
+                self.offer(next);
+            }
             let t0 = Instant::now();
             self.write(&candidate);
             self.metrics.record(Stage::Keeper, t0.elapsed());
@@ -884,6 +893,79 @@ mod tests {
             );
         }
         (metrics, keep_rx.len())
+    }
+
+    fn keeper(dir: &std::path::Path, capacity: usize) -> (Keeper, Sender<Box<Candidate>>) {
+        let (spool, _) = Spool::open(dir, u64::MAX).expect("spool");
+        let (keep_tx, keep_rx) = bounded(8);
+        let (free_tx, _free_rx) = bounded(64);
+        let info = ModelInfo {
+            id: "test".into(),
+            version: "1".into(),
+            origin: "test".into(),
+            sha256: String::new(),
+            layout: crate::detector::Layout::YoloV8,
+            input_width: 32,
+            input_height: 32,
+            input_name: "images".into(),
+            output_name: "output0".into(),
+            output_shape: vec![1, 5, 21],
+            normalization: crate::preprocess::Normalization::UNIT,
+            letterbox_fill: 114,
+            names: vec!["thing".into()],
+        };
+        let keeper = Keeper {
+            cameras: vec!["cam0".into()],
+            model: Arc::new(info),
+            buffer: KeepBuffer::new(capacity, crate::config::WhenFull::DropLowest),
+            window: Duration::from_secs(3600),
+            jpeg_quality: 80,
+            confidence: 0.25,
+            spool,
+            keep_rx,
+            free_tx,
+            metrics: Arc::new(Metrics::default()),
+            jpeg: Vec::new(),
+        };
+        (keeper, keep_tx)
+    }
+
+    fn candidate(seq: u64, value: f32) -> Box<Candidate> {
+        let mut c = Box::new(Candidate::with_capacity(8, 8, 1));
+        c.frame = frame(seq);
+        c.scores.value = value;
+        c
+    }
+
+    #[test]
+    fn keeper_takes_hand_offs_into_the_next_window_while_it_flushes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut keeper, keep_tx) = keeper(dir.path(), 4);
+        for seq in 0..4 {
+            keeper.offer(candidate(seq, 1.0 + seq as f32));
+        }
+        for seq in 4..7 {
+            keep_tx.send(candidate(seq, 0.5)).expect("send");
+        }
+        keeper.flush();
+        assert_eq!(keeper.metrics.kept.load(Ordering::Relaxed), 4);
+        assert!(
+            keeper.keep_rx.is_empty(),
+            "the queue was drained while writing"
+        );
+        let next: Vec<u64> = keeper.buffer.drain().map(|c| c.frame.seq).collect();
+        assert_eq!(
+            next.len(),
+            3,
+            "the next window holds what arrived: {next:?}"
+        );
+        assert!(next.iter().all(|seq| (4..7).contains(seq)));
+        let written = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count();
+        assert_eq!(written, 4);
     }
 
     #[test]

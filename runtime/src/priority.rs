@@ -1,20 +1,20 @@
-//! Thread priorities: inference first, then capture, then the keeper.
+//! Thread priorities: inference first, capture and keeper after it.
 //!
 //! On a 2-core board ONNX Runtime's intra-op threads and the capture thread compete for
 //! the same cores. Plain fair scheduling gives every runnable thread an equal share, so
-//! a JPEG decode preempts inference mid-run. With the capture thread a few nice steps
-//! down and the keeper further still, they run in the gaps ORT leaves between operators
-//! (and whenever inference waits for a frame) and inference keeps its cores.
+//! a JPEG decode preempts inference mid-run. With capture and keeper 10 nice steps
+//! down they run in the gaps ORT leaves between operators (and whenever inference
+//! waits for a frame), and inference keeps its cores.
 
 /// How far below inference the capture thread runs (Linux nice steps). At 10 its CFS
 /// weight is a tenth of an inference thread's: it still gets whole cores whenever ORT
 /// waits, which is enough to keep the work queue full (`framesift bench`, 2 cores:
 /// `pipeline_vs_bare` 0.91–1.03 at nice 0, 0.97–1.03 at nice 10 and 19).
 pub const CAPTURE_NICE: i32 = 10;
-/// How far below inference the keeper (spool writes, JPEG encodes) runs: as low as
-/// Linux goes. Its work waits for idle time; the window flush at shutdown still runs
-/// to completion.
-pub const KEEPER_NICE: i32 = 19;
+/// How far below inference the keeper (JPEG encodes, spool writes) runs. Not lower:
+/// at 19 a soak run beside a busy compiler starved the keeper's window flush for
+/// seconds and the hand-off dropped candidates.
+pub const KEEPER_NICE: i32 = 10;
 
 /// Lower the calling thread's priority by `steps` nice steps (capped at 19). Linux
 /// keeps a nice value per thread, so this leaves the rest of the process alone.

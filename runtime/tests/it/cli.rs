@@ -178,7 +178,10 @@ fn bench_reports_ratios_measured_in_one_run() {
     assert_eq!(report["board"]["frames_per_phase"], 8);
     // With capture on, every frame is a candidate and the keeper really writes.
     assert!(
-        report["capture_on_written"].as_u64().expect("capture_on_written") >= 2,
+        report["capture_on_written"]
+            .as_u64()
+            .expect("capture_on_written")
+            >= 2,
         "{report}"
     );
     assert_eq!(report["board"]["intra_threads"], 2);
