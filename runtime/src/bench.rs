@@ -22,7 +22,7 @@ use crate::{
     source::Next,
 };
 
-/// Keep window during a bench: short, so spool writes overlap inference.
+/// Keep window of the capture-on phase: short, so spool writes overlap inference.
 const BENCH_WINDOW_SECS: f64 = 1.0;
 
 /// Distinct synthetic frames rendered before a bench (16 × 1280×720 RGB = 44 MB).
@@ -96,13 +96,9 @@ pub fn run(
     let info = model.lock().unwrap_or_else(|p| p.into_inner()).info.clone();
     let spool = tempdir()?;
 
-    // The bench's configs: the user's, writing to a scratch spool, with 1 s keep windows
-    // so that with capture on the keeper encodes and writes its best frames (fsync
-    // included) every second while inference is measured: the worst case, not a quiet
-    // phase between flushes.
+    // The bench's configs: the user's, writing to a scratch spool.
     let mut base = config.clone();
     base.spool.dir = spool.clone();
-    base.keep.window_secs = BENCH_WINDOW_SECS;
     // A camera delivers raw frames for the cost of a copy; the synthetic renderer costs
     // several ms a frame. Render a cycle once so the bench measures the pipeline.
     for camera in &mut base.cameras {
@@ -111,8 +107,12 @@ pub fn run(
             c.frames_per_scene = 1;
         }
     }
+    // Capture on: every frame a candidate, and 1 s keep windows, so the keeper encodes
+    // and writes its best frames (fsync included) every second while inference is
+    // measured — the worst case, not a quiet stretch between flushes.
     let mut capture_on = base.clone();
     capture_on.scoring.min_value = 0.0;
+    capture_on.keep.window_secs = BENCH_WINDOW_SECS;
     let mut capture_off = base.clone();
     capture_off.scoring.min_value = f32::INFINITY;
 
