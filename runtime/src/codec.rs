@@ -28,6 +28,10 @@ pub enum DecodeError {
 /// detail it scores.
 const MAX_DOWNSCALE: usize = 4;
 
+/// libjpeg's JWRN_EXTRANEOUS_DATA ("Corrupt JPEG data: N extraneous bytes before marker
+/// 0xXX"): bytes between the scan and the next marker, skipped without touching the image.
+const STRAY_BYTES_WARNING: &str = "extraneous bytes before marker";
+
 /// Decodes encoded frames into a [`Frame`], reusing its state from frame to frame.
 pub struct FrameDecoder {
     /// Created on first use, so building a source never fails on it.
@@ -108,9 +112,15 @@ impl FrameDecoder {
             height: scaled.height,
             format: PixelFormat::RGB,
         };
-        // libjpeg-turbo also fails on warnings (e.g. corrupt entropy data): such a frame
-        // is reported as corrupt rather than scored half-grey.
-        jpeg.decompress(bytes, image).map_err(corrupt)
+        // libjpeg-turbo also fails on warnings, e.g. corrupt entropy data: such a frame is
+        // reported as corrupt rather than scored half-grey. One warning leaves the image
+        // intact and is common in webcam MJPEG: stray bytes after the scan, before EOI.
+        // (Stray bytes between header segments fail `read_header` above, and the frame
+        // is skipped as corrupt.)
+        match jpeg.decompress(bytes, image) {
+            Err(e) if e.to_string().contains(STRAY_BYTES_WARNING) => Ok(()),
+            result => result.map_err(corrupt),
+        }
     }
 }
 
@@ -276,6 +286,25 @@ mod tests {
             FrameDecoder::full_size().decode_into(&jpeg, &mut frame),
             Err(DecodeError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn stray_bytes_after_the_scan_are_tolerated() {
+        let rgb = gradient(64, 48);
+        let mut jpeg = Vec::new();
+        encode_jpeg(&rgb, 64, 48, 90, &mut jpeg).expect("encode");
+        let mut want = Frame::with_capacity(8, 8);
+        let mut decoder = FrameDecoder::full_size();
+        decoder.decode_into(&jpeg, &mut want).expect("decode");
+        // Junk between the end of the scan and the end-of-image marker, as some UVC
+        // webcams send ("1 extraneous bytes before marker 0xd9").
+        let eoi = jpeg.len() - 2;
+        jpeg.splice(eoi..eoi, [0x00, 0x11, 0x22]);
+        let mut got = Frame::with_capacity(8, 8);
+        decoder
+            .decode_into(&jpeg, &mut got)
+            .expect("stray bytes tolerated");
+        assert_eq!(got.rgb, want.rgb);
     }
 
     #[test]
