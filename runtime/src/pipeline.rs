@@ -117,7 +117,17 @@ impl Preparer {
 
     pub fn prepare(&mut self, slot: &mut Slot) -> Result<(), crate::preprocess::PreprocessError> {
         slot.letterbox = self.preprocessor.letterbox(&slot.frame, &mut slot.tensor)?;
-        slot.stats = self.meter.measure(&slot.frame);
+        // When the letterbox already holds the frame at the meter's scale (1280×720 into
+        // 320), read the statistics from it instead of passing over the frame again.
+        slot.stats = match self.meter.measure_letterboxed(
+            &slot.frame,
+            &self.preprocessor,
+            &slot.letterbox,
+            &slot.tensor,
+        ) {
+            Some(stats) => stats,
+            None => self.meter.measure(&slot.frame),
+        };
         Ok(())
     }
 }

@@ -372,17 +372,69 @@ impl FrameMeter {
                     + weight[2] * rgb[2] as f32;
             }
         }
-        let n = (sw * sh) as f64;
-        let (sum, sum_sq) = self.luma.iter().fold((0.0f64, 0.0f64), |(s, q), &v| {
-            (s + v as f64, q + (v as f64) * (v as f64))
-        });
-        let mean = sum / n;
-        let var = (sum_sq / n - mean * mean).max(0.0);
-        FrameStats {
-            luma_mean: mean as f32,
-            luma_std: var.sqrt() as f32,
-            blur: laplacian_variance(&self.luma, sw, sh),
+        luma_stats(&self.luma, sw, sh)
+    }
+
+    /// The same statistics read from a letterboxed tensor whose content is already the
+    /// frame at 1/[`STATS_DOWNSCALE`] of its captured size (e.g. 1280×720 into 320×320):
+    /// the letterbox's area resampling computed exactly the block averages `measure`
+    /// would, so this skips a pass over the full frame. `None` when the content is at
+    /// another scale.
+    pub fn measure_letterboxed(
+        &mut self,
+        frame: &Frame,
+        pre: &Preprocessor,
+        lb: &Letterbox,
+        tensor: &[f32],
+    ) -> Option<FrameStats> {
+        let (cw, ch) = lb.content_size(pre.input_w, pre.input_h);
+        let (cw, ch) = (cw as usize, ch as usize);
+        let k = STATS_DOWNSCALE;
+        let exact = cw * k == frame.source_width as usize && ch * k == frame.source_height as usize;
+        if !exact || cw < 3 || ch < 3 {
+            return None;
         }
+        let (iw, ih) = (pre.input_w as usize, pre.input_h as usize);
+        let plane = iw * ih;
+        if tensor.len() < 3 * plane {
+            return None;
+        }
+        let (px, py) = (lb.pad_x as usize, lb.pad_y as usize);
+        // tensor = pixel × scale + offset, so pixel = (tensor − offset) / scale.
+        let w = [0.299f32, 0.587, 0.114];
+        let a: [f32; 3] = std::array::from_fn(|c| w[c] / pre.scale[c]);
+        let b: f32 = (0..3).map(|c| -a[c] * pre.offset[c]).sum();
+        self.luma.clear();
+        for y in 0..ch {
+            let start = (py + y) * iw + px;
+            let (r, g, bl) = (
+                &tensor[start..start + cw],
+                &tensor[plane + start..plane + start + cw],
+                &tensor[2 * plane + start..2 * plane + start + cw],
+            );
+            self.luma.extend(
+                r.iter()
+                    .zip(g)
+                    .zip(bl)
+                    .map(|((r, g), bl)| a[0] * r + a[1] * g + a[2] * bl + b),
+            );
+        }
+        Some(luma_stats(&self.luma, cw, ch))
+    }
+}
+
+/// Mean, contrast and blur of a `w × h` luma image.
+fn luma_stats(luma: &[f32], w: usize, h: usize) -> FrameStats {
+    let n = (w * h) as f64;
+    let (sum, sum_sq) = luma.iter().fold((0.0f64, 0.0f64), |(s, q), &v| {
+        (s + v as f64, q + (v as f64) * (v as f64))
+    });
+    let mean = sum / n;
+    let var = (sum_sq / n - mean * mean).max(0.0);
+    FrameStats {
+        luma_mean: mean as f32,
+        luma_std: var.sqrt() as f32,
+        blur: laplacian_variance(luma, w, h),
     }
 }
 
@@ -595,6 +647,61 @@ mod tests {
         );
         // Same scene: brightness statistics barely move.
         assert!((sharp.luma_mean - blurred.luma_mean).abs() < 10.0);
+    }
+
+    #[test]
+    fn stats_from_the_letterbox_equal_stats_from_the_frame() {
+        use crate::source::{
+            FrameSource,
+            synthetic::{SyntheticConfig, SyntheticSource},
+        };
+        let mut source = SyntheticSource::new(SyntheticConfig {
+            frames_per_scene: 1,
+            seed: 4,
+            ..SyntheticConfig::default()
+        });
+        let mut frame = Frame::with_capacity(8, 8);
+        let mut meter = FrameMeter::default();
+        for norm in [
+            Normalization::UNIT,
+            Normalization {
+                mean: [0.485, 0.456, 0.406],
+                std: [0.229, 0.224, 0.225],
+            },
+        ] {
+            let mut pre = Preprocessor::new(320, 320, 114, norm);
+            let mut tensor = vec![0.0; pre.tensor_len()];
+            for _ in 0..6 {
+                source.next_frame(&mut frame).expect("frame");
+                let lb = pre.letterbox(&frame, &mut tensor).expect("letterbox");
+                let direct = meter.measure(&frame);
+                let from_tensor = meter
+                    .measure_letterboxed(&frame, &pre, &lb, &tensor)
+                    .expect("1280x720 into 320 is at the meter's scale");
+                let close = |a: f32, b: f32| (a - b).abs() <= 1e-3 * a.abs().max(1.0);
+                assert!(
+                    close(direct.luma_mean, from_tensor.luma_mean),
+                    "{direct:?} {from_tensor:?}"
+                );
+                assert!(
+                    close(direct.luma_std, from_tensor.luma_std),
+                    "{direct:?} {from_tensor:?}"
+                );
+                assert!(
+                    close(direct.blur, from_tensor.blur),
+                    "{direct:?} {from_tensor:?}"
+                );
+            }
+        }
+        // Another scale: not available, the caller measures the frame.
+        let mut pre = Preprocessor::new(640, 640, 114, Normalization::UNIT);
+        let mut tensor = vec![0.0; pre.tensor_len()];
+        let lb = pre.letterbox(&frame, &mut tensor).expect("letterbox");
+        assert!(
+            meter
+                .measure_letterboxed(&frame, &pre, &lb, &tensor)
+                .is_none()
+        );
     }
 
     #[test]
