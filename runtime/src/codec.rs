@@ -66,8 +66,10 @@ impl FrameDecoder {
         if bytes.is_empty() {
             return Err(DecodeError::Empty);
         }
+        if is_jpeg(bytes) {
+            return self.decode_jpeg(bytes, frame);
+        }
         match image::guess_format(bytes).map_err(|_| DecodeError::UnknownFormat)? {
-            image::ImageFormat::Jpeg => self.decode_jpeg(bytes, frame),
             image::ImageFormat::Png => {
                 let corrupt = |e: image::ImageError| DecodeError::Corrupt(e.to_string());
                 let decoder =
@@ -100,11 +102,13 @@ impl FrameDecoder {
         };
         jpeg.set_scaling_factor(factor).map_err(corrupt)?;
         let scaled = header.scaled(factor);
-        let (w, h) = (u32::try_from(scaled.width), u32::try_from(scaled.height));
-        let (Ok(w), Ok(h)) = (w, h) else {
-            return Err(DecodeError::Corrupt("JPEG dimensions out of range".into()));
-        };
-        frame.set_scaled_size(w, h, header.width as u32, header.height as u32);
+        // JPEG dimensions are 16-bit, so these casts are lossless.
+        frame.set_scaled_size(
+            scaled.width as u32,
+            scaled.height as u32,
+            header.width as u32,
+            header.height as u32,
+        );
         let image = Image {
             pixels: &mut frame.rgb[..],
             width: scaled.width,
@@ -224,11 +228,17 @@ mod tests {
             .collect()
     }
 
+    /// A `width × height` gradient and its JPEG at `quality`.
+    fn gradient_jpeg(width: u32, height: u32, quality: u8) -> (Vec<u8>, Vec<u8>) {
+        let rgb = gradient(width, height);
+        let mut jpeg = Vec::new();
+        encode_jpeg(&rgb, width, height, quality, &mut jpeg).expect("encode");
+        (rgb, jpeg)
+    }
+
     #[test]
     fn jpeg_round_trip_keeps_size_and_roughly_pixels() {
-        let rgb = gradient(64, 48);
-        let mut jpeg = Vec::new();
-        encode_jpeg(&rgb, 64, 48, 95, &mut jpeg).expect("encode");
+        let (rgb, jpeg) = gradient_jpeg(64, 48, 95);
         let mut frame = Frame::with_capacity(64, 48);
         FrameDecoder::full_size()
             .decode_into(&jpeg, &mut frame)
@@ -259,9 +269,7 @@ mod tests {
             decode_into(b"hello, not an image", &mut frame),
             Err(DecodeError::UnknownFormat)
         ));
-        let rgb = gradient(64, 48);
-        let mut jpeg = Vec::new();
-        encode_jpeg(&rgb, 64, 48, 90, &mut jpeg).expect("encode");
+        let (_, mut jpeg) = gradient_jpeg(64, 48, 90);
         jpeg.truncate(jpeg.len() / 3);
         assert!(matches!(
             decode_into(&jpeg, &mut frame),
@@ -271,9 +279,7 @@ mod tests {
 
     #[test]
     fn corrupt_entropy_data_is_an_error_not_a_grey_frame() {
-        let rgb = gradient(256, 128);
-        let mut jpeg = Vec::new();
-        encode_jpeg(&rgb, 256, 128, 90, &mut jpeg).expect("encode");
+        let (_, mut jpeg) = gradient_jpeg(256, 128, 90);
         // Keep the headers and the end marker, cut out the middle of the scan.
         let sos = jpeg
             .windows(2)
@@ -290,9 +296,7 @@ mod tests {
 
     #[test]
     fn stray_bytes_after_the_scan_are_tolerated() {
-        let rgb = gradient(64, 48);
-        let mut jpeg = Vec::new();
-        encode_jpeg(&rgb, 64, 48, 90, &mut jpeg).expect("encode");
+        let (_, mut jpeg) = gradient_jpeg(64, 48, 90);
         let mut want = Frame::with_capacity(8, 8);
         let mut decoder = FrameDecoder::full_size();
         decoder.decode_into(&jpeg, &mut want).expect("decode");
@@ -321,13 +325,10 @@ mod tests {
 
     #[test]
     fn fitted_decode_records_the_captured_size() {
-        let rgb = gradient(1280, 720);
-        let mut jpeg = Vec::new();
-        encode_jpeg(&rgb, 1280, 720, 90, &mut jpeg).expect("encode");
+        let (rgb, jpeg) = gradient_jpeg(1280, 720, 90);
         let mut frame = Frame::with_capacity(8, 8);
-        FrameDecoder::fitting(320, 320)
-            .decode_into(&jpeg, &mut frame)
-            .expect("decode");
+        let mut decoder = FrameDecoder::fitting(320, 320);
+        decoder.decode_into(&jpeg, &mut frame).expect("decode");
         assert_eq!((frame.width, frame.height), (320, 180));
         assert_eq!((frame.source_width, frame.source_height), (1280, 720));
         assert_eq!(frame.rgb.len(), 320 * 180 * 3);
@@ -338,11 +339,8 @@ mod tests {
         assert!(want.abs_diff(got) <= 4, "{want} vs {got}");
 
         // The same decoder decodes a small image at full size.
-        let small = gradient(200, 100);
-        encode_jpeg(&small, 200, 100, 90, &mut jpeg).expect("encode");
-        FrameDecoder::fitting(320, 320)
-            .decode_into(&jpeg, &mut frame)
-            .expect("decode");
+        let (_, small) = gradient_jpeg(200, 100, 90);
+        decoder.decode_into(&small, &mut frame).expect("decode");
         assert_eq!((frame.width, frame.height), (200, 100));
         assert_eq!((frame.source_width, frame.source_height), (200, 100));
     }

@@ -213,7 +213,7 @@ impl Preprocessor {
             return Err(PreprocessError::EmptyFrame);
         }
         let mut lb = Letterbox::fit(fw, fh, self.input_w, self.input_h);
-        if (frame.source_width, frame.source_height) != (fw, fh) && frame.source_width > 0 {
+        if frame.source_width > 0 {
             lb.to_source = [
                 frame.source_width as f32 / fw as f32,
                 frame.source_height as f32 / fh as f32,

@@ -41,17 +41,15 @@ pub fn lower_current_thread(_steps: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Nice value of the calling thread (Linux), for tests and logs.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-pub fn current_thread_nice() -> i32 {
-    // SAFETY: as above.
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    #[allow(unsafe_code)]
+    fn current_thread_nice() -> i32 {
+        // SAFETY: as in `lower_current_thread`.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
 
     #[test]
     fn lowers_only_the_calling_thread() {
