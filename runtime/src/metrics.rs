@@ -182,6 +182,9 @@ pub struct Metrics {
     pub reconnects: AtomicU64,
     /// Nanoseconds from pipeline start to the end of the last inference thread.
     pub inference_done_ns: AtomicU64,
+    /// Nanoseconds from pipeline start to the end of the first inference (0: none yet).
+    /// With `inference_done_ns`, the steady-state span that excludes start-up.
+    pub first_inference_ns: AtomicU64,
     drops: [AtomicU64; 6],
     stages: [Histogram; 7],
 }

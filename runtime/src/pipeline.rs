@@ -236,6 +236,8 @@ pub struct Summary {
     pub elapsed: Duration,
     /// From start to the last inference (excludes the final keeper flush).
     pub inference_elapsed: Duration,
+    /// From start to the end of the first inference: start-up and pipeline fill.
+    pub first_inference: Duration,
     pub frames: u64,
     pub inferred: u64,
     pub kept: u64,
@@ -492,6 +494,7 @@ pub fn summarize(m: &Metrics, elapsed: Duration) -> Summary {
     Summary {
         elapsed,
         inference_elapsed: Duration::from_nanos(m.inference_done_ns.load(Ordering::Relaxed)),
+        first_inference: Duration::from_nanos(m.first_inference_ns.load(Ordering::Relaxed)),
         frames: m.frames.load(Ordering::Relaxed),
         inferred: m.stage(Stage::Inference).count(),
         kept: m.kept.load(Ordering::Relaxed),
@@ -671,6 +674,15 @@ impl Inference {
                 .inferer
                 .infer(&self.model, &slot, &self.metrics)
                 .map_err(&fail)?;
+            if self.metrics.first_inference_ns.load(Ordering::Relaxed) == 0 {
+                let first = (self.epoch.elapsed().as_nanos() as u64).max(1);
+                let _ = self.metrics.first_inference_ns.compare_exchange(
+                    0,
+                    first,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
             if self.inferer.is_candidate(&scores) {
                 let t0 = Instant::now();
                 self.metrics.candidates.fetch_add(1, Ordering::Relaxed);
