@@ -1,11 +1,11 @@
 //! `framesift bench`: the real pipeline measured against its baselines in one run.
 //!
 //! Phases are interleaved round by round — pipeline, bare `session.run`, capture on,
-//! capture on with 1 s windows, capture off — so a noisy shared machine slows each of
-//! them alike and the ratios stay meaningful:
-//! - `pipeline_vs_bare`: steady-state pipeline fps (first inference to last; the
-//!   start-up is reported apart) ÷ fps of a bare loop of `run` on the same pre-made
-//!   input tensors, same session and threads;
+//! capture on with 1 s windows, capture off, in reverse order every other round — so a
+//! noisy shared machine slows each of them alike and the ratios stay meaningful:
+//! - `pipeline_vs_bare`: the median over rounds of steady-state pipeline fps (first
+//!   inference to last; the start-up is reported apart) ÷ fps of the round's bare loop
+//!   of `run` on the same pre-made input tensors, same session and threads;
 //! - `capture_p99_ratio`: inference p99 when every frame is handed to the keeper (with
 //!   the configured keep window) ÷ inference p99 when none is;
 //! - `capture_1s_p99_ratio`: the same with 1 s keep windows, so the keeper encodes and
@@ -72,7 +72,10 @@ pub struct BenchReport {
     /// (threads, buffers, the first frame through every stage); not in `pipeline_fps`.
     pub pipeline_startup_ms: f64,
     pub bare_fps: f64,
+    /// Median over rounds of (pipeline fps ÷ bare fps) of the round's adjacent pair: a
+    /// noisy stretch on a shared machine moves one round, not the result.
     pub pipeline_vs_bare: f64,
+    pub pipeline_vs_bare_rounds: Vec<f64>,
     pub bare_p50_ms: f64,
     /// CPU time ÷ wall time of the bare loop, in cores: the detector's own use, so
     /// `cores − this` is what capture can use without taking from inference.
@@ -102,8 +105,8 @@ pub fn run(
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(
-        opts.rounds >= 1 && opts.frames >= opts.rounds as u64,
-        "--frames must be at least --rounds"
+        opts.rounds >= 1 && opts.frames >= 2 * opts.rounds as u64,
+        "--frames must be at least twice --rounds: a round's steady-state fps needs two frames"
     );
     let per_round = opts.frames / opts.rounds as u64;
     let info = model.lock().unwrap_or_else(|p| p.into_inner()).info.clone();
@@ -150,63 +153,82 @@ pub fn run(
     let mut rss_after_first = 0i64;
 
     let mut inferer = Inferer::new(&model.lock().unwrap_or_else(|p| p.into_inner()), &base)?;
+    let mut round_ratios = Vec::with_capacity(opts.rounds as usize);
     for round in 0..opts.rounds {
-        progress(&format!("round {}/{}: pipeline", round + 1, opts.rounds));
-        let cpu0 = process_cpu_secs();
-        let (metrics, summary) = run_pipeline(&base, &model, per_round)?;
-        cpu_secs += process_cpu_secs() - cpu0;
-        // Steady state: from the end of the first inference to the end of the last, so
-        // a round's start-up (buffers, threads, first frame) is reported, not averaged
-        // into the fps — a camera pipeline starts once and runs for hours.
-        pipeline_frames += summary.inferred.saturating_sub(1);
-        pipeline_time += summary
-            .inference_elapsed
-            .saturating_sub(summary.first_inference);
-        startup += summary.first_inference;
-        cpu_time += summary.inference_elapsed;
-        dropped += metrics.total_drops();
-        for stage in Stage::ALL {
-            pipeline_metrics.stage(stage).merge(metrics.stage(stage));
+        // Alternate which of the pair goes first, so a machine slowing down or warming
+        // up across the run does not favour either.
+        let (mut pipeline_fps, mut bare_fps) = (0.0, 0.0);
+        for bare_phase in [round % 2 == 1, round % 2 == 0] {
+            if bare_phase {
+                progress(&format!(
+                    "round {}/{}: bare session.run",
+                    round + 1,
+                    opts.rounds
+                ));
+                let (t0, cpu0) = (Instant::now(), process_cpu_secs());
+                for i in 0..per_round as usize {
+                    let runner = inferer.runner_mut();
+                    runner
+                        .input_mut()
+                        .copy_from_slice(&tensors[i % tensors.len()]);
+                    let t = Instant::now();
+                    model
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .run(runner)?;
+                    bare.record(t.elapsed());
+                }
+                let elapsed = t0.elapsed();
+                bare_time += elapsed;
+                bare_cpu_secs += process_cpu_secs() - cpu0;
+                bare_frames += per_round;
+                bare_fps = per_round as f64 / elapsed.as_secs_f64().max(1e-9);
+                continue;
+            }
+            progress(&format!("round {}/{}: pipeline", round + 1, opts.rounds));
+            let cpu0 = process_cpu_secs();
+            let (metrics, summary) = run_pipeline(&base, &model, per_round)?;
+            cpu_secs += process_cpu_secs() - cpu0;
+            // Steady state: from the end of the first inference to the end of the last,
+            // so a round's start-up (buffers, threads, first frame) is reported, not
+            // averaged into the fps — a camera pipeline starts once and runs for hours.
+            let frames = summary.inferred.saturating_sub(1);
+            let steady = summary
+                .inference_elapsed
+                .saturating_sub(summary.first_inference);
+            pipeline_frames += frames;
+            pipeline_time += steady;
+            pipeline_fps = frames as f64 / steady.as_secs_f64().max(1e-9);
+            startup += summary.first_inference;
+            cpu_time += summary.inference_elapsed;
+            dropped += metrics.total_drops();
+            for stage in Stage::ALL {
+                pipeline_metrics.stage(stage).merge(metrics.stage(stage));
+            }
         }
+        round_ratios.push(pipeline_fps / bare_fps.max(1e-9));
 
-        progress(&format!(
-            "round {}/{}: bare session.run",
-            round + 1,
-            opts.rounds
-        ));
-        let (t0, cpu0) = (Instant::now(), process_cpu_secs());
-        for i in 0..per_round as usize {
-            let runner = inferer.runner_mut();
-            runner
-                .input_mut()
-                .copy_from_slice(&tensors[i % tensors.len()]);
-            let t = Instant::now();
-            model
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .run(runner)?;
-            bare.record(t.elapsed());
+        // The capture phases, reversed every other round like the pair above.
+        let mut capture_phases = [0, 1, 2];
+        if round % 2 == 1 {
+            capture_phases.reverse();
         }
-        bare_time += t0.elapsed();
-        bare_cpu_secs += process_cpu_secs() - cpu0;
-        bare_frames += per_round;
-
-        progress(&format!("round {}/{}: capture on", round + 1, opts.rounds));
-        let (m, _) = run_pipeline(&capture_on, &model, per_round)?;
-        on.merge(m.stage(Stage::Inference));
-        capture_dropped += m.total_drops();
-        progress(&format!(
-            "round {}/{}: capture on, 1 s windows",
-            round + 1,
-            opts.rounds
-        ));
-        let (m, _) = run_pipeline(&capture_1s, &model, per_round)?;
-        on_1s.merge(m.stage(Stage::Inference));
-        written_1s += m.kept.load(std::sync::atomic::Ordering::Relaxed);
-        capture_dropped += m.total_drops();
-        progress(&format!("round {}/{}: capture off", round + 1, opts.rounds));
-        let (m, _) = run_pipeline(&capture_off, &model, per_round)?;
-        off.merge(m.stage(Stage::Inference));
+        for phase in capture_phases {
+            let (config, name, histogram) = match phase {
+                0 => (&capture_on, "capture on", &on),
+                1 => (&capture_1s, "capture on, 1 s windows", &on_1s),
+                _ => (&capture_off, "capture off", &off),
+            };
+            progress(&format!("round {}/{}: {name}", round + 1, opts.rounds));
+            let (m, _) = run_pipeline(config, &model, per_round)?;
+            histogram.merge(m.stage(Stage::Inference));
+            if phase == 1 {
+                written_1s += m.kept.load(std::sync::atomic::Ordering::Relaxed);
+            }
+            if phase != 2 {
+                capture_dropped += m.total_drops();
+            }
+        }
         if round == 0 {
             rss_after_first = crate::metrics::rss_kib();
         }
@@ -249,7 +271,8 @@ pub fn run(
             .collect(),
         pipeline_fps,
         bare_fps,
-        pipeline_vs_bare: pipeline_fps / bare_fps.max(1e-9),
+        pipeline_vs_bare: median(&mut round_ratios.clone()),
+        pipeline_vs_bare_rounds: round_ratios,
         bare_p50_ms: bare.quantile_ms(0.5),
         bare_cpu_cores_used: bare_cpu_secs / bare_time.as_secs_f64().max(1e-9),
         capture_on_inference_p99_ms: on_p99,
@@ -336,6 +359,17 @@ fn premade_tensors(
     }
     anyhow::ensure!(!out.is_empty(), "the source gave no usable frame");
     Ok(out)
+}
+
+/// Median of a non-empty sample (mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {
@@ -442,7 +476,16 @@ impl BenchReport {
             "  bare session.run   {:8.1} fps   (CPU {:.2} cores, p50 {:.3} ms)",
             self.bare_fps, self.bare_cpu_cores_used, self.bare_p50_ms
         );
-        let _ = writeln!(s, "  pipeline_vs_bare   {:8.3}", self.pipeline_vs_bare);
+        let (lo, hi) = self
+            .pipeline_vs_bare_rounds
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let _ = writeln!(
+            s,
+            "  pipeline_vs_bare   {:8.3}       (median of {} rounds, each pipeline ÷ bare in turn; range {lo:.3}–{hi:.3})",
+            self.pipeline_vs_bare,
+            self.pipeline_vs_bare_rounds.len()
+        );
         let _ = writeln!(
             s,
             "  capture_p99_ratio  {:8.3}       (inference p99 {:.3} ms capturing every frame / {:.3} ms capturing none)",
@@ -464,5 +507,17 @@ impl BenchReport {
             self.peak_rss_mib, self.rss_growth_kib
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_samples() {
+        assert_eq!(median(&mut [0.9, 1.1, 0.95]), 0.95);
+        assert_eq!(median(&mut [1.0, 0.9, 0.8, 1.2]), 0.95);
+        assert!(median(&mut []).is_nan());
     }
 }

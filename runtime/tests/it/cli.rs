@@ -173,6 +173,20 @@ fn bench_reports_ratios_measured_in_one_run() {
             .unwrap_or_else(|| panic!("{key} missing: {report}"));
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
     }
+    // The ratio is the median of the per-round ratios (two rounds: their mean).
+    let rounds: Vec<f64> = report["pipeline_vs_bare_rounds"]
+        .as_array()
+        .expect("pipeline_vs_bare_rounds")
+        .iter()
+        .map(|r| r.as_f64().expect("ratio"))
+        .collect();
+    assert_eq!(rounds.len(), 2, "{report}");
+    let median = report["pipeline_vs_bare"].as_f64().expect("ratio");
+    assert!(
+        (median - (rounds[0] + rounds[1]) / 2.0).abs() < 1e-9,
+        "{report}"
+    );
+    assert!(report["pipeline_startup_ms"].as_f64().expect("startup") > 0.0);
     // May read 0 where /proc/self/stat does not count CPU time (qemu-user).
     let cpu = report["cpu_cores_used"].as_f64().expect("cpu_cores_used");
     assert!(cpu.is_finite() && cpu >= 0.0, "cpu_cores_used = {cpu}");
