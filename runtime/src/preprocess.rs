@@ -169,7 +169,8 @@ struct Plan {
     x: Axis,
     y: Axis,
     /// `Some(k)` when the frame is exactly `k` times the content on both axes (1280×720
-    /// into 320×180: 4): area averaging is then a plain k×k box sum, done in integers.
+    /// into 320×180: 4; a JPEG decoded at 1/4 scale straight to 320×180: 1): area
+    /// averaging is then a plain k×k box sum, done in integers.
     box_factor: Option<usize>,
 }
 
@@ -179,7 +180,7 @@ impl Plan {
 
     fn box_factor(src: (u32, u32), dst: (u32, u32)) -> Option<usize> {
         let k = src.0 / dst.0;
-        ((2..=Self::MAX_BOX).contains(&k) && src.0 == dst.0 * k && src.1 == dst.1 * k)
+        ((1..=Self::MAX_BOX).contains(&k) && src.0 == dst.0 * k && src.1 == dst.1 * k)
             .then_some(k as usize)
     }
 }
@@ -599,7 +600,13 @@ mod tests {
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
         };
-        for (fw, fh, k) in [(1280, 720, 4), (640, 480, 2), (960, 540, 3), (480, 640, 2)] {
+        for (fw, fh, k) in [
+            (1280, 720, 4),
+            (640, 480, 2),
+            (960, 540, 3),
+            (480, 640, 2),
+            (320, 180, 1),
+        ] {
             let frame = frame_from(fw, fh, |x, y| {
                 [(x * 7 + y * 3) as u8, (x * y) as u8, (x ^ y) as u8]
             });
@@ -624,7 +631,7 @@ mod tests {
         }
         assert_eq!(Plan::box_factor((1000, 600), (320, 192)), None);
         assert_eq!(Plan::box_factor((1280, 720), (320, 181)), None);
-        assert_eq!(Plan::box_factor((320, 180), (320, 180)), None);
+        assert_eq!(Plan::box_factor((160, 90), (320, 180)), None);
     }
 
     #[test]
