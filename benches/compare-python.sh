@@ -2,7 +2,8 @@
 # framesift vs the Python loop a team would otherwise write (benches/python_baseline.py):
 # same JPEG frames, same model, same ONNX Runtime version and intra-op thread count,
 # interleaved round by round so a loaded machine slows both alike. Prints each round's
-# fps and the median ratio framesift / python.
+# fps, the median ratio framesift / python, and the ceiling of that ratio set by the
+# time Python spends inside session.run.
 #
 #   benches/compare-python.sh                 # 200 frames, 3 rounds, 2 threads
 #   FRAMES=100 ROUNDS=3 THREADS=1 MODEL=/path/to/yolov8n-640.onnx benches/compare-python.sh
@@ -79,7 +80,7 @@ printf '[model]\nintra_threads = %s\n' "$THREADS" >"$config"
 run_python() {
     "$py" "$root/benches/python_baseline.py" --frames-dir "$frames" --model "$MODEL" \
         --threads "$THREADS" --frames "$FRAMES" --interp "$INTERP" --out-dir "$WORK/python-kept" \
-        | "$py" -c 'import json,sys; print("%.2f" % json.load(sys.stdin)["fps"])'
+        | "$py" -c 'import json,sys; r = json.load(sys.stdin); print("%.2f %.2f" % (r["fps"], r["seconds"] / r["run_seconds"]))'
 }
 
 run_framesift() {
@@ -93,12 +94,12 @@ run_framesift() {
 
 say "$FRAMES frames, $ROUNDS rounds, $THREADS intra-op threads, model $MODEL"
 say "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-py_fps=() fs_fps=()
+py_fps=() fs_fps=() ceilings=()
 for ((r = 1; r <= ROUNDS; r++)); do
     say "round $r/$ROUNDS: python"
-    fps=$(run_python)
-    [[ -n $fps ]] || { say "python baseline failed"; exit 1; }
-    py_fps+=("$fps")
+    read -r fps ceiling < <(run_python) || true
+    [[ -n ${fps:-} ]] || { say "python baseline failed"; exit 1; }
+    py_fps+=("$fps") ceilings+=("$ceiling")
     say "round $r/$ROUNDS: framesift"
     fps=$(run_framesift)
     [[ -n $fps ]] || { say "framesift run failed (rerun without 2>/dev/null to see why)"; exit 1; }
@@ -111,13 +112,15 @@ echo "  $("$py" -c 'import onnxruntime as o, cv2, numpy as n; print(f"python: on
 echo "  framesift: $("$FRAMESIFT" --version), $ORT_DYLIB_PATH"
 echo "  cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') ($(nproc) cores), load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-printf '  %-6s %12s %15s %8s\n' round "python fps" "framesift fps" ratio
+printf '  %-6s %12s %15s %8s %9s\n' round "python fps" "framesift fps" ratio ceiling
 ratios=()
 for ((i = 0; i < ROUNDS; i++)); do
     ratio=$(awk -v a="${fs_fps[i]}" -v b="${py_fps[i]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }')
     ratios+=("$ratio")
-    printf '  %-6s %12s %15s %8s\n' $((i + 1)) "${py_fps[i]}" "${fs_fps[i]}" "$ratio"
+    printf '  %-6s %12s %15s %8s %9s\n' $((i + 1)) "${py_fps[i]}" "${fs_fps[i]}" "$ratio" "${ceilings[i]}"
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo
 echo "  median  python $(median "${py_fps[@]}") fps, framesift $(median "${fs_fps[@]}") fps, ratio framesift/python $(median "${ratios[@]}")"
+echo "  ceiling = python's time per frame ÷ its time inside session.run: the ratio if framesift"
+echo "  spent on each frame only what Python spends in session.run (median $(median "${ceilings[@]}"))"
