@@ -79,6 +79,10 @@ pub enum SourceConfig {
 pub struct PipelineConfig {
     pub queue_depth: usize,
     pub keeper_queue: usize,
+    /// Nice steps the capture threads run below inference (see `priority`).
+    pub capture_nice: i32,
+    /// Nice steps the keeper runs below inference.
+    pub keeper_nice: i32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -338,6 +342,8 @@ struct RawCamera {
 struct RawPipeline {
     queue_depth: i64,
     keeper_queue: i64,
+    capture_nice: i64,
+    keeper_nice: i64,
 }
 
 impl Default for RawPipeline {
@@ -345,6 +351,8 @@ impl Default for RawPipeline {
         Self {
             queue_depth: 2,
             keeper_queue: 16,
+            capture_nice: crate::priority::CAPTURE_NICE as i64,
+            keeper_nice: crate::priority::KEEPER_NICE as i64,
         }
     }
 }
@@ -547,6 +555,18 @@ impl Config {
                 1,
                 1024,
             ) as usize,
+            capture_nice: c.int(
+                vec![key("pipeline"), key("capture_nice")],
+                p.capture_nice,
+                0,
+                19,
+            ) as i32,
+            keeper_nice: c.int(
+                vec![key("pipeline"), key("keeper_nice")],
+                p.keeper_nice,
+                0,
+                19,
+            ) as i32,
         };
 
         let s = &raw.scoring;
@@ -1221,7 +1241,10 @@ mod tests {
                     "reconnect_max_ms",
                 ][..],
             ),
-            ("pipeline", &["queue_depth", "keeper_queue"][..]),
+            (
+                "pipeline",
+                &["queue_depth", "keeper_queue", "capture_nice", "keeper_nice"][..],
+            ),
             (
                 "scoring",
                 &[
@@ -1324,6 +1347,20 @@ max_bytes = 10
         error: config.toml: line 3, column 1: model.intra_threads = 0 is out of range; write a whole number from 1 to 64
         error: config.toml: line 6, column 1: scoring.blur_weight = -1 is out of range; write a number 0 or more, e.g. 0.5
         error: config.toml: line 9, column 1: spool.max_bytes = 10 is out of range; write a whole number of at least 1048576
+        ");
+    }
+
+    #[test]
+    fn thread_priorities_are_nice_steps_from_0_to_19() {
+        let config = Config::parse("[pipeline]\ncapture_nice = 0\nkeeper_nice = 19\n", "c.toml")
+            .expect("in range");
+        assert_eq!(
+            (config.pipeline.capture_nice, config.pipeline.keeper_nice),
+            (0, 19)
+        );
+        insta::assert_snapshot!(errors("[pipeline]\ncapture_nice = 20\nkeeper_nice = -1\n"), @r"
+        error: config.toml: line 2, column 1: pipeline.capture_nice = 20 is out of range; write a whole number from 0 to 19
+        error: config.toml: line 3, column 1: pipeline.keeper_nice = -1 is out of range; write a whole number from 0 to 19
         ");
     }
 

@@ -38,7 +38,7 @@ use crate::{
     metrics::{Drop, Heartbeat, Metrics, Stage, event},
     model::{Model, ModelInfo, Runner},
     preprocess::{FrameMeter, FrameStats, Letterbox, Preprocessor},
-    priority::{self, CAPTURE_NICE, KEEPER_NICE},
+    priority,
     score::{self, Scores},
     sidecar,
     source::{FrameSource, Next, SourceError},
@@ -355,7 +355,7 @@ impl Pipeline {
             };
             threads.push(spawn(
                 format!("capture-{}", cam.name),
-                CAPTURE_NICE,
+                config.pipeline.capture_nice,
                 move || capture.run(),
             )?);
 
@@ -399,7 +399,11 @@ impl Pipeline {
             metrics: metrics.clone(),
             jpeg: Vec::new(),
         };
-        threads.push(spawn("keeper".into(), KEEPER_NICE, move || keeper.run())?);
+        threads.push(spawn(
+            "keeper".into(),
+            config.pipeline.keeper_nice,
+            move || keeper.run(),
+        )?);
 
         let started = epoch;
         if let Some(d) = limits.duration {

@@ -6,6 +6,8 @@
 //! down they run in the gaps ORT leaves between operators (and whenever inference
 //! waits for a frame), and inference keeps its cores.
 
+// The two defaults below are `[pipeline] capture_nice` and `keeper_nice` in the config.
+
 /// How far below inference the capture thread runs (Linux nice steps). At 10 its CFS
 /// weight is a tenth of an inference thread's: it still gets whole cores whenever ORT
 /// waits, which is enough to keep the work queue full (`framesift bench`, 2 cores:

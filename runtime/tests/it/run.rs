@@ -401,3 +401,75 @@ fn replayed_jpeg_detections_are_in_captured_coordinates() {
         "{matched} of {truths} objects found at their captured-image position"
     );
 }
+
+/// Nice value of each thread of process `pid`, by thread name.
+#[cfg(target_os = "linux")]
+fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("stat")),
+        ) else {
+            continue;
+        };
+        // Fields after the parenthesised name: state is field 3, nice field 19.
+        let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        if let Some(nice) = after
+            .split_whitespace()
+            .nth(16)
+            .and_then(|n| n.parse().ok())
+        {
+            out.push((comm.trim().to_string(), nice));
+        }
+    }
+    out
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn capture_and_keeper_run_at_the_configured_nice_steps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[pipeline]\ncapture_nice = 7\nkeeper_nice = 3\n\n[[camera]]\ntype = \"synthetic\"\nfps = 5\n",
+    )
+    .expect("write");
+    let mut child = framesift(&[
+        "run",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--duration-secs",
+        "30",
+        "--spool-dir",
+        dir.path().join("spool").to_str().expect("utf8"),
+        "--quiet",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("spawn");
+    // The threads lower themselves as they start; wait until both have.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        seen = thread_nices(child.id());
+        let nice = |name: &str| seen.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+        if nice("capture-cam0") == Some(7) && nice("keeper") == Some(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let nice = |name: &str| seen.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    assert_eq!(nice("capture-cam0"), Some(7), "{seen:?}");
+    assert_eq!(nice("keeper"), Some(3), "{seen:?}");
+    assert_eq!(nice("infer-cam0"), Some(0), "{seen:?}");
+}
