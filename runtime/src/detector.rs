@@ -233,9 +233,7 @@ impl Decoder {
         }
         Ok(())
     }
-}
 
-impl Decoder {
     /// [`top2`] of every anchor of a YOLOv8 output (`[1, 4+nc, n]`), into `best`,
     /// `best_class` and `second`. Class-major: each class row is read once, contiguously,
     /// and the update is branch-free so it vectorises — reading per anchor instead strides

@@ -672,13 +672,16 @@ impl Inference {
             camera: camera.clone(),
             reason,
         };
+        let mut inferred_one = false;
         while let Ok(mut slot) = self.work_rx.recv() {
             self.heartbeat.begin();
             let scores = self
                 .inferer
                 .infer(&self.model, &slot, &self.metrics)
                 .map_err(&fail)?;
-            if self.metrics.first_inference_ns.load(Ordering::Relaxed) == 0 {
+            if !inferred_one {
+                inferred_one = true;
+                // The first camera to get here sets it; 0 means "none yet".
                 let first = (self.epoch.elapsed().as_nanos() as u64).max(1);
                 let _ = self.metrics.first_inference_ns.compare_exchange(
                     0,
