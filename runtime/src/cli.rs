@@ -407,13 +407,18 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resident memory while the pipeline runs: the level once warmed up and the last
-/// sample, so a long run shows whether memory creeps (a leak) or stays flat.
+/// Resident memory while the pipeline runs: the level once warmed up and the highest
+/// sample after it, so a long run shows whether memory creeps (a leak) or stays flat.
+/// The highest sample, not the last: the last can fall in the teardown, after the
+/// pipeline freed its pools, and would hide growth.
 #[derive(Default)]
 struct MemoryWatch {
     /// (frames inferred, RSS KiB) when the warm-up ended.
     warm: Option<(u64, i64)>,
-    last: (u64, i64),
+    /// Highest RSS KiB sampled after the warm-up.
+    highest: i64,
+    /// Frames inferred at the last sample.
+    last_frames: u64,
 }
 
 impl MemoryWatch {
@@ -421,23 +426,41 @@ impl MemoryWatch {
     const WARM_UP_FRAMES: u64 = 1000;
 
     fn sample(&mut self, inferred: u64) -> i64 {
-        let rss = crate::metrics::rss_kib();
-        if self.warm.is_none() && inferred >= Self::WARM_UP_FRAMES {
-            self.warm = Some((inferred, rss));
+        self.record(inferred, crate::metrics::rss_kib())
+    }
+
+    fn record(&mut self, inferred: u64, rss: i64) -> i64 {
+        match self.warm {
+            None if inferred >= Self::WARM_UP_FRAMES => {
+                self.warm = Some((inferred, rss));
+                self.highest = rss;
+            }
+            Some(_) => self.highest = self.highest.max(rss),
+            None => {}
         }
-        self.last = (inferred, rss);
+        self.last_frames = inferred;
         rss
+    }
+
+    /// KiB the highest sample after warm-up lies above the warm-up level, with the
+    /// frame range it covers; `None` before a sample after the warm-up.
+    fn growth(&self) -> Option<(i64, u64, u64)> {
+        match self.warm {
+            Some((from, warm)) if self.last_frames > from => {
+                Some((self.highest - warm, from, self.last_frames))
+            }
+            _ => None,
+        }
     }
 
     fn print(&self) {
         let peak = crate::metrics::peak_rss_kib() as f64 / 1024.0;
-        match self.warm {
-            Some((from, warm)) if self.last.0 > from => println!(
-                "  memory      peak RSS {peak:.1} MiB; RSS {:+} KiB from frame {from} to frame {}",
-                self.last.1 - warm,
-                self.last.0
+        match self.growth() {
+            Some((growth, from, to)) => println!(
+                "  memory      peak RSS {peak:.1} MiB; RSS growth {growth:+} KiB from frame {from} \
+                 to frame {to} (highest sample minus the level at frame {from})"
             ),
-            _ => println!("  memory      peak RSS {peak:.1} MiB"),
+            None => println!("  memory      peak RSS {peak:.1} MiB"),
         }
     }
 }
@@ -481,5 +504,34 @@ fn print_summary(s: &Summary, config: &Config) {
         if *count > 0 {
             println!("  {name:<16} {count:>7} {p50:>11.3} {p99:>10.3}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryWatch;
+
+    #[test]
+    fn memory_growth_is_the_highest_sample_above_the_warm_level() {
+        let mut m = MemoryWatch::default();
+        // Warm-up: growth of the pools and arena before frame 1000 is not a leak.
+        m.record(10, 50_000);
+        m.record(900, 170_000);
+        assert_eq!(m.growth(), None);
+        m.record(1_000, 176_000);
+        assert_eq!(m.growth(), None, "one sample is no range");
+        m.record(50_000, 176_400);
+        m.record(99_000, 176_900);
+        // Teardown: the pools are freed before the loop sees the pipeline finish.
+        m.record(100_000, 71_000);
+        assert_eq!(m.growth(), Some((900, 1_000, 100_000)));
+    }
+
+    #[test]
+    fn memory_that_only_shrinks_after_warm_up_has_no_growth() {
+        let mut m = MemoryWatch::default();
+        m.record(1_200, 180_000);
+        m.record(5_000, 120_000);
+        assert_eq!(m.growth(), Some((0, 1_200, 5_000)));
     }
 }
