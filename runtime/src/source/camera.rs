@@ -125,6 +125,8 @@ pub enum YuyvError {
     },
     #[error("{width}x{height} is too large to address")]
     TooLarge { width: u32, height: u32 },
+    #[error("YUYV conversion failed: {0}")]
+    Convert(String),
 }
 
 /// Bytes of one YUYV row: pixels are stored in pairs sharing one U and one V sample, so an
@@ -164,53 +166,23 @@ pub fn yuyv_to_rgb(yuyv: &[u8], width: u32, height: u32, rgb: &mut [u8]) -> Resu
     if w == 0 || h == 0 {
         return Ok(());
     }
-    let pairs = w / 2;
-    for (src, dst) in yuyv[..need_in]
-        .chunks_exact(stride)
-        .zip(rgb[..need_out].chunks_exact_mut(out_row))
-    {
-        let (src_pairs, src_tail) = src.split_at(pairs * 4);
-        let (dst_pairs, dst_tail) = dst.split_at_mut(pairs * 6);
-        for (s, d) in src_pairs.chunks_exact(4).zip(dst_pairs.chunks_exact_mut(6)) {
-            let chroma = Chroma::new(s[1], s[3]);
-            let (first, second) = d.split_at_mut(3);
-            chroma.put(s[0], first);
-            chroma.put(s[2], second);
-        }
-        if let ([y, u, _, v], [_, _, _]) = (src_tail, &*dst_tail) {
-            Chroma::new(*u, *v).put(*y, dst_tail);
-        }
-    }
-    Ok(())
-}
-
-/// Fixed-point BT.601 limited-range chroma terms shared by a pixel pair (8 fractional bits,
-/// rounding offset included).
-struct Chroma {
-    r: i32,
-    g: i32,
-    b: i32,
-}
-
-impl Chroma {
-    #[inline]
-    fn new(u: u8, v: u8) -> Self {
-        let d = i32::from(u) - 128;
-        let e = i32::from(v) - 128;
-        Self {
-            r: 409 * e + 128,
-            g: -100 * d - 208 * e + 128,
-            b: 516 * d + 128,
-        }
-    }
-
-    #[inline]
-    fn put(&self, y: u8, px: &mut [u8]) {
-        let c = 298 * (i32::from(y) - 16);
-        px[0] = ((c + self.r) >> 8).clamp(0, 255) as u8;
-        px[1] = ((c + self.g) >> 8).clamp(0, 255) as u8;
-        px[2] = ((c + self.b) >> 8).clamp(0, 255) as u8;
-    }
+    let (Ok(yuy_stride), Ok(rgb_stride)) = (u32::try_from(stride), u32::try_from(out_row)) else {
+        return Err(YuyvError::TooLarge { width, height });
+    };
+    let packed = yuvutils_rs::YuvPackedImage {
+        yuy: &yuyv[..need_in],
+        yuy_stride,
+        width,
+        height,
+    };
+    yuvutils_rs::yuyv422_to_rgb(
+        &packed,
+        &mut rgb[..need_out],
+        rgb_stride,
+        yuvutils_rs::YuvRange::Limited,
+        yuvutils_rs::YuvStandardMatrix::Bt601,
+    )
+    .map_err(|e| YuyvError::Convert(e.to_string()))
 }
 
 /// Where a JPEG ends inside a (possibly larger) buffer, and whether it carries Huffman tables.
@@ -979,6 +951,84 @@ mod tests {
             let rgb = convert(&[[y, u, y, v]], 2, 1);
             assert_near(&rgb[..3], want, what);
             assert_near(&rgb[3..], want, what);
+        }
+    }
+
+    /// BT.601 limited range in floating point: the oracle for the fixed-point SIMD path.
+    fn bt601(y: u8, u: u8, v: u8) -> [f64; 3] {
+        let (c, d, e) = (
+            (f64::from(y) - 16.0) * 255.0 / 219.0,
+            (f64::from(u) - 128.0) * 255.0 / 224.0,
+            (f64::from(v) - 128.0) * 255.0 / 224.0,
+        );
+        [
+            c + 1.402 * e,
+            c - 0.344_136 * d - 0.714_136 * e,
+            c + 1.772 * d,
+        ]
+        .map(|x| x.clamp(0.0, 255.0))
+    }
+
+    #[test]
+    fn yuyv_matches_floating_point_bt601_on_noise() {
+        // Widths that exercise the SIMD blocks, their remainders, and an odd width whose
+        // last pair is half padding; values over the legal ranges (Y 16–235, U/V 16–240).
+        // Below-black luma is read as black (16) by the SIMD path, so it has no oracle
+        // here; `yuyv_out_of_range_values_saturate` covers it.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut byte = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        };
+        for (width, height) in [(64u32, 3u32), (70, 2), (37, 5), (1, 1), (1280, 2)] {
+            let stride = width.div_ceil(2) as usize * 4;
+            let yuyv: Vec<u8> = (0..stride * height as usize)
+                .map(|i| match (i % 2, byte()) {
+                    (0, b) => 16 + b % 220, // Y
+                    (_, b) => 16 + b % 225, // U or V
+                })
+                .collect();
+            let mut rgb = vec![0; width as usize * height as usize * 3];
+            yuyv_to_rgb(&yuyv, width, height, &mut rgb).expect("convert");
+            let mut worst = 0.0f64;
+            for y in 0..height as usize {
+                for x in 0..width as usize {
+                    let pair = &yuyv[y * stride + x / 2 * 4..][..4];
+                    let luma = pair[(x % 2) * 2];
+                    let want = bt601(luma, pair[1], pair[3]);
+                    let got = &rgb[(y * width as usize + x) * 3..][..3];
+                    for (g, w) in got.iter().zip(want) {
+                        worst = worst.max((f64::from(*g) - w).abs());
+                    }
+                }
+            }
+            assert!(
+                worst <= 2.5,
+                "{width}x{height}: off by {worst:.2} from BT.601"
+            );
+        }
+    }
+
+    #[test]
+    fn yuyv_out_of_range_values_saturate() {
+        // Sensors do emit Y below 16 and above 235: black and white, not wrapped colours.
+        let rgb = convert(&[[0, 128, 0, 128], [255, 128, 255, 128]], 4, 1);
+        for px in 0..2 {
+            assert_near(&rgb[px * 3..][..3], [0, 0, 0], "below black");
+            assert_near(&rgb[6 + px * 3..][..3], [255, 255, 255], "above white");
+        }
+        // Chroma at the byte limits clamps each channel instead of wrapping.
+        for (u, v) in [(255, 0), (0, 255), (255, 255), (0, 0)] {
+            let rgb = convert(&[[16, u, 16, v]], 2, 1);
+            let want = bt601(16, u, v);
+            for (g, w) in rgb[..3].iter().zip(want) {
+                assert!(
+                    (f64::from(*g) - w).abs() <= 2.5,
+                    "U {u} V {v}: {rgb:?} vs {want:?}"
+                );
+            }
         }
     }
 
