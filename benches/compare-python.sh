@@ -13,8 +13,11 @@
 #   THREADS  intra-op threads, both sides (2)        MODEL    ONNX model (../shared/models/yolov8n-320.onnx)
 #   VENV     Python venv (target/pybench-venv)       WORK     scratch dir (target/pybench)
 #   INTERP   python letterbox resize: linear (cv2.INTER_LINEAR, default) or area
+#   PY_SPINNING  python's ORT intra-op spinning: default (ORT's, on), on, or off (as
+#            framesift's default [model] intra_spinning = false)
 #   FRAMESIFT  framesift binary (target/release/framesift; built if missing, or always with REBUILD=1)
-#   ORT_DYLIB_PATH  libonnxruntime.so for framesift (default target/ort/<arch>/libonnxruntime.so)
+#   ORT_DYLIB_PATH  libonnxruntime.so for framesift (default: scripts/setup.sh installs the
+#            system packages this needs and fetches ORT into target/ort/<arch>/)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -23,21 +26,25 @@ FRAMES=${FRAMES:-200}
 ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 INTERP=${INTERP:-linear}
+PY_SPINNING=${PY_SPINNING:-default}
 MODEL=${MODEL:-$root/../shared/models/yolov8n-320.onnx}
 VENV=${VENV:-$root/target/pybench-venv}
 WORK=${WORK:-$root/target/pybench}
 FRAMESIFT=${FRAMESIFT:-$root/target/release/framesift}
-arch=$(uname -m)
-export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$root/target/ort/$arch/libonnxruntime.so}
+say() { echo "compare-python: $*" >&2; }
+
+# System packages (python3-venv among them) and ONNX Runtime, as for the build.
+if [[ -z ${ORT_DYLIB_PATH:-} ]]; then
+    ORT_DYLIB_PATH=$(scripts/setup.sh | tail -n 1)
+fi
+export ORT_DYLIB_PATH
 
 # Pinned so both sides run the same ONNX Runtime (framesift loads 1.31.1 from the
 # official wheel, see cross/fetch-ort.sh).
 PY_PINS=(onnxruntime==1.31.1 opencv-python-headless==5.0.0.93 numpy==2.4.6)
 
-say() { echo "compare-python: $*" >&2; }
-
 [[ -f $MODEL ]] || { say "model $MODEL not found (set MODEL)"; exit 1; }
-[[ -f $ORT_DYLIB_PATH ]] || { say "ONNX Runtime library $ORT_DYLIB_PATH not found (run cross/fetch-ort.sh $arch or set ORT_DYLIB_PATH)"; exit 1; }
+[[ -f $ORT_DYLIB_PATH ]] || { say "ONNX Runtime library $ORT_DYLIB_PATH not found (unset ORT_DYLIB_PATH to fetch it)"; exit 1; }
 
 # (a) Python environment.
 if ! "$VENV/bin/python" -c 'import onnxruntime, cv2, numpy' 2>/dev/null; then
@@ -79,7 +86,7 @@ printf '[model]\nintra_threads = %s\n' "$THREADS" >"$config"
 
 run_python() {
     "$py" "$root/benches/python_baseline.py" --frames-dir "$frames" --model "$MODEL" \
-        --threads "$THREADS" --frames "$FRAMES" --interp "$INTERP" --out-dir "$WORK/python-kept" \
+        --threads "$THREADS" --frames "$FRAMES" --interp "$INTERP" --spinning "$PY_SPINNING" --out-dir "$WORK/python-kept" \
         | "$py" -c 'import json,sys; r = json.load(sys.stdin); print("%.2f %.2f" % (r["fps"], r["seconds"] / r["run_seconds"]))'
 }
 
@@ -107,7 +114,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 echo
-echo "framesift vs Python baseline: $FRAMES JPEG q90 frames 1280x720, $(basename "$MODEL"), $THREADS intra-op threads, python resize $INTERP"
+echo "framesift vs Python baseline: $FRAMES JPEG q90 frames 1280x720, $(basename "$MODEL"), $THREADS intra-op threads, python resize $INTERP, python ORT spinning $PY_SPINNING"
 echo "  $("$py" -c 'import onnxruntime as o, cv2, numpy as n; print(f"python: onnxruntime {o.__version__}, opencv {cv2.__version__}, numpy {n.__version__}")')"
 echo "  framesift: $("$FRAMESIFT" --version), $ORT_DYLIB_PATH"
 echo "  cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') ($(nproc) cores), load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -4,7 +4,8 @@
 Per frame, in one thread (plus ONNX Runtime's intra-op threads):
   cv2.imread (read + JPEG decode)
   -> letterbox: cv2.resize INTER_LINEAR + cv2.copyMakeBorder(114), BGR->RGB, /255, CHW f32
-  -> session.run (onnxruntime, intra_op_num_threads = --threads, ORT_ENABLE_ALL)
+  -> session.run (onnxruntime, intra_op_num_threads = --threads, ORT_ENABLE_ALL; intra-op
+     threads spin between operators, ORT's default, unless --spinning off)
   -> YOLOv8 decode in numpy (transpose, best class, score >= --floor) + cv2.dnn.NMSBoxesBatched
   -> variance of the Laplacian (cv2.Laplacian(gray, CV_64F).var())
   -> a simple value (uncertain detections + blur) -> keep the top --keep frames (heapq)
@@ -104,6 +105,9 @@ def main():
     ap.add_argument("--interp", choices=["linear", "area"], default="linear",
                     help="cv2.resize interpolation: linear (Ultralytics' choice) or area "
                          "(what framesift's letterbox computes)")
+    ap.add_argument("--spinning", choices=["default", "on", "off"], default="default",
+                    help="session.intra_op.allow_spinning: ORT's default (on), or forced; "
+                         "off matches framesift's default")
     ap.add_argument("--keep", type=int, default=16)
     ap.add_argument("--out-dir", default="", help="cv2.imwrite the kept frames here")
     args = ap.parse_args()
@@ -114,6 +118,9 @@ def main():
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if args.spinning != "default":
+        so.add_session_config_entry("session.intra_op.allow_spinning",
+                                    "1" if args.spinning == "on" else "0")
     sess = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     out_name = sess.get_outputs()[0].name
@@ -174,6 +181,7 @@ def main():
         "write_kept_seconds": round(write_seconds, 3),
         "threads": args.threads,
         "interp": args.interp,
+        "spinning": args.spinning,
         "onnxruntime": ort.__version__,
         "opencv": cv2.__version__,
         "numpy": np.__version__,

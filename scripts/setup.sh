@@ -18,7 +18,7 @@ fi
 
 # System packages: a C toolchain, libclang for nokhwa's V4L2 bindings, cmake (and nasm on
 # x86 for its SIMD) to build the vendored libjpeg-turbo, python3 + pip and unzip to fetch
-# ONNX Runtime from its PyPI wheel.
+# ONNX Runtime from its PyPI wheel, python3-venv for the Python baseline benchmark.
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
@@ -28,6 +28,8 @@ case "$(uname -m)" in x86_64 | i?86) command -v nasm >/dev/null || need+=(nasm) 
 command -v unzip >/dev/null || need+=(unzip)
 command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# venv for benches/compare-python.sh's onnxruntime + OpenCV baseline (Debian splits it out).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 # Rust: edition 2024 needs rustc >= 1.85; the workspace asks for 1.92. Use the
 # toolchain on PATH when it is new enough, else Debian's rustc-web/cargo-web.

@@ -9,3 +9,10 @@ export ORT_DYLIB_PATH="$lib"
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all -- --check; else echo "test: rustfmt not installed; format check skipped" >&2; fi
 if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets -- -D warnings; else echo "test: clippy not installed; lint skipped" >&2; fi
 cargo test --workspace
+# benches/compare-python.sh end to end on a few frames: its venv from PyPI, the Python
+# baseline and framesift on the same JPEGs, the ratio. Uses the shared benchmark model.
+if [ -f ../shared/models/yolov8n-320.onnx ]; then
+  FRAMESIFT=target/debug/framesift FRAMES=12 ROUNDS=1 WORK=target/pysmoke benches/compare-python.sh
+else
+  echo "test: ../shared/models/yolov8n-320.onnx not present; compare-python smoke skipped" >&2
+fi
