@@ -5,11 +5,11 @@
 # fps, the median ratio framesift / python, and the ceiling of that ratio set by the
 # time Python spends inside session.run.
 #
-#   benches/compare-python.sh                 # 200 frames, 3 rounds, 2 threads
+#   benches/compare-python.sh                 # 200 frames, 9 rounds, 2 threads (about 90 s)
 #   FRAMES=100 ROUNDS=3 THREADS=1 MODEL=/path/to/yolov8n-640.onnx benches/compare-python.sh
 #
 # Environment (all optional):
-#   FRAMES   frames per run (default 200)           ROUNDS   interleaved rounds (default 3)
+#   FRAMES   frames per run (default 200)           ROUNDS   interleaved rounds (default 9)
 #   THREADS  intra-op threads, both sides (2)        MODEL    ONNX model (../shared/models/yolov8n-320.onnx)
 #   VENV     Python venv (target/pybench-venv)       WORK     scratch dir (target/pybench)
 #   INTERP   python letterbox resize: linear (cv2.INTER_LINEAR, default) or area
@@ -23,7 +23,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 FRAMES=${FRAMES:-200}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-9}
 THREADS=${THREADS:-2}
 INTERP=${INTERP:-linear}
 PY_SPINNING=${PY_SPINNING:-default}
