@@ -445,9 +445,10 @@ impl Model {
     /// Run one inference with a runner's bound tensors.
     ///
     /// Calls ONNX Runtime's `RunWithBinding` directly. `Session::run_binding` would also
-    /// fetch the bound outputs and wrap them in a fresh `SessionOutputs` (two heap
-    /// allocations per frame, measured by tests/alloc.rs); the outputs are pre-bound
-    /// tensors we already hold, so that step buys nothing.
+    /// fetch the bound outputs and wrap them in a fresh `SessionOutputs` (two more heap
+    /// allocations per frame on top of ORT's own inside the run, which tests/alloc.rs
+    /// counts); the outputs are pre-bound tensors we already hold, so that step buys
+    /// nothing.
     #[allow(unsafe_code)]
     pub fn run(&mut self, runner: &mut Runner) -> Result<(), ModelError> {
         use ort::AsPointer;

@@ -14,7 +14,8 @@
 //!   counted by reason.
 //! - Memory is fixed at start-up: per camera `queue_depth + 2` frame slots (each a frame
 //!   and an input tensor), and `keeper_queue + keep capacity + cameras` candidates.
-//!   Buffers circulate; nothing on the per-frame path allocates after warm-up.
+//!   Buffers circulate; nothing framesift does per frame allocates after warm-up (ONNX
+//!   Runtime and libjpeg-turbo allocate inside their own calls: tests/alloc.rs).
 //! - Shutdown is ordered by channel closure: capture stops → inference drains its queue
 //!   and drops its keeper sender → the keeper flushes its buffer to the spool and exits.
 
