@@ -139,7 +139,9 @@ fn yuyv_row_bytes(width: usize) -> Option<usize> {
 ///
 /// `yuyv` may be longer than needed (V4L2 buffers usually are); rows are read tightly
 /// packed from its start. `rgb` must hold at least `width * height * 3` bytes. Odd widths
-/// are handled (rows padded to whole pixel pairs). Allocates nothing.
+/// are handled (rows padded to whole pixel pairs). The conversion is `yuvutils-rs`'s
+/// fixed-point SIMD code (within 2.5 levels of exact BT.601; luma below 16 reads as
+/// black). Allocates nothing.
 pub fn yuyv_to_rgb(yuyv: &[u8], width: u32, height: u32, rgb: &mut [u8]) -> Result<(), YuyvError> {
     let (w, h) = (width as usize, height as usize);
     let too_large = YuyvError::TooLarge { width, height };
