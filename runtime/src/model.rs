@@ -13,7 +13,10 @@ use std::{
 
 use ort::{
     environment::Environment,
-    session::{IoBinding, Session, builder::GraphOptimizationLevel},
+    session::{
+        IoBinding, Session,
+        builder::{GraphOptimizationLevel, SessionBuilder},
+    },
     value::Tensor,
 };
 use serde::Deserialize;
@@ -408,6 +411,18 @@ impl Model {
         file: &ModelFile,
         config: &ModelConfig,
     ) -> Result<Model, ModelError> {
+        Self::load_tuned(env, file, config, |builder| builder)
+    }
+
+    /// [`Model::load`], with `tune` applied to the session builder after the config's
+    /// options: for ONNX Runtime options the config does not expose (tests/alloc.rs
+    /// measures ORT's allocations under each).
+    pub fn load_tuned(
+        env: &Environment,
+        file: &ModelFile,
+        config: &ModelConfig,
+        tune: impl FnOnce(SessionBuilder) -> SessionBuilder,
+    ) -> Result<Model, ModelError> {
         let sha256 = file.verify()?;
         let path = file.origin.clone();
         let session_err = |e: ort::Error| ModelError::Session {
@@ -429,7 +444,8 @@ impl Model {
             .with_intra_op_spinning(config.intra_spinning)
             .map_err(|e| session_err(e.into()))?
             .with_optimization_level(level)
-            .map_err(|e| session_err(e.into()))?
+            .map_err(|e| session_err(e.into()))?;
+        let session = tune(session)
             .commit_from_memory(&file.bytes)
             .map_err(session_err)?;
         let info = describe(&session, file, sha256)?;

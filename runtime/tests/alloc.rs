@@ -118,22 +118,14 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
     note();
     // glibc's own checks: a power of two that is a multiple of sizeof(void *).
     if !align.is_power_of_two() || !align.is_multiple_of(std::mem::size_of::<*mut c_void>()) {
-        return libc_einval();
+        return libc::EINVAL;
     }
     let p = unsafe { __libc_memalign(align, size) };
     if p.is_null() && size != 0 {
-        return libc_enomem();
+        return libc::ENOMEM;
     }
     unsafe { *out = p };
     0
-}
-
-const fn libc_einval() -> i32 {
-    22 // EINVAL on Linux
-}
-
-const fn libc_enomem() -> i32 {
-    12 // ENOMEM on Linux
 }
 
 /// Allocations by `f`: (on this thread, in the whole process).
@@ -336,15 +328,7 @@ fn onnx_runtime_allocates_inside_every_run() {
     let (env, _) =
         model::environment(Some(&ort_library())).expect("ONNX Runtime (run cross/fetch-ort.sh)");
     let file = ModelFile::embedded().expect("embedded model");
-    let info = Model::load(&env, &file, &Config::default().model)
-        .expect("model")
-        .info;
-    let input_shape = [
-        1usize,
-        3,
-        info.input_height as usize,
-        info.input_width as usize,
-    ];
+    let config = Config::default().model;
 
     type Tweak = fn(SessionBuilder) -> SessionBuilder;
     let variants: [(&str, Tweak); 5] = [
@@ -371,37 +355,23 @@ fn onnx_runtime_allocates_inside_every_run() {
     ];
     let mut report = Vec::new();
     for (what, tweak) in variants {
-        let builder = Session::builder(&env)
-            .expect("builder")
-            .with_intra_threads(2)
-            .expect("threads");
-        let mut session = tweak(builder)
-            .commit_from_memory(&file.bytes)
-            .expect("session");
-        let input = Tensor::<f32>::new(session.allocator(), input_shape).expect("input");
-        let mut output =
-            Tensor::<f32>::new(session.allocator(), info.output_shape.clone()).expect("output");
-        let mut binding = session.create_binding().expect("binding");
-        binding
-            .bind_input(info.input_name.as_str(), &input)
-            .expect("bind input");
-        binding
-            .bind_output(info.output_name.as_str(), &mut output)
-            .expect("bind output");
-        let mut run = || {
-            // SAFETY: as in framesift's Model::run: live session and binding created from
-            // it; a null run-options pointer means defaults; the status is released.
-            let status = unsafe {
-                (ort::api().RunWithBinding)(session.ptr_mut(), std::ptr::null(), binding.ptr())
-            };
-            assert!(status.0.is_null(), "RunWithBinding failed");
-        };
+        // framesift's own session set-up and IoBinding runner, with one option changed.
+        let mut model = Model::load_tuned(&env, &file, &config, tweak).expect("model");
+        let mut runner = model.runner().expect("runner");
+        let mut run = || model.run(&mut runner).expect("run");
         for _ in 0..3 {
             run();
         }
         let fewest = (0..5).map(|_| count(&mut run).1.0).min().expect("runs");
         report.push((what, fewest));
     }
+    let info = Model::load(&env, &file, &config).expect("model").info;
+    let input_shape = [
+        1usize,
+        3,
+        info.input_height as usize,
+        info.input_width as usize,
+    ];
     // The plain Run, for scale: fresh output values every call.
     let mut session = Session::builder(&env)
         .expect("builder")
