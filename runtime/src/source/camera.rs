@@ -140,8 +140,8 @@ fn yuyv_row_bytes(width: usize) -> Option<usize> {
 /// `yuyv` may be longer than needed (V4L2 buffers usually are); rows are read tightly
 /// packed from its start. `rgb` must hold at least `width * height * 3` bytes. Odd widths
 /// are handled (rows padded to whole pixel pairs). The conversion is `yuvutils-rs`'s
-/// fixed-point SIMD code (within 2.5 levels of exact BT.601; luma below 16 reads as
-/// black). Allocates nothing.
+/// fixed-point SIMD code: within 2.5 levels of exact BT.601 on legal input, and
+/// out-of-range values clamp rather than wrap. Allocates nothing.
 pub fn yuyv_to_rgb(yuyv: &[u8], width: u32, height: u32, rgb: &mut [u8]) -> Result<(), YuyvError> {
     let (w, h) = (width as usize, height as usize);
     let too_large = YuyvError::TooLarge { width, height };
@@ -1015,21 +1015,30 @@ mod tests {
 
     #[test]
     fn yuyv_out_of_range_values_saturate() {
-        // Sensors do emit Y below 16 and above 235: black and white, not wrapped colours.
-        let rgb = convert(&[[0, 128, 0, 128], [255, 128, 255, 128]], 4, 1);
-        for px in 0..2 {
-            assert_near(&rgb[px * 3..][..3], [0, 0, 0], "below black");
-            assert_near(&rgb[6 + px * 3..][..3], [255, 255, 255], "above white");
-        }
-        // Chroma at the byte limits clamps each channel instead of wrapping.
-        for (u, v) in [(255, 0), (0, 255), (255, 255), (0, 0)] {
-            let rgb = convert(&[[16, u, 16, v]], 2, 1);
-            let want = bt601(16, u, v);
-            for (g, w) in rgb[..3].iter().zip(want) {
-                assert!(
-                    (f64::from(*g) - w).abs() <= 2.5,
-                    "U {u} V {v}: {rgb:?} vs {want:?}"
-                );
+        // Each case as a short row (the converter's scalar remainder) and as 64 pixel
+        // pairs (its SIMD blocks).
+        for repeat in [1, 32] {
+            // Sensors do emit Y below 16 and above 235: black and white, not wrapped
+            // colours.
+            let pairs = [[0, 128, 0, 128], [255, 128, 255, 128]].repeat(repeat);
+            let rgb = convert(&pairs, 4 * repeat as u32, 1);
+            for (i, px) in rgb.chunks_exact(3).enumerate() {
+                let want = if (i / 2) % 2 == 0 { [0; 3] } else { [255; 3] };
+                assert_near(px, want, &format!("pixel {i} of {}", 4 * repeat));
+            }
+            // Chroma at the byte limits clamps each channel instead of wrapping.
+            for (u, v) in [(255, 0), (0, 255), (255, 255), (0, 0)] {
+                let rgb = convert(&[[16, u, 16, v]].repeat(repeat), 2 * repeat as u32, 1);
+                let want = bt601(16, u, v);
+                for px in rgb.chunks_exact(3) {
+                    for (g, w) in px.iter().zip(want) {
+                        assert!(
+                            (f64::from(*g) - w).abs() <= 2.5,
+                            "U {u} V {v}, width {}: {px:?} vs {want:?}",
+                            2 * repeat
+                        );
+                    }
+                }
             }
         }
     }
