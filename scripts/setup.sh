@@ -22,7 +22,9 @@ fi
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
-[ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null | head -1)" ] || need+=(libclang-dev)
+# (The -dev package's libclang.so: libclang-cpp.so, which other LLVM packages bring, is
+# not what bindgen loads.)
+[ -n "$(ls /usr/lib/llvm-*/lib/libclang.so 2>/dev/null | head -1)" ] || need+=(libclang-dev)
 command -v cmake >/dev/null || need+=(cmake)
 case "$(uname -m)" in x86_64 | i?86) command -v nasm >/dev/null || need+=(nasm) ;; esac
 command -v unzip >/dev/null || need+=(unzip)
