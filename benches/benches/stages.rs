@@ -81,6 +81,14 @@ fn frame_stats(c: &mut Criterion) {
     group.bench_function("frame_meter_1280x720", |b| {
         b.iter(|| meter.measure(black_box(&frame)))
     });
+    // What the capture thread does for a 1280×720 frame: the letterbox already holds
+    // the 4× downscale, so the statistics are read from the tensor.
+    let mut pre = Preprocessor::new(320, 320, 114, Normalization::UNIT);
+    let mut tensor = vec![0.0f32; pre.tensor_len()];
+    let lb = pre.letterbox(&frame, &mut tensor).expect("letterbox");
+    group.bench_function("from_letterbox_1280x720_320", |b| {
+        b.iter(|| meter.measure_letterboxed(black_box(&frame), &pre, &lb, &tensor))
+    });
     group.bench_function(format!("laplacian_variance_{w}x{h}"), |b| {
         b.iter(|| laplacian_variance(black_box(&luma), w, h))
     });

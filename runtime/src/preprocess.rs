@@ -2,7 +2,7 @@
 //! frame (luma statistics, blur). Pure functions of their inputs; scratch buffers live
 //! in [`Preprocessor`] so the per-frame path allocates nothing after the first frame.
 
-use crate::frame::Frame;
+use crate::{frame::Frame, simd};
 
 /// How a frame was fitted into the model input: scaled by `scale`, then offset by the
 /// padding. Maps model-input coordinates back to the captured image's coordinates.
@@ -104,8 +104,9 @@ pub struct Preprocessor {
     plan: Option<Plan>,
     /// One vertically resampled row, `frame_w × 3`.
     row: Vec<f32>,
-    /// Column sums of `k` source rows for the integer box path, `frame_w × 3`.
-    sums: Vec<u16>,
+    /// Integer box path scratch, `frame_w × 3` each: column sums of `k` source rows,
+    /// then their sums over `k` pixels.
+    sums: [Vec<u16>; 2],
 }
 
 /// Resampling weights along one axis: destination `i` reads `taps` source indexes from
@@ -175,8 +176,9 @@ struct Plan {
 }
 
 impl Plan {
-    /// Largest factor the integer box path takes: `k × 255` fits the u16 column sums.
-    const MAX_BOX: u32 = 64;
+    /// Largest factor the integer box path takes: a `k × k` block sum, `k² × 255`,
+    /// fits a u16 (16: a 5120-wide frame into 320). Larger factors take the general path.
+    const MAX_BOX: u32 = 16;
 
     fn box_factor(src: (u32, u32), dst: (u32, u32)) -> Option<usize> {
         let k = src.0 / dst.0;
@@ -198,7 +200,7 @@ impl Preprocessor {
             offset,
             plan: None,
             row: Vec::new(),
-            sums: Vec::new(),
+            sums: [Vec::new(), Vec::new()],
         }
     }
 
@@ -254,7 +256,7 @@ impl Preprocessor {
                 box_factor: Plan::box_factor((fw, fh), (nw, nh)),
             });
             self.row = vec![0.0; fw as usize * 3];
-            self.sums = vec![0; fw as usize * 3];
+            self.sums = [vec![0; fw as usize * 3], vec![0; fw as usize * 3]];
         }
         let Some(plan) = &self.plan else {
             return Err(PreprocessError::EmptyFrame);
@@ -283,39 +285,22 @@ impl Preprocessor {
         let stride = fw as usize * 3;
         let rows = (0..nh).map(|y| (y + py) * iw + px);
         if let Some(k) = plan.box_factor {
-            // Sum k rows per column in u16 (16 lanes a vector), then k columns per pixel;
-            // one multiply folds the 1/k² average into the normalisation.
+            let planes = [&mut *r_plane, &mut *g_plane, &mut *b_plane];
             let area = (k * k) as f32;
             let scale = self.scale.map(|s| s / area);
-            let sums = &mut self.sums;
-            for (y, out) in rows.enumerate() {
-                let band = &frame.rgb[y * k * stride..(y + 1) * k * stride];
-                let (first, rest) = band.split_at(stride);
-                for (acc, &v) in sums.iter_mut().zip(first) {
-                    *acc = v as u16;
-                }
-                for src in rest.chunks_exact(stride) {
-                    for (acc, &v) in sums.iter_mut().zip(src) {
-                        *acc += v as u16;
-                    }
-                }
-                let lanes = sums
-                    .chunks_exact(3 * k)
-                    .zip(&mut r_plane[out..out + nw])
-                    .zip(&mut g_plane[out..out + nw])
-                    .zip(&mut b_plane[out..out + nw]);
-                for (((block, r), g), b) in lanes {
-                    let (mut sr, mut sg, mut sb) = (0u32, 0u32, 0u32);
-                    for p in block.chunks_exact(3) {
-                        sr += p[0] as u32;
-                        sg += p[1] as u32;
-                        sb += p[2] as u32;
-                    }
-                    *r = sr as f32 * scale[0] + self.offset[0];
-                    *g = sg as f32 * scale[1] + self.offset[1];
-                    *b = sb as f32 * scale[2] + self.offset[2];
-                }
-            }
+            box_average(
+                &frame.rgb,
+                stride,
+                k,
+                nw,
+                nh,
+                py * iw + px,
+                iw,
+                planes,
+                scale,
+                self.offset,
+                &mut self.sums,
+            );
             return Ok(lb);
         }
 
@@ -358,6 +343,62 @@ impl Preprocessor {
             }
         }
         Ok(lb)
+    }
+}
+
+simd::kernel! {
+    /// The `k × k` box average of RGB `frame` (rows of `stride` bytes) into the
+    /// letterbox content, `nw × nh` pixels whose first row starts at `out` in each plane
+    /// (rows `iw` apart). Each step runs over whole rows, so it vectorises: sum `k`
+    /// source rows per byte, add to each byte the same channel of the next `k − 1`
+    /// pixels, then read every `k`-th pixel out as `sum × scale + offset`.
+    #[allow(clippy::too_many_arguments)]
+    fn box_average(
+        frame: &[u8],
+        stride: usize,
+        k: usize,
+        nw: usize,
+        nh: usize,
+        out: usize,
+        iw: usize,
+        planes: [&mut [f32]; 3],
+        scale: [f32; 3],
+        offset: [f32; 3],
+        scratch: &mut [Vec<u16>; 2],
+    ) {
+        let [r_plane, g_plane, b_plane] = planes;
+        let [cols, blocks] = scratch;
+        // Block sums are read at 3k·x + c only, so the shifted sums stop 3(k − 1) early.
+        let n = stride - 3 * (k - 1);
+        for y in 0..nh {
+            let band = &frame[y * k * stride..(y + 1) * k * stride];
+            let (first, rest) = band.split_at(stride);
+            for (acc, &v) in cols.iter_mut().zip(first) {
+                *acc = v as u16;
+            }
+            for src in rest.chunks_exact(stride) {
+                for (acc, &v) in cols.iter_mut().zip(src) {
+                    *acc += v as u16;
+                }
+            }
+            blocks[..n].copy_from_slice(&cols[..n]);
+            for j in 1..k {
+                for (acc, &v) in blocks[..n].iter_mut().zip(&cols[3 * j..3 * j + n]) {
+                    *acc += v;
+                }
+            }
+            let o = out + y * iw;
+            let lanes = blocks
+                .chunks(3 * k)
+                .zip(&mut r_plane[o..o + nw])
+                .zip(&mut g_plane[o..o + nw])
+                .zip(&mut b_plane[o..o + nw]);
+            for (((block, r), g), b) in lanes {
+                *r = block[0] as f32 * scale[0] + offset[0];
+                *g = block[1] as f32 * scale[1] + offset[1];
+                *b = block[2] as f32 * scale[2] + offset[2];
+            }
+        }
     }
 }
 
@@ -495,9 +536,7 @@ impl FrameMeter {
 /// Mean, contrast and blur of a `w × h` luma image.
 fn luma_stats(luma: &[f32], w: usize, h: usize) -> FrameStats {
     let n = (w * h) as f64;
-    let (sum, sum_sq) = luma.iter().fold((0.0f64, 0.0f64), |(s, q), &v| {
-        (s + v as f64, q + (v as f64) * (v as f64))
-    });
+    let (sum, sum_sq) = sums(luma);
     let mean = sum / n;
     let var = (sum_sq / n - mean * mean).max(0.0);
     FrameStats {
@@ -507,31 +546,66 @@ fn luma_stats(luma: &[f32], w: usize, h: usize) -> FrameStats {
     }
 }
 
-/// Variance of the 4-neighbour Laplacian over the interior of a `w × h` image.
-pub fn laplacian_variance(img: &[f32], w: usize, h: usize) -> f32 {
-    if w < 3 || h < 3 {
-        return 0.0;
-    }
-    let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
-    for y in 1..h - 1 {
-        let (up, row, down) = (
-            &img[(y - 1) * w..y * w],
-            &img[y * w..(y + 1) * w],
-            &img[(y + 1) * w..(y + 2) * w],
-        );
-        let mut s = 0.0f32;
-        let mut q = 0.0f32;
-        for x in 1..w - 1 {
-            let l = up[x] + down[x] + row[x - 1] + row[x + 1] - 4.0 * row[x];
-            s += l;
-            q += l * l;
+/// Lanes of the f32 accumulators below: independent sums, so the loops vectorise.
+const LANES: usize = 8;
+
+/// Add `LANES` partial sums in f64.
+fn total(lanes: [f32; LANES]) -> f64 {
+    lanes.iter().map(|&v| v as f64).sum()
+}
+
+simd::kernel! {
+    /// Σv and Σv² of `values`, in `LANES` f32 lanes per block of 4096 values and f64
+    /// across blocks (a 0..255 luma sum stays well inside f32's exact range per block).
+    fn sums(values: &[f32]) -> (f64, f64) {
+        let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
+        for block in values.chunks(4096) {
+            let (mut s, mut q) = ([0.0f32; LANES], [0.0f32; LANES]);
+            let mut chunks = block.chunks_exact(LANES);
+            for c in &mut chunks {
+                for i in 0..LANES {
+                    s[i] += c[i];
+                    q[i] += c[i] * c[i];
+                }
+            }
+            for (i, &v) in chunks.remainder().iter().enumerate() {
+                s[i] += v;
+                q[i] += v * v;
+            }
+            sum += total(s);
+            sum_sq += total(q);
         }
-        sum += s as f64;
-        sum_sq += q as f64;
+        (sum, sum_sq)
     }
-    let n = ((w - 2) * (h - 2)) as f64;
-    let mean = sum / n;
-    (sum_sq / n - mean * mean).max(0.0) as f32
+}
+
+simd::kernel! {
+    /// Variance of the 4-neighbour Laplacian over the interior of a `w × h` image.
+    pub fn laplacian_variance(img: &[f32], w: usize, h: usize) -> f32 {
+        if w < 3 || h < 3 {
+            return 0.0;
+        }
+        let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
+        for y in 1..h - 1 {
+            let (up, row, down) = (
+                &img[(y - 1) * w..y * w],
+                &img[y * w..(y + 1) * w],
+                &img[(y + 1) * w..(y + 2) * w],
+            );
+            let mut s = 0.0f32;
+            let mut q = 0.0f32;
+            for x in 1..w - 1 {
+                let l = up[x] + down[x] + row[x - 1] + row[x + 1] - 4.0 * row[x];
+                s += l;
+                q += l * l;
+            }
+            sum += s as f64;
+            sum_sq += q as f64;
+        }
+        let n = ((w - 2) * (h - 2)) as f64;
+        let mean = sum / n;
+        (sum_sq / n - mean * mean).max(0.0) as f32
+    }
 }
 
 #[cfg(test)]
