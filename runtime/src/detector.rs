@@ -7,7 +7,7 @@
 //! - [`Layout::YoloV5`]: `[1, N, 5+nc]`, cx, cy, w, h, objectness, class scores; NMS.
 //! - [`Layout::EndToEnd`]: `[1, N, 6]`, x1, y1, x2, y2, score, class; no NMS.
 
-use crate::preprocess::Letterbox;
+use crate::{preprocess::Letterbox, simd};
 
 /// The output layout of a detector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -250,11 +250,27 @@ impl Decoder {
             &mut self.second[..n],
             &mut self.best_class[..n],
         );
-        for c in 0..self.classes {
+        top2_rows(output, n, self.classes, best, second, class);
+    }
+}
+
+simd::kernel! {
+    /// For each of `n` anchors, the best of `classes` score rows (class-major from row 4
+    /// of `output`), its class, and the second best: [`top2`]'s update as selects, over
+    /// whole rows so it vectorises. A NaN score counts as f32::MIN, which top2 also never
+    /// keeps (its second starts at 0).
+    fn top2_rows(
+        output: &[f32],
+        n: usize,
+        classes: usize,
+        best: &mut [f32],
+        second: &mut [f32],
+        class: &mut [u32],
+    ) {
+        let (best, second, class) = (&mut best[..n], &mut second[..n], &mut class[..n]);
+        for c in 0..classes {
             let row = &output[(4 + c) * n..(5 + c) * n];
             for i in 0..n {
-                // top2's update as selects. A NaN score counts as f32::MIN, which top2
-                // also never keeps (its second starts at 0).
                 let s = if row[i].is_nan() { f32::MIN } else { row[i] };
                 let b = best[i];
                 let above = s > b;
