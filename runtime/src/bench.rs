@@ -44,6 +44,8 @@ pub struct Board {
     pub cpu: String,
     pub cores: usize,
     pub arch: &'static str,
+    /// Vector extensions the CPU has (see [`crate::simd::cpu_features`]).
+    pub cpu_features: Vec<&'static str>,
     pub ort_version: String,
     pub intra_threads: usize,
     pub model: String,
@@ -249,6 +251,7 @@ pub fn run(
         board: Board {
             cpu: cpu_model(),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_features: crate::simd::cpu_features(),
             arch: std::env::consts::ARCH,
             ort_version: ort_version(
                 &crate::model::environment(None)
@@ -449,6 +452,9 @@ impl BenchReport {
         let mut s = String::new();
         let _ = writeln!(s, "framesift bench");
         let _ = writeln!(s, "  cpu        {} ({} cores, {})", b.cpu, b.cores, b.arch);
+        if !b.cpu_features.is_empty() {
+            let _ = writeln!(s, "  vector     {}", b.cpu_features.join(" "));
+        }
         let _ = writeln!(
             s,
             "  onnxruntime {}, {} intra-op threads",

@@ -37,3 +37,34 @@ macro_rules! kernel {
     };
 }
 pub(crate) use kernel;
+
+/// The CPU's vector extensions that matter for inference speed (ONNX Runtime picks its
+/// kernels by them) and whether [`kernel!`] functions run their AVX2 copy: the board
+/// facts `framesift bench` prints.
+pub fn cpu_features() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut found = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let x86 = [
+            ("avx2", has!("avx2")),
+            ("fma", has!("fma")),
+            ("avx512f", has!("avx512f")),
+            ("avx512vnni", has!("avx512vnni")),
+        ];
+        found.extend(x86.into_iter().filter(|(_, on)| *on).map(|(name, _)| name));
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::is_aarch64_feature_detected as has;
+        let arm = [
+            ("neon", has!("neon")),
+            ("dotprod", has!("dotprod")),
+            ("fp16", has!("fp16")),
+            ("i8mm", has!("i8mm")),
+        ];
+        found.extend(arm.into_iter().filter(|(_, on)| *on).map(|(name, _)| name));
+    }
+    found
+}
