@@ -200,12 +200,12 @@ fn bench_reports_ratios_measured_in_one_run() {
         "{report}"
     );
     assert_eq!(report["board"]["intra_threads"], 2);
-    // Every x86-64 CPU ONNX Runtime supports has some of these; aarch64 always NEON.
+    // An old x86-64 CPU may have none of the listed extensions; aarch64 always NEON.
     let features = report["board"]["cpu_features"]
         .as_array()
         .expect("cpu_features");
-    if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
-        assert!(!features.is_empty(), "{report}");
+    if cfg!(target_arch = "aarch64") {
+        assert!(features.iter().any(|f| f == "neon"), "{report}");
     }
     let stages: Vec<&str> = report["stages"]
         .as_array()
