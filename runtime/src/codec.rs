@@ -189,7 +189,66 @@ fn read_rgb(decoder: impl ImageDecoder, frame: &mut Frame) -> image::ImageResult
     }
 }
 
-/// Encode packed RGB8 as a baseline 4:2:0 JPEG into `out` (capacity reused).
+/// A baseline 4:2:0 JPEG encoder that keeps its libjpeg-turbo handle and output buffer
+/// from frame to frame.
+pub struct JpegEncoder {
+    compressor: Compressor,
+    /// Sized for the worst case of the largest frame so far; encodes write into it.
+    out: Vec<u8>,
+}
+
+impl JpegEncoder {
+    pub fn new() -> Result<Self, turbojpeg::Error> {
+        let mut compressor = Compressor::new()?;
+        compressor.set_subsamp(Subsamp::Sub2x2)?;
+        Ok(Self {
+            compressor,
+            out: Vec::new(),
+        })
+    }
+
+    /// Encode one blank `width × height` frame, so the output buffer and libjpeg-turbo's
+    /// per-image memory for that size are allocated now, by the calling thread (glibc
+    /// reuses a thread's freed memory for that thread), and not when the first real
+    /// frame is encoded: the keeper calls this at start-up, so the process's RSS does
+    /// not step up at its first keep window.
+    pub fn warm_up(&mut self, width: u32, height: u32) -> Result<(), turbojpeg::Error> {
+        if width > 0 && height > 0 {
+            let blank = vec![0u8; width as usize * height as usize * 3];
+            self.encode(&blank, width, height, 90)?;
+        }
+        Ok(())
+    }
+
+    /// Encode packed RGB8 at `quality` (1..=100); the bytes live until the next call.
+    pub fn encode(
+        &mut self,
+        rgb: &[u8],
+        width: u32,
+        height: u32,
+        quality: u8,
+    ) -> Result<&[u8], turbojpeg::Error> {
+        self.compressor
+            .set_quality(i32::from(quality.clamp(1, 100)))?;
+        let (w, h) = (width as usize, height as usize);
+        let worst = self.compressor.buf_len(w, h)?;
+        if self.out.len() < worst {
+            self.out.resize(worst, 0);
+        }
+        let image = Image {
+            pixels: rgb,
+            width: w,
+            pitch: w * 3,
+            height: h,
+            format: PixelFormat::RGB,
+        };
+        let len = self.compressor.compress_to_slice(image, &mut self.out)?;
+        Ok(&self.out[..len])
+    }
+}
+
+/// Encode packed RGB8 as a baseline 4:2:0 JPEG into `out`, with a one-off
+/// [`JpegEncoder`] (tests, dataset generation).
 pub fn encode_jpeg(
     rgb: &[u8],
     width: u32,
@@ -197,21 +256,10 @@ pub fn encode_jpeg(
     quality: u8,
     out: &mut Vec<u8>,
 ) -> Result<(), turbojpeg::Error> {
-    let mut compressor = Compressor::new()?;
-    compressor.set_quality(i32::from(quality.clamp(1, 100)))?;
-    compressor.set_subsamp(Subsamp::Sub2x2)?;
-    let (w, h) = (width as usize, height as usize);
+    let mut encoder = JpegEncoder::new()?;
+    let bytes = encoder.encode(rgb, width, height, quality)?;
     out.clear();
-    out.resize(compressor.buf_len(w, h)?, 0);
-    let image = Image {
-        pixels: rgb,
-        width: w,
-        pitch: w * 3,
-        height: h,
-        format: PixelFormat::RGB,
-    };
-    let len = compressor.compress_to_slice(image, out)?;
-    out.truncate(len);
+    out.extend_from_slice(bytes);
     Ok(())
 }
 
@@ -234,6 +282,24 @@ mod tests {
         let mut jpeg = Vec::new();
         encode_jpeg(&rgb, width, height, quality, &mut jpeg).expect("encode");
         (rgb, jpeg)
+    }
+
+    #[test]
+    fn a_reused_encoder_matches_one_off_encodes_at_every_size() {
+        let mut encoder = JpegEncoder::new().expect("encoder");
+        encoder.warm_up(64, 48).expect("warm-up");
+        // Larger than the warm-up (the buffer grows), then smaller again (bytes past
+        // the new end are stale and must not be returned), at two qualities.
+        for (w, h, q) in [(96, 80, 90), (16, 8, 50), (64, 48, 95), (96, 80, 30)] {
+            let (rgb, one_off) = gradient_jpeg(w, h, q);
+            let reused = encoder.encode(&rgb, w, h, q).expect("encode");
+            assert_eq!(reused, &one_off[..], "{w}x{h} q{q}");
+            let mut frame = Frame::with_capacity(w, h);
+            FrameDecoder::full_size()
+                .decode_into(reused, &mut frame)
+                .expect("decodes");
+            assert_eq!((frame.width, frame.height), (w, h));
+        }
     }
 
     #[test]

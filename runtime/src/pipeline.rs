@@ -31,7 +31,7 @@ use std::{
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 
 use crate::{
-    codec,
+    codec::JpegEncoder,
     config::{CameraConfig, Config},
     detector::{DecodeParams, Decoder, Detection},
     frame::Frame,
@@ -61,6 +61,8 @@ pub enum PipelineError {
     },
     #[error("thread {0} panicked")]
     Panicked(String),
+    #[error("keeper: could not create the JPEG encoder: {0}")]
+    Encoder(#[from] turbojpeg::Error),
 }
 
 /// The model, shared by every camera's inference thread (one session; ORT parallelises
@@ -398,7 +400,8 @@ impl Pipeline {
             keep_rx,
             free_tx,
             metrics: metrics.clone(),
-            jpeg: Vec::new(),
+            jpeg: JpegEncoder::new()?,
+            frame_size: (max_w, max_h),
         };
         threads.push(spawn(
             "keeper".into(),
@@ -800,12 +803,20 @@ struct Keeper {
     keep_rx: Receiver<Box<Candidate>>,
     free_tx: Sender<Box<Candidate>>,
     metrics: Arc<Metrics>,
-    /// JPEG encode buffer, reused.
-    jpeg: Vec<u8>,
+    /// Encodes kept raw frames; warmed up to `frame_size` when the keeper starts.
+    jpeg: JpegEncoder,
+    /// The largest configured camera frame (0×0 when only replay files know).
+    frame_size: (u32, u32),
 }
 
 impl Keeper {
     fn run(mut self) -> Result<(), PipelineError> {
+        let (w, h) = self.frame_size;
+        if let Err(e) = self.jpeg.warm_up(w, h) {
+            // Not fatal: frames that arrived as JPEG need no encoder, and a real
+            // encode failure is reported per frame.
+            tracing::warn!("keeper: JPEG encoder warm-up at {w}x{h} failed: {e}");
+        }
         let mut window_end = Instant::now() + self.window;
         loop {
             let timeout = window_end.saturating_duration_since(Instant::now());
@@ -864,17 +875,19 @@ impl Keeper {
         let (image, encoding): (&[u8], ImageEncoding) = if !c.frame.encoded.is_empty() {
             (&c.frame.encoded, ImageEncoding::Original)
         } else {
-            if let Err(e) = codec::encode_jpeg(
+            let encoded = self.jpeg.encode(
                 &c.frame.rgb,
                 c.frame.width,
                 c.frame.height,
                 self.jpeg_quality,
-                &mut self.jpeg,
-            ) {
-                event::spool_write_failed(&self.metrics, &format!("JPEG encode: {e}"));
-                return;
+            );
+            match encoded {
+                Ok(bytes) => (bytes, ImageEncoding::Encoded),
+                Err(e) => {
+                    event::spool_write_failed(&self.metrics, &format!("JPEG encode: {e}"));
+                    return;
+                }
             }
-            (&self.jpeg, ImageEncoding::Encoded)
         };
         let model = &self.model;
         let confidence = self.confidence;
@@ -955,7 +968,8 @@ mod tests {
             keep_rx,
             free_tx,
             metrics: Arc::new(Metrics::default()),
-            jpeg: Vec::new(),
+            jpeg: JpegEncoder::new().expect("encoder"),
+            frame_size: (8, 8),
         };
         (keeper, keep_tx)
     }
