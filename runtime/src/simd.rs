@@ -42,29 +42,31 @@ pub(crate) use kernel;
 /// kernels by them) and whether [`kernel!`] functions run their AVX2 copy: the board
 /// facts `framesift bench` prints.
 pub fn cpu_features() -> Vec<&'static str> {
-    #[allow(unused_mut)]
-    let mut found = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    {
+    let candidates = {
         use std::arch::is_x86_feature_detected as has;
-        let x86 = [
+        [
             ("avx2", has!("avx2")),
             ("fma", has!("fma")),
             ("avx512f", has!("avx512f")),
             ("avx512vnni", has!("avx512vnni")),
-        ];
-        found.extend(x86.into_iter().filter(|(_, on)| *on).map(|(name, _)| name));
-    }
+        ]
+    };
     #[cfg(target_arch = "aarch64")]
-    {
+    let candidates = {
         use std::arch::is_aarch64_feature_detected as has;
-        let arm = [
+        [
             ("neon", has!("neon")),
             ("dotprod", has!("dotprod")),
             ("fp16", has!("fp16")),
             ("i8mm", has!("i8mm")),
-        ];
-        found.extend(arm.into_iter().filter(|(_, on)| *on).map(|(name, _)| name));
-    }
-    found
+        ]
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let candidates: [(&'static str, bool); 0] = [];
+    candidates
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| name)
+        .collect()
 }
