@@ -283,7 +283,6 @@ impl Preprocessor {
         }
 
         let stride = fw as usize * 3;
-        let rows = (0..nh).map(|y| (y + py) * iw + px);
         if let Some(k) = plan.box_factor {
             let planes = [&mut *r_plane, &mut *g_plane, &mut *b_plane];
             let area = (k * k) as f32;
@@ -305,6 +304,7 @@ impl Preprocessor {
         }
 
         let row = &mut self.row;
+        let rows = (0..nh).map(|y| (y + py) * iw + px);
         for (y, out) in rows.enumerate() {
             // Vertical pass: a weighted sum of source rows (contiguous, vectorises).
             row.fill(0.0);
@@ -381,14 +381,20 @@ simd::kernel! {
                     *acc += v as u16;
                 }
             }
-            blocks[..n].copy_from_slice(&cols[..n]);
-            for j in 1..k {
-                for (acc, &v) in blocks[..n].iter_mut().zip(&cols[3 * j..3 * j + n]) {
-                    *acc += v;
+            // k = 1 (a JPEG decoded straight to the content size): the rows are the sums.
+            let sums: &[u16] = if k == 1 {
+                cols
+            } else {
+                blocks[..n].copy_from_slice(&cols[..n]);
+                for j in 1..k {
+                    for (acc, &v) in blocks[..n].iter_mut().zip(&cols[3 * j..3 * j + n]) {
+                        *acc += v;
+                    }
                 }
-            }
+                blocks
+            };
             let o = out + y * iw;
-            let lanes = blocks
+            let lanes = sums
                 .chunks(3 * k)
                 .zip(&mut r_plane[o..o + nw])
                 .zip(&mut g_plane[o..o + nw])
