@@ -492,7 +492,7 @@ pub struct SyntheticSource {
     next_index: u64,
     period: Duration,
     deadline: Option<Instant>,
-    /// The cycle of `config.prerendered` frames (pixels, truth), filled on first use.
+    /// The cycle of `config.prerendered` frames (pixels, truth), rendered by `new`.
     cycle: Vec<(Vec<u8>, GroundTruth)>,
 }
 
@@ -524,7 +524,7 @@ impl SyntheticSource {
         let bg_h = h + 2 * margin;
         let bg = render_background(config.seed, w, h, margin, bg_w, bg_h);
 
-        Self {
+        let mut source = Self {
             w,
             h,
             scale,
@@ -550,7 +550,17 @@ impl SyntheticSource {
             deadline: None,
             cycle: Vec::new(),
             config,
+        };
+        // Rendered here, on the caller's thread, so a pipeline's capture thread only
+        // ever copies: rendering costs several ms a frame and would otherwise land in
+        // the first frames of every bench round.
+        for index in 0..u64::from(source.config.prerendered) {
+            let mut rgb = vec![0; w * h * 3];
+            let mut truth = GroundTruth::default();
+            source.render(index, &mut rgb, &mut truth);
+            source.cycle.push((rgb, truth));
         }
+        source
     }
 
     /// Render frame `index` into `rgb` (packed RGB8, `width * height * 3` bytes) and its
@@ -897,14 +907,10 @@ impl FrameSource for SyntheticSource {
         frame.set_size(self.config.width, self.config.height);
         let mut truth = frame.truth.take().unwrap_or_default();
         let index = self.next_index;
-        let cycle = u64::from(self.config.prerendered);
-        if cycle == 0 {
+        if self.cycle.is_empty() {
             self.render(index, &mut frame.rgb, &mut truth);
-        } else if index < cycle {
-            self.render(index, &mut frame.rgb, &mut truth);
-            self.cycle.push((frame.rgb.clone(), truth.clone()));
         } else {
-            let (rgb, cached) = &self.cycle[(index % cycle) as usize];
+            let (rgb, cached) = &self.cycle[(index % self.cycle.len() as u64) as usize];
             frame.rgb.copy_from_slice(rgb);
             truth.clone_from(cached);
         }
