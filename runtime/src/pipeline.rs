@@ -36,7 +36,7 @@ use crate::{
     detector::{DecodeParams, Decoder, Detection},
     frame::Frame,
     keep::{Candidate, KeepBuffer, Offer},
-    metrics::{Drop, Heartbeat, Metrics, Stage, event},
+    metrics::{Drop, Heartbeat, Histogram, Metrics, Stage, event},
     model::{Model, ModelInfo, Runner},
     preprocess::{FrameMeter, FrameStats, Letterbox, Preprocessor},
     priority,
@@ -75,6 +75,57 @@ pub struct Limits {
     /// Stop after this many frames have been acquired (all cameras together).
     pub max_frames: Option<u64>,
     pub duration: Option<Duration>,
+}
+
+/// `framesift bench`'s paired measurement of what keeping frames costs inference.
+///
+/// Each inference thread alternates blocks of `block` frames: in one every frame is handed
+/// to the keeper whatever its score, in the next none is. Each frame's `session.run` time
+/// goes to the histogram of its block. Machine noise that comes and goes over seconds
+/// then falls on both alike, and there is no pipeline start-up in either. Blocks are
+/// counted per inference thread.
+pub struct CaptureBlocks {
+    block: u64,
+    settle: u64,
+    capturing_first: bool,
+    pub capturing: Histogram,
+    pub not_capturing: Histogram,
+}
+
+impl CaptureBlocks {
+    /// Frames at the start of a block recorded in neither histogram (at most a quarter
+    /// of a block). For them the previous block still acts: the capture thread prepared
+    /// them ahead, and the keeper may still be taking the last hand-offs.
+    pub const SETTLE: u64 = 4;
+
+    /// Blocks of `block` frames (at least 1), starting with a capturing block when
+    /// `capturing_first`.
+    pub fn new(block: u64, capturing_first: bool) -> Self {
+        let block = block.max(1);
+        CaptureBlocks {
+            block,
+            settle: Self::SETTLE.min(block / 4),
+            capturing_first,
+            capturing: Histogram::default(),
+            not_capturing: Histogram::default(),
+        }
+    }
+
+    /// Whether the `n`th frame of an inference thread (from 0) is in a capturing block.
+    pub fn is_capturing(&self, n: u64) -> bool {
+        (n / self.block).is_multiple_of(2) == self.capturing_first
+    }
+
+    fn record(&self, n: u64, inference: Duration) {
+        if n % self.block < self.settle {
+            return;
+        }
+        if self.is_capturing(n) {
+            self.capturing.record(inference);
+        } else {
+            self.not_capturing.record(inference);
+        }
+    }
 }
 
 /// One frame in flight between capture and inference, with its input tensor.
@@ -144,6 +195,8 @@ pub struct Inferer {
     output_shape: Vec<usize>,
     confidence: f32,
     scoring: crate::config::ScoringConfig,
+    /// How long the last `session.run` took.
+    last_inference: Duration,
 }
 
 impl Inferer {
@@ -167,6 +220,7 @@ impl Inferer {
             output_shape: info.output_shape.clone(),
             confidence: config.model.confidence_threshold,
             scoring: config.scoring.clone(),
+            last_inference: Duration::ZERO,
         })
     }
 
@@ -185,7 +239,8 @@ impl Inferer {
             .run(&mut self.runner)
             .map_err(|e| e.to_string())?;
         let t1 = Instant::now();
-        metrics.record(Stage::Inference, t1 - t0);
+        self.last_inference = t1 - t0;
+        metrics.record(Stage::Inference, self.last_inference);
         self.decoder
             .decode(
                 self.runner.output(),
@@ -204,6 +259,11 @@ impl Inferer {
         );
         metrics.record(Stage::Score, t2.elapsed());
         Ok(scores)
+    }
+
+    /// How long `session.run` took for the last inferred frame.
+    pub fn last_inference(&self) -> Duration {
+        self.last_inference
     }
 
     /// Detections of the last inferred frame.
@@ -280,6 +340,26 @@ impl Pipeline {
         config: &Config,
         model: SharedModel,
         limits: Limits,
+    ) -> Result<Pipeline, PipelineError> {
+        Self::start_with(config, model, limits, None)
+    }
+
+    /// As [`Pipeline::start`], with the keep decision replaced by `blocks`' alternation
+    /// and every frame's inference time recorded there (`framesift bench`).
+    pub fn start_measuring(
+        config: &Config,
+        model: SharedModel,
+        limits: Limits,
+        blocks: Arc<CaptureBlocks>,
+    ) -> Result<Pipeline, PipelineError> {
+        Self::start_with(config, model, limits, Some(blocks))
+    }
+
+    fn start_with(
+        config: &Config,
+        model: SharedModel,
+        limits: Limits,
+        blocks: Option<Arc<CaptureBlocks>>,
     ) -> Result<Pipeline, PipelineError> {
         let metrics = Arc::new(Metrics::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -382,6 +462,7 @@ impl Pipeline {
                     keep_tx: keep_tx.clone(),
                 },
                 metrics: metrics.clone(),
+                blocks: blocks.clone(),
             };
             threads.push(spawn(format!("infer-{}", cam.name), 0, move || {
                 inference.run()
@@ -667,6 +748,7 @@ struct Inference {
     slot_tx: Sender<Box<Slot>>,
     handoff: Handoff,
     metrics: Arc<Metrics>,
+    blocks: Option<Arc<CaptureBlocks>>,
 }
 
 impl Inference {
@@ -677,6 +759,7 @@ impl Inference {
             reason,
         };
         let mut inferred_one = false;
+        let mut n = 0u64;
         while let Ok(mut slot) = self.work_rx.recv() {
             self.heartbeat.begin();
             let scores = self
@@ -694,7 +777,15 @@ impl Inference {
                     Ordering::Relaxed,
                 );
             }
-            if self.inferer.is_candidate(&scores) {
+            let candidate = match &self.blocks {
+                Some(blocks) => {
+                    blocks.record(n, self.inferer.last_inference());
+                    blocks.is_capturing(n)
+                }
+                None => self.inferer.is_candidate(&scores),
+            };
+            n += 1;
+            if candidate {
                 let t0 = Instant::now();
                 self.metrics.candidates.fetch_add(1, Ordering::Relaxed);
                 self.handoff.offer(
@@ -907,6 +998,36 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capture_blocks_alternate_and_skip_the_frames_that_settle() {
+        let blocks = CaptureBlocks::new(10, true);
+        let capturing: Vec<bool> = (0..40).map(|n| blocks.is_capturing(n)).collect();
+        assert!(capturing[..10].iter().all(|c| *c) && capturing[10..20].iter().all(|c| !c));
+        assert!(capturing[20..30].iter().all(|c| *c) && capturing[30..].iter().all(|c| !c));
+        for n in 0..40 {
+            // Capturing blocks take 1 ms, the others 2 ms: the histograms must not mix.
+            let ms = if blocks.is_capturing(n) { 1 } else { 2 };
+            blocks.record(n, Duration::from_millis(ms));
+        }
+        // 10-frame blocks settle for 2 frames (a quarter), so 8 of each 10 count.
+        assert_eq!(blocks.capturing.count(), 16);
+        assert_eq!(blocks.not_capturing.count(), 16);
+        assert!((blocks.capturing.quantile_ms(1.0) - 1.0).abs() < 0.01);
+        assert!((blocks.not_capturing.quantile_ms(0.0) - 2.0).abs() < 0.01);
+
+        let flipped = CaptureBlocks::new(10, false);
+        assert!((0..40).all(|n| flipped.is_capturing(n) != blocks.is_capturing(n)));
+        // Long blocks settle for SETTLE frames; a 1-frame block for none.
+        assert_eq!(CaptureBlocks::new(50, true).settle, CaptureBlocks::SETTLE);
+        let single = CaptureBlocks::new(0, true);
+        single.record(0, Duration::from_millis(1));
+        single.record(1, Duration::from_millis(1));
+        assert_eq!(
+            (single.capturing.count(), single.not_capturing.count()),
+            (1, 1)
+        );
+    }
 
     fn handoff(free: usize, queue: usize) -> (Handoff, Receiver<Box<Candidate>>) {
         let (h, keep_rx, _free_tx) = Handoff::new(free, queue, 4, 4, 4);

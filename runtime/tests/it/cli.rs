@@ -187,6 +187,16 @@ fn bench_reports_ratios_measured_in_one_run() {
         "{report}"
     );
     assert!(report["pipeline_startup_ms"].as_f64().expect("startup") > 0.0);
+    // Capture is measured in alternating blocks, at most a round's frames long, and
+    // each kind of block recorded frames.
+    assert_eq!(report["capture_block_frames"], 4, "{report}");
+    for key in [
+        "capture_on_inference_p99_ms",
+        "capture_off_inference_p99_ms",
+        "capture_none_inference_p99_ms",
+    ] {
+        assert!(report[key].as_f64().expect(key) > 0.0, "{key}: {report}");
+    }
     // May read 0 where /proc/self/stat does not count CPU time (qemu-user).
     let cpu = report["cpu_cores_used"].as_f64().expect("cpu_cores_used");
     assert!(cpu.is_finite() && cpu >= 0.0, "cpu_cores_used = {cpu}");
