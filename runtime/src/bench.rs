@@ -40,6 +40,9 @@ const BENCH_WINDOW_SECS: f64 = 1.0;
 /// ([`CaptureBlocks::SETTLE`]).
 const CAPTURE_BLOCK: u64 = 50;
 
+/// Resamplings behind `capture_p99_ratio_interval`.
+const RESAMPLES: usize = 1000;
+
 /// Distinct synthetic frames rendered before a bench (16 × 1280×720 RGB = 44 MB).
 const BENCH_PRERENDERED: u32 = 16;
 
@@ -99,6 +102,10 @@ pub struct BenchReport {
     pub capture_on_inference_p99_ms: f64,
     pub capture_off_inference_p99_ms: f64,
     pub capture_p99_ratio: f64,
+    /// 5th and 95th percentile of the ratio over 1000 resamplings of the blocks (each
+    /// condition's blocks drawn with replacement): how far the run's noise alone moves
+    /// it. Absent when either condition has no block.
+    pub capture_p99_ratio_interval: Option<[f64; 2]>,
     /// Length of those blocks, in frames.
     pub capture_block_frames: u64,
     /// Inference p99 capturing every frame with 1 s keep windows, and in separate runs
@@ -157,6 +164,8 @@ pub fn run(
     let tensors = premade_tensors(&base, &model, per_round.min(32) as usize)?;
 
     let pipeline_metrics = Metrics::default();
+    // Inference times (µs) of every capture block, for the ratio's interval.
+    let (mut on_blocks, mut off_blocks) = (Vec::new(), Vec::new());
     let (bare, on, off, on_1s, none) = (
         Histogram::default(),
         Histogram::default(),
@@ -249,7 +258,11 @@ pub fn run(
                     opts.rounds
                 ));
                 // Each condition gets the round's frames; which goes first alternates.
-                let blocks = Arc::new(CaptureBlocks::new(block, round % 2 == 0));
+                let blocks = Arc::new(CaptureBlocks::new(
+                    block,
+                    round % 2 == 0,
+                    2 * per_round as usize,
+                ));
                 let pipeline = Pipeline::start_measuring(
                     &base,
                     model.clone(),
@@ -263,6 +276,14 @@ pub fn run(
                 pipeline.join()?;
                 on.merge(&blocks.capturing);
                 off.merge(&blocks.not_capturing);
+                for (capturing, times) in blocks.blocks() {
+                    if capturing {
+                        &mut on_blocks
+                    } else {
+                        &mut off_blocks
+                    }
+                    .push(times);
+                }
                 capture_dropped += metrics.total_drops();
                 continue;
             }
@@ -328,6 +349,7 @@ pub fn run(
         capture_on_inference_p99_ms: on_p99,
         capture_off_inference_p99_ms: off_p99,
         capture_p99_ratio: on_p99 / off_p99.max(1e-9),
+        capture_p99_ratio_interval: p99_ratio_interval(&on_blocks, &off_blocks, RESAMPLES),
         capture_block_frames: CAPTURE_BLOCK.min(per_round),
         capture_1s_inference_p99_ms: on_1s.quantile_ms(0.99),
         capture_none_inference_p99_ms: none.quantile_ms(0.99),
@@ -411,6 +433,37 @@ fn premade_tensors(
     }
     anyhow::ensure!(!out.is_empty(), "the source gave no usable frame");
     Ok(out)
+}
+
+/// The 5th and 95th percentile of p99(`on`) ÷ p99(`off`) when each side's blocks are
+/// drawn with replacement `resamples` times (a block bootstrap: frames within a block
+/// share the machine's state, so blocks, not frames, are the independent draws). The
+/// p99 is ranked like [`Histogram::quantile_ms`]'s; `None` when a side has no samples.
+fn p99_ratio_interval(on: &[Vec<u32>], off: &[Vec<u32>], resamples: usize) -> Option<[f64; 2]> {
+    let mut rng = crate::source::synthetic::Rng::new(0x5eed_b10c);
+    let mut pool = Vec::new();
+    let mut p99 = |blocks: &[Vec<u32>], rng: &mut crate::source::synthetic::Rng| {
+        pool.clear();
+        for _ in 0..blocks.len() {
+            pool.extend_from_slice(&blocks[rng.below(blocks.len() as u32) as usize]);
+        }
+        if pool.is_empty() {
+            return None;
+        }
+        let rank = ((0.99 * pool.len() as f64).ceil() as usize).clamp(1, pool.len());
+        Some(f64::from(*pool.select_nth_unstable(rank - 1).1))
+    };
+    let mut ratios = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        if on.is_empty() || off.is_empty() {
+            return None;
+        }
+        let (a, b) = (p99(on, &mut rng)?, p99(off, &mut rng)?);
+        ratios.push(a / b.max(1.0));
+    }
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((q * ratios.len() as f64) as usize).min(ratios.len() - 1)];
+    (!ratios.is_empty()).then(|| [at(0.05), at(0.95)])
 }
 
 /// Median of a non-empty sample (mean of the middle two for an even count).
@@ -542,11 +595,15 @@ impl BenchReport {
         );
         let _ = writeln!(
             s,
-            "  capture_p99_ratio  {:8.3}       (inference p99 {:.3} ms capturing every frame / {:.3} ms capturing none, in alternating {}-frame blocks)",
+            "  capture_p99_ratio  {:8.3}       (inference p99 {:.3} ms capturing every frame / {:.3} ms capturing none, in alternating {}-frame blocks; {})",
             self.capture_p99_ratio,
             self.capture_on_inference_p99_ms,
             self.capture_off_inference_p99_ms,
-            self.capture_block_frames
+            self.capture_block_frames,
+            match self.capture_p99_ratio_interval {
+                Some([lo, hi]) => format!("90 % of block resamplings {lo:.3}–{hi:.3}"),
+                None => "too few frames for an interval".into(),
+            }
         );
         let _ = writeln!(
             s,
@@ -568,7 +625,35 @@ impl BenchReport {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, p99_ratio_interval};
+    use crate::source::synthetic::Rng;
+
+    /// `n` blocks of 46 inference times around `ms`, with a tail: 3 % of frames 40 % slower.
+    fn blocks(rng: &mut Rng, n: usize, ms: f64) -> Vec<Vec<u32>> {
+        (0..n)
+            .map(|_| {
+                (0..46)
+                    .map(|_| {
+                        let slow = if rng.below(100) < 3 { 1.4 } else { 1.0 };
+                        let jitter = 0.9 + 0.2 * f64::from(rng.below(1000)) / 1000.0;
+                        (ms * 1000.0 * slow * jitter) as u32
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_ratio_interval_covers_1_for_equal_conditions_and_not_for_a_slower_one() {
+        let mut rng = Rng::new(7);
+        let (on, off) = (blocks(&mut rng, 60, 8.0), blocks(&mut rng, 60, 8.0));
+        let [lo, hi] = p99_ratio_interval(&on, &off, 1000).expect("interval");
+        assert!(lo < 1.0 && 1.0 < hi && hi - lo < 0.2, "{lo}–{hi}");
+        let slower = blocks(&mut rng, 60, 8.8);
+        let [lo, hi] = p99_ratio_interval(&slower, &off, 1000).expect("interval");
+        assert!(1.0 < lo && lo < 1.1 && hi < 1.25, "{lo}–{hi}");
+        assert_eq!(p99_ratio_interval(&[], &off, 10), None);
+    }
 
     #[test]
     fn median_of_odd_and_even_samples() {

@@ -22,7 +22,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
@@ -81,15 +81,20 @@ pub struct Limits {
 ///
 /// Each inference thread alternates blocks of `block` frames: in one every frame is handed
 /// to the keeper whatever its score, in the next none is. Each frame's `session.run` time
-/// goes to the histogram of its block. Machine noise that comes and goes over seconds
-/// then falls on both alike, and there is no pipeline start-up in either. Blocks are
-/// counted per inference thread.
+/// goes to the histogram of its block, and to a sample list the bench resamples block by
+/// block for an interval. Machine noise that comes and goes over seconds then falls on
+/// both alike, and there is no pipeline start-up in either. Blocks are counted per
+/// inference thread.
 pub struct CaptureBlocks {
     block: u64,
     settle: u64,
     capturing_first: bool,
     pub capturing: Histogram,
     pub not_capturing: Histogram,
+    /// Recorded frames as `block number << 32 | µs`, in arrival order; room for
+    /// `frames` (later ones are in the histograms only).
+    samples: Box<[AtomicU64]>,
+    recorded: AtomicUsize,
 }
 
 impl CaptureBlocks {
@@ -99,8 +104,8 @@ impl CaptureBlocks {
     pub const SETTLE: u64 = 4;
 
     /// Blocks of `block` frames (at least 1), starting with a capturing block when
-    /// `capturing_first`.
-    pub fn new(block: u64, capturing_first: bool) -> Self {
+    /// `capturing_first`, keeping samples of up to `frames` frames.
+    pub fn new(block: u64, capturing_first: bool, frames: usize) -> Self {
         let block = block.max(1);
         CaptureBlocks {
             block,
@@ -108,7 +113,28 @@ impl CaptureBlocks {
             capturing_first,
             capturing: Histogram::default(),
             not_capturing: Histogram::default(),
+            samples: (0..frames).map(|_| AtomicU64::new(0)).collect(),
+            recorded: AtomicUsize::new(0),
         }
+    }
+
+    /// The recorded inference times in µs, grouped by block (blocks of every inference
+    /// thread with the same number together): `(capturing, times)` per block. Read once
+    /// the pipeline has been joined.
+    pub fn blocks(&self) -> Vec<(bool, Vec<u32>)> {
+        let recorded = self
+            .recorded
+            .load(Ordering::Relaxed)
+            .min(self.samples.len());
+        let mut by_block: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+        for s in &self.samples[..recorded] {
+            let v = s.load(Ordering::Relaxed);
+            by_block.entry(v >> 32).or_default().push(v as u32);
+        }
+        by_block
+            .into_iter()
+            .map(|(b, times)| (self.is_capturing(b * self.block), times))
+            .collect()
     }
 
     /// Whether the `n`th frame of an inference thread (from 0) is in a capturing block.
@@ -124,6 +150,11 @@ impl CaptureBlocks {
             self.capturing.record(inference);
         } else {
             self.not_capturing.record(inference);
+        }
+        let i = self.recorded.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = self.samples.get(i) {
+            let micros = inference.as_micros().min(u128::from(u32::MAX)) as u64;
+            slot.store(((n / self.block) << 32) | micros, Ordering::Relaxed);
         }
     }
 }
@@ -1001,7 +1032,7 @@ mod tests {
 
     #[test]
     fn capture_blocks_alternate_and_skip_the_frames_that_settle() {
-        let blocks = CaptureBlocks::new(10, true);
+        let blocks = CaptureBlocks::new(10, true, 100);
         let capturing: Vec<bool> = (0..40).map(|n| blocks.is_capturing(n)).collect();
         assert!(capturing[..10].iter().all(|c| *c) && capturing[10..20].iter().all(|c| !c));
         assert!(capturing[20..30].iter().all(|c| *c) && capturing[30..].iter().all(|c| !c));
@@ -1016,17 +1047,34 @@ mod tests {
         assert!((blocks.capturing.quantile_ms(1.0) - 1.0).abs() < 0.01);
         assert!((blocks.not_capturing.quantile_ms(0.0) - 2.0).abs() < 0.01);
 
-        let flipped = CaptureBlocks::new(10, false);
+        // The samples, block by block: 8 frames each, the capturing ones at 1 ms.
+        let samples = blocks.blocks();
+        assert_eq!(samples.len(), 4);
+        for (i, (capturing, times)) in samples.iter().enumerate() {
+            assert_eq!(*capturing, i % 2 == 0);
+            let us = if *capturing { 1000 } else { 2000 };
+            assert!(
+                times.len() == 8 && times.iter().all(|t| *t == us),
+                "{times:?}"
+            );
+        }
+
+        let flipped = CaptureBlocks::new(10, false, 0);
         assert!((0..40).all(|n| flipped.is_capturing(n) != blocks.is_capturing(n)));
         // Long blocks settle for SETTLE frames; a 1-frame block for none.
-        assert_eq!(CaptureBlocks::new(50, true).settle, CaptureBlocks::SETTLE);
-        let single = CaptureBlocks::new(0, true);
+        assert_eq!(
+            CaptureBlocks::new(50, true, 0).settle,
+            CaptureBlocks::SETTLE
+        );
+        let single = CaptureBlocks::new(0, true, 1);
         single.record(0, Duration::from_millis(1));
         single.record(1, Duration::from_millis(1));
         assert_eq!(
             (single.capturing.count(), single.not_capturing.count()),
             (1, 1)
         );
+        // Samples beyond the room reserved are in the histograms only.
+        assert_eq!(single.blocks(), vec![(true, vec![1000])]);
     }
 
     fn handoff(free: usize, queue: usize) -> (Handoff, Receiver<Box<Candidate>>) {

@@ -201,11 +201,11 @@ fn mix(a: u64, b: u64) -> u64 {
     splitmix64(a ^ splitmix64(b).rotate_left(17))
 }
 
-/// SplitMix64 stream.
-struct Rng(u64);
+/// SplitMix64 stream (also `framesift bench`'s resampling).
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed)
     }
 
@@ -227,7 +227,7 @@ impl Rng {
     }
 
     /// Uniform integer in `0..n` (`n > 0`).
-    fn below(&mut self, n: u32) -> u32 {
+    pub(crate) fn below(&mut self, n: u32) -> u32 {
         (((self.next_u64() >> 32) * u64::from(n)) >> 32) as u32
     }
 

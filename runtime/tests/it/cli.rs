@@ -197,6 +197,16 @@ fn bench_reports_ratios_measured_in_one_run() {
     ] {
         assert!(report[key].as_f64().expect(key) > 0.0, "{key}: {report}");
     }
+    let interval: Vec<f64> = report["capture_p99_ratio_interval"]
+        .as_array()
+        .expect("an interval: both kinds of block have frames")
+        .iter()
+        .map(|v| v.as_f64().expect("bound"))
+        .collect();
+    assert!(
+        interval.len() == 2 && 0.0 < interval[0] && interval[0] <= interval[1],
+        "{report}"
+    );
     // May read 0 where /proc/self/stat does not count CPU time (qemu-user).
     let cpu = report["cpu_cores_used"].as_f64().expect("cpu_cores_used");
     assert!(cpu.is_finite() && cpu >= 0.0, "cpu_cores_used = {cpu}");
