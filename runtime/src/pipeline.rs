@@ -170,9 +170,13 @@ pub struct Slot {
 impl Slot {
     /// A slot with buffers for `width × height` frames and a `tensor_len` input.
     pub fn new(width: u32, height: u32, tensor_len: usize) -> Self {
+        // A zeroed allocation (`vec![0.0; n]`) is lazily mapped too: fault it in first.
+        let mut tensor = Vec::with_capacity(tensor_len);
+        crate::frame::prefault(&mut tensor);
+        tensor.resize(tensor_len, 0.0);
         Slot {
             frame: Frame::with_capacity(width, height),
-            tensor: vec![0.0; tensor_len],
+            tensor,
             letterbox: Letterbox::fit(1, 1, 1, 1),
             stats: FrameStats::default(),
         }
