@@ -29,7 +29,7 @@ use crate::{
     config::Config,
     metrics::{Histogram, Metrics, Stage},
     pipeline::{CaptureBlocks, Inferer, Limits, Pipeline, Preparer, SharedModel, Slot},
-    source::Next,
+    source::{Next, synthetic::Rng},
 };
 
 /// Keep window of the capture stress phase: short, so spool writes overlap inference.
@@ -440,30 +440,26 @@ fn premade_tensors(
 /// share the machine's state, so blocks, not frames, are the independent draws). The
 /// p99 is ranked like [`Histogram::quantile_ms`]'s; `None` when a side has no samples.
 fn p99_ratio_interval(on: &[Vec<u32>], off: &[Vec<u32>], resamples: usize) -> Option<[f64; 2]> {
-    let mut rng = crate::source::synthetic::Rng::new(0x5eed_b10c);
+    if on.is_empty() || off.is_empty() || resamples == 0 {
+        return None;
+    }
+    let mut rng = Rng::new(0x5eed_b10c);
     let mut pool = Vec::new();
-    let mut p99 = |blocks: &[Vec<u32>], rng: &mut crate::source::synthetic::Rng| {
+    let mut p99 = |blocks: &[Vec<u32>], rng: &mut Rng| {
         pool.clear();
         for _ in 0..blocks.len() {
             pool.extend_from_slice(&blocks[rng.below(blocks.len() as u32) as usize]);
         }
-        if pool.is_empty() {
-            return None;
-        }
-        let rank = ((0.99 * pool.len() as f64).ceil() as usize).clamp(1, pool.len());
+        let rank = ((0.99 * pool.len() as f64).ceil() as usize).clamp(1, pool.len().max(1));
+        pool.get(rank - 1)?;
         Some(f64::from(*pool.select_nth_unstable(rank - 1).1))
     };
-    let mut ratios = Vec::with_capacity(resamples);
-    for _ in 0..resamples {
-        if on.is_empty() || off.is_empty() {
-            return None;
-        }
-        let (a, b) = (p99(on, &mut rng)?, p99(off, &mut rng)?);
-        ratios.push(a / b.max(1.0));
-    }
+    let mut ratios = (0..resamples)
+        .map(|_| Some(p99(on, &mut rng)? / p99(off, &mut rng)?.max(1.0)))
+        .collect::<Option<Vec<f64>>>()?;
     ratios.sort_by(f64::total_cmp);
     let at = |q: f64| ratios[((q * ratios.len() as f64) as usize).min(ratios.len() - 1)];
-    (!ratios.is_empty()).then(|| [at(0.05), at(0.95)])
+    Some([at(0.05), at(0.95)])
 }
 
 /// Median of a non-empty sample (mean of the middle two for an even count).
@@ -625,8 +621,7 @@ impl BenchReport {
 
 #[cfg(test)]
 mod tests {
-    use super::{median, p99_ratio_interval};
-    use crate::source::synthetic::Rng;
+    use super::{Rng, median, p99_ratio_interval};
 
     /// `n` blocks of 46 inference times around `ms`, with a tail: 3 % of frames 40 % slower.
     fn blocks(rng: &mut Rng, n: usize, ms: f64) -> Vec<Vec<u32>> {
