@@ -75,7 +75,8 @@ struct Inputs {
 struct BenchArgs {
     #[command(flatten)]
     inputs: Inputs,
-    /// Frames per phase (pipeline, bare run, capture on, capture off).
+    /// Frames per phase (pipeline, bare run, each capture condition). Use 3000 or more
+    /// for capture_p99_ratio: its p99 of 900 frames is the 9th-slowest frame.
     #[arg(long, default_value_t = 300)]
     frames: u64,
     /// Interleaved rounds the frames are split over; `pipeline_vs_bare` is the median

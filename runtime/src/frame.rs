@@ -1,8 +1,8 @@
 //! Frames and the pool they live in.
 //!
-//! A [`Frame`] owns its pixel buffer; buffers are allocated once, when the pool is made,
-//! and recycled after the inference thread is done with them, so the steady-state capture
-//! path allocates nothing.
+//! A [`Frame`] owns its pixel buffer; buffers are allocated (and their pages faulted in,
+//! [`prefault`]) once, when the pool is made, and recycled after the inference thread is
+//! done with them, so the steady-state capture path allocates nothing.
 
 use std::time::SystemTime;
 
