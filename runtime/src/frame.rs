@@ -92,6 +92,7 @@ impl Frame {
 /// spread over the first minutes of a run. Memory is fixed at start-up in fact, not only
 /// in address space.
 pub fn prefault<T: Copy + Default>(buf: &mut Vec<T>) {
+    // The smallest page Linux uses; with 16 or 64 KiB pages some writes land twice.
     const PAGE: usize = 4096;
     let step = (PAGE / std::mem::size_of::<T>().max(1)).max(1);
     for slot in buf.spare_capacity_mut().iter_mut().step_by(step) {
