@@ -166,9 +166,7 @@ pub fn run(
     let pipeline_metrics = Metrics::default();
     // Inference times (µs) of every capture block, for the ratio's interval.
     let (mut on_blocks, mut off_blocks) = (Vec::new(), Vec::new());
-    let (bare, on, off, on_1s, none) = (
-        Histogram::default(),
-        Histogram::default(),
+    let (bare, on_1s, none) = (
         Histogram::default(),
         Histogram::default(),
         Histogram::default(),
@@ -274,8 +272,6 @@ pub fn run(
                 )?;
                 let metrics = pipeline.metrics().clone();
                 pipeline.join()?;
-                on.merge(&blocks.capturing);
-                off.merge(&blocks.not_capturing);
                 for (capturing, times) in blocks.blocks() {
                     if capturing {
                         &mut on_blocks
@@ -307,7 +303,8 @@ pub fn run(
 
     let pipeline_fps = pipeline_frames as f64 / pipeline_time.as_secs_f64().max(1e-9);
     let bare_fps = bare_frames as f64 / bare_time.as_secs_f64().max(1e-9);
-    let (on_p99, off_p99) = (on.quantile_ms(0.99), off.quantile_ms(0.99));
+    let p99_ms = |blocks: &[Vec<u32>]| p99_us(&mut blocks.concat()).unwrap_or(0.0) / 1e3;
+    let (on_p99, off_p99) = (p99_ms(&on_blocks), p99_ms(&off_blocks));
     Ok(BenchReport {
         board: Board {
             cpu: cpu_model(),
@@ -435,10 +432,18 @@ fn premade_tensors(
     Ok(out)
 }
 
+/// The p99 of `times`, ranked like [`Histogram::quantile_ms`] (`None` when empty).
+/// Reorders `times`.
+fn p99_us(times: &mut [u32]) -> Option<f64> {
+    let rank = ((0.99 * times.len() as f64).ceil() as usize).clamp(1, times.len().max(1));
+    times.get(rank - 1)?;
+    Some(f64::from(*times.select_nth_unstable(rank - 1).1))
+}
+
 /// The 5th and 95th percentile of p99(`on`) ÷ p99(`off`) when each side's blocks are
 /// drawn with replacement `resamples` times (a block bootstrap: frames within a block
-/// share the machine's state, so blocks, not frames, are the independent draws). The
-/// p99 is ranked like [`Histogram::quantile_ms`]'s; `None` when a side has no samples.
+/// share the machine's state, so blocks, not frames, are the independent draws). `None`
+/// when a side has no samples.
 fn p99_ratio_interval(on: &[Vec<u32>], off: &[Vec<u32>], resamples: usize) -> Option<[f64; 2]> {
     if on.is_empty() || off.is_empty() || resamples == 0 {
         return None;
@@ -450,9 +455,7 @@ fn p99_ratio_interval(on: &[Vec<u32>], off: &[Vec<u32>], resamples: usize) -> Op
         for _ in 0..blocks.len() {
             pool.extend_from_slice(&blocks[rng.below(blocks.len() as u32) as usize]);
         }
-        let rank = ((0.99 * pool.len() as f64).ceil() as usize).clamp(1, pool.len().max(1));
-        pool.get(rank - 1)?;
-        Some(f64::from(*pool.select_nth_unstable(rank - 1).1))
+        p99_us(&mut pool)
     };
     let mut ratios = (0..resamples)
         .map(|_| Some(p99(on, &mut rng)? / p99(off, &mut rng)?.max(1.0)))

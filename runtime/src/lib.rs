@@ -20,7 +20,7 @@ pub mod preprocess;
 pub mod priority;
 pub mod score;
 pub mod sidecar;
-pub mod simd;
+mod simd;
 pub mod source;
 pub mod spool;
 pub mod systemd;

@@ -36,7 +36,7 @@ use crate::{
     detector::{DecodeParams, Decoder, Detection},
     frame::Frame,
     keep::{Candidate, KeepBuffer, Offer},
-    metrics::{Drop, Heartbeat, Histogram, Metrics, Stage, event},
+    metrics::{Drop, Heartbeat, Metrics, Stage, event},
     model::{Model, ModelInfo, Runner},
     preprocess::{FrameMeter, FrameStats, Letterbox, Preprocessor},
     priority,
@@ -81,25 +81,22 @@ pub struct Limits {
 ///
 /// Each inference thread alternates blocks of `block` frames: in one every frame is handed
 /// to the keeper whatever its score, in the next none is. Each frame's `session.run` time
-/// goes to the histogram of its block, and to a sample list the bench resamples block by
-/// block for an interval. Machine noise that comes and goes over seconds then falls on
-/// both alike, and there is no pipeline start-up in either. Blocks are counted per
-/// inference thread.
+/// is kept with its block number, for the bench's p99s and their resampled interval.
+/// Machine noise that comes and goes over seconds then falls on both alike, and there is
+/// no pipeline start-up in either. Blocks are counted per inference thread.
 pub struct CaptureBlocks {
     block: u64,
     settle: u64,
     capturing_first: bool,
-    pub capturing: Histogram,
-    pub not_capturing: Histogram,
     /// Recorded frames as `block number << 32 | µs`, in arrival order; room for
-    /// `frames` (later ones are in the histograms only).
+    /// `frames` (later ones are not kept).
     samples: Box<[AtomicU64]>,
     recorded: AtomicUsize,
 }
 
 impl CaptureBlocks {
-    /// Frames at the start of a block recorded in neither histogram (at most a quarter
-    /// of a block). For them the previous block still acts: the capture thread prepared
+    /// Frames at the start of a block that are not recorded (at most a quarter of a
+    /// block). For them the previous block still acts: the capture thread prepared
     /// them ahead, and the keeper may still be taking the last hand-offs.
     pub const SETTLE: u64 = 4;
 
@@ -111,8 +108,6 @@ impl CaptureBlocks {
             block,
             settle: Self::SETTLE.min(block / 4),
             capturing_first,
-            capturing: Histogram::default(),
-            not_capturing: Histogram::default(),
             samples: (0..frames).map(|_| AtomicU64::new(0)).collect(),
             recorded: AtomicUsize::new(0),
         }
@@ -145,11 +140,6 @@ impl CaptureBlocks {
     fn record(&self, n: u64, inference: Duration) {
         if n % self.block < self.settle {
             return;
-        }
-        if self.is_capturing(n) {
-            self.capturing.record(inference);
-        } else {
-            self.not_capturing.record(inference);
         }
         let i = self.recorded.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = self.samples.get(i) {
@@ -1046,13 +1036,16 @@ mod tests {
             blocks.record(n, Duration::from_millis(ms));
         }
         // 10-frame blocks settle for 2 frames (a quarter), so 8 of each 10 count.
-        assert_eq!(blocks.capturing.count(), 16);
-        assert_eq!(blocks.not_capturing.count(), 16);
-        assert!((blocks.capturing.quantile_ms(1.0) - 1.0).abs() < 0.01);
-        assert!((blocks.not_capturing.quantile_ms(0.0) - 2.0).abs() < 0.01);
-
-        // The samples, block by block: 8 frames each, the capturing ones at 1 ms.
         let samples = blocks.blocks();
+        let count = |kind: bool| -> usize {
+            samples
+                .iter()
+                .filter(|(c, _)| *c == kind)
+                .map(|(_, t)| t.len())
+                .sum()
+        };
+        assert_eq!((count(true), count(false)), (16, 16));
+        // Block by block: 8 frames each, the capturing ones at 1 ms, the others at 2 ms.
         assert_eq!(samples.len(), 4);
         for (i, (capturing, times)) in samples.iter().enumerate() {
             assert_eq!(*capturing, i % 2 == 0);
@@ -1070,15 +1063,18 @@ mod tests {
             CaptureBlocks::new(50, true, 0).settle,
             CaptureBlocks::SETTLE
         );
-        let single = CaptureBlocks::new(0, true, 1);
+        let single = CaptureBlocks::new(0, true, 2);
         single.record(0, Duration::from_millis(1));
         single.record(1, Duration::from_millis(1));
         assert_eq!(
-            (single.capturing.count(), single.not_capturing.count()),
-            (1, 1)
+            single.blocks(),
+            vec![(true, vec![1000]), (false, vec![1000])]
         );
-        // Samples beyond the room reserved are in the histograms only.
-        assert_eq!(single.blocks(), vec![(true, vec![1000])]);
+        // Frames beyond the room reserved are not kept.
+        let full = CaptureBlocks::new(1, true, 1);
+        full.record(0, Duration::from_millis(1));
+        full.record(1, Duration::from_millis(1));
+        assert_eq!(full.blocks(), vec![(true, vec![1000])]);
     }
 
     fn handoff(free: usize, queue: usize) -> (Handoff, Receiver<Box<Candidate>>) {
