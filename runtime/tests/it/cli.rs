@@ -160,6 +160,16 @@ fn bench_reports_ratios_measured_in_one_run() {
         "bench", "--frames", "8", "--rounds", "2", "--json",
     ]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let numbers = |key: &str| -> Vec<f64> {
+        report[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} missing: {report}"))
+            .iter()
+            .map(|v| v.as_f64().expect("a number"))
+            .collect()
+    };
+    // Capture is measured in alternating blocks, at most a round's frames long, and
+    // each kind of block recorded frames (so their p99s are above 0).
     for key in [
         "pipeline_fps",
         "bare_fps",
@@ -167,6 +177,9 @@ fn bench_reports_ratios_measured_in_one_run() {
         "capture_p99_ratio",
         "capture_1s_p99_ratio",
         "peak_rss_mib",
+        "capture_on_inference_p99_ms",
+        "capture_off_inference_p99_ms",
+        "capture_none_inference_p99_ms",
     ] {
         let v = report[key]
             .as_f64()
@@ -174,12 +187,7 @@ fn bench_reports_ratios_measured_in_one_run() {
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
     }
     // The ratio is the median of the per-round ratios (two rounds: their mean).
-    let rounds: Vec<f64> = report["pipeline_vs_bare_rounds"]
-        .as_array()
-        .expect("pipeline_vs_bare_rounds")
-        .iter()
-        .map(|r| r.as_f64().expect("ratio"))
-        .collect();
+    let rounds = numbers("pipeline_vs_bare_rounds");
     assert_eq!(rounds.len(), 2, "{report}");
     let median = report["pipeline_vs_bare"].as_f64().expect("ratio");
     assert!(
@@ -187,22 +195,8 @@ fn bench_reports_ratios_measured_in_one_run() {
         "{report}"
     );
     assert!(report["pipeline_startup_ms"].as_f64().expect("startup") > 0.0);
-    // Capture is measured in alternating blocks, at most a round's frames long, and
-    // each kind of block recorded frames.
     assert_eq!(report["capture_block_frames"], 4, "{report}");
-    for key in [
-        "capture_on_inference_p99_ms",
-        "capture_off_inference_p99_ms",
-        "capture_none_inference_p99_ms",
-    ] {
-        assert!(report[key].as_f64().expect(key) > 0.0, "{key}: {report}");
-    }
-    let interval: Vec<f64> = report["capture_p99_ratio_interval"]
-        .as_array()
-        .expect("an interval: both kinds of block have frames")
-        .iter()
-        .map(|v| v.as_f64().expect("bound"))
-        .collect();
+    let interval = numbers("capture_p99_ratio_interval");
     assert!(
         interval.len() == 2 && 0.0 < interval[0] && interval[0] <= interval[1],
         "{report}"
