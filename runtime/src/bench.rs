@@ -103,8 +103,9 @@ pub struct BenchReport {
     pub capture_off_inference_p99_ms: f64,
     pub capture_p99_ratio: f64,
     /// 5th and 95th percentile of the ratio over 1000 resamplings of the blocks (each
-    /// condition's blocks drawn with replacement): how far the run's noise alone moves
-    /// it. Absent when either condition has no block.
+    /// condition's blocks drawn with replacement): how far the noise within the run
+    /// moves it (not what changes between runs). Absent when either condition has no
+    /// block.
     pub capture_p99_ratio_interval: Option<[f64; 2]>,
     /// Length of those blocks, in frames.
     pub capture_block_frames: u64,
