@@ -160,7 +160,9 @@ pub struct Slot {
 impl Slot {
     /// A slot with buffers for `width × height` frames and a `tensor_len` input.
     pub fn new(width: u32, height: u32, tensor_len: usize) -> Self {
-        // A zeroed allocation (`vec![0.0; n]`) is lazily mapped too: fault it in first.
+        // A zeroed allocation is lazily mapped too, and a release build turns
+        // `with_capacity` + `resize(0.0)` into one: fault the pages in first
+        // (`slot_tensors_are_resident_before_the_first_frame` fails in release without).
         let mut tensor = Vec::with_capacity(tensor_len);
         crate::frame::prefault(&mut tensor);
         tensor.resize(tensor_len, 0.0);
@@ -1023,6 +1025,23 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn slot_tensors_are_resident_before_the_first_frame() {
+        // 64 MB of f32: far above what the tests running beside this one allocate.
+        let len = 16 << 20;
+        let before = crate::metrics::rss_kib();
+        let slot = Slot::new(0, 0, len);
+        let grown = crate::metrics::rss_kib() - before;
+        let kib = (len * 4 / 1024) as i64;
+        assert_eq!(slot.tensor.len(), len);
+        assert!(
+            grown >= kib * 9 / 10,
+            "RSS grew by {grown} KiB for a {kib} KiB tensor"
+        );
+        std::hint::black_box(&slot);
+    }
 
     #[test]
     fn capture_blocks_alternate_and_skip_the_frames_that_settle() {
