@@ -37,10 +37,10 @@ pub struct ExportOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0} already holds files; choose an empty or new directory")]
     NotEmpty(PathBuf),
@@ -49,9 +49,9 @@ pub enum ExportError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
-    move |source| ExportError::Io {
+    move |error| ExportError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

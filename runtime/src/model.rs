@@ -46,10 +46,10 @@ pub enum ModelError {
     /// The first attempt's error (not found, or failed to load), kept for later callers.
     #[error("{0}")]
     OrtUnavailable(String),
-    #[error("cannot read model {path}: {source}")]
+    #[error("cannot read model {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("model manifest {path}: {reason}")]
     Manifest { path: String, reason: String },
@@ -213,17 +213,17 @@ impl ModelFile {
     /// Read a model file and its manifest: `<name>.toml` beside it, else `model.toml`
     /// in the same directory when the model is `model.onnx`.
     pub fn read(path: &Path) -> Result<ModelFile, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
+        let bytes = std::fs::read(path).map_err(|error| ModelError::Read {
             path: path.into(),
-            source,
+            error,
         })?;
         let mut manifest = None;
         for candidate in manifest_candidates(path) {
             if candidate.is_file() {
                 let text =
-                    std::fs::read_to_string(&candidate).map_err(|source| ModelError::Read {
+                    std::fs::read_to_string(&candidate).map_err(|error| ModelError::Read {
                         path: candidate.clone(),
-                        source,
+                        error,
                     })?;
                 let name = candidate.display().to_string();
                 manifest = Some((name.clone(), Manifest::parse(&text, &name)?));

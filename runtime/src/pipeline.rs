@@ -48,21 +48,18 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("camera {camera}: {source}")]
-    Source { camera: String, source: SourceError },
-    #[error("spool: {0}")]
+    #[error("camera {camera}: {error}")]
+    Source { camera: String, error: SourceError },
+    #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
     #[error("camera {camera}: {reason}")]
     Inference { camera: String, reason: String },
-    #[error("could not start thread {name}: {source}")]
-    Spawn {
-        name: String,
-        source: std::io::Error,
-    },
+    #[error("could not start thread {name}: {error}")]
+    Spawn { name: String, error: std::io::Error },
     #[error("thread {0} panicked")]
     Panicked(String),
     #[error("keeper: could not create the JPEG encoder: {0}")]
-    Encoder(#[from] turbojpeg::Error),
+    Encoder(turbojpeg::Error),
 }
 
 /// The model, shared by every camera's inference thread (one session; ORT parallelises
@@ -397,9 +394,9 @@ impl Pipeline {
             let source = cam
                 .source
                 .build((info.input_width, info.input_height))
-                .map_err(|source| PipelineError::Source {
+                .map_err(|error| PipelineError::Source {
                     camera: cam.name.clone(),
-                    source,
+                    error,
                 })?;
             tracing::info!(camera = %cam.name, source = %source.describe(), "camera ready");
             sources.push(source);
@@ -508,7 +505,7 @@ impl Pipeline {
             keep_rx,
             free_tx,
             metrics: metrics.clone(),
-            jpeg: JpegEncoder::new()?,
+            jpeg: JpegEncoder::new().map_err(PipelineError::Encoder)?,
             frame_size: (max_w, max_h),
         };
         threads.push(spawn(
@@ -646,9 +643,9 @@ fn spawn(
             }
             f()
         })
-        .map_err(|source| PipelineError::Spawn {
+        .map_err(|error| PipelineError::Spawn {
             name: name.clone(),
-            source,
+            error,
         })?;
     Ok((name, handle))
 }
@@ -711,10 +708,10 @@ impl Capture {
                     spare = Some(slot);
                     continue;
                 }
-                Err(source @ SourceError::Fatal(_)) => {
+                Err(error @ SourceError::Fatal(_)) => {
                     return Err(PipelineError::Source {
                         camera: name,
-                        source,
+                        error,
                     });
                 }
             }

@@ -23,19 +23,19 @@ use sha2::Digest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool {path}: {source}")]
+    #[error("spool {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("spool is full ({used} of {max} bytes); the frame was dropped")]
     Full { used: u64, max: u64 },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io {
+    move |error| SpoolError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -174,7 +174,7 @@ impl Spool {
         };
         let json = sidecar(&record).map_err(|e| SpoolError::Io {
             path: self.dir.join(format!("{name}.json")),
-            source: e.into(),
+            error: e.into(),
         })?;
 
         let image_path = self.dir.join(&image_name);
@@ -206,11 +206,11 @@ impl Spool {
             f.sync_all()?;
             fs::rename(&tmp, dest)
         };
-        write().map_err(|source| {
+        write().map_err(|error| {
             let _ = fs::remove_file(&tmp);
             SpoolError::Io {
                 path: dest.to_path_buf(),
-                source,
+                error,
             }
         })
     }

@@ -92,11 +92,32 @@ fn no_camera_is_a_clear_error() {
     .expect("spawn");
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("no camera at /dev/video-framesift-missing"),
-        "{stderr}"
+    assert_eq!(
+        stderr
+            .matches("no camera at /dev/video-framesift-missing")
+            .count(),
+        1,
+        "the message, once: {stderr}"
     );
     assert!(stderr.contains("synthetic"), "{stderr}");
+}
+
+/// Every error prints each cause once: a cause in its message is not repeated by the
+/// chain `main` prints.
+#[test]
+fn errors_name_their_cause_once() {
+    let out = framesift(&["run", "--max-frames", "1", "--model", "/nonexistent/d.onnx"])
+        .output()
+        .expect("spawn");
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+    let out = framesift(&["run", "--max-frames", "1", "--spool-dir", "/proc/framesift"])
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("/proc/framesift"), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
 }
 
 #[test]
