@@ -345,6 +345,14 @@ pub fn infer_layout(shape: &[usize], classes: Option<usize>) -> Result<(Layout, 
 
 static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
 
+/// The library's file names framesift tries beside its own binary, in order, after
+/// `$ORT_DYLIB_PATH` (`{v}` stands for [`ORT_VERSION`]).
+const BESIDE_BINARY: [&str; 3] = [
+    "libonnxruntime.so",
+    "libonnxruntime.so.{v}",
+    "lib/libonnxruntime.so",
+];
+
 /// Where to load ONNX Runtime from: config, else `$ORT_DYLIB_PATH`, else beside the binary.
 pub fn ort_library_candidates(configured: Option<&Path>) -> Vec<PathBuf> {
     if let Some(p) = configured {
@@ -357,9 +365,11 @@ pub fn ort_library_candidates(configured: Option<&Path>) -> Vec<PathBuf> {
     if let Ok(exe) = std::env::current_exe()
         && let Some(dir) = exe.parent()
     {
-        out.push(dir.join("libonnxruntime.so"));
-        out.push(dir.join(format!("libonnxruntime.so.{ORT_VERSION}")));
-        out.push(dir.join("lib").join("libonnxruntime.so"));
+        out.extend(
+            BESIDE_BINARY
+                .iter()
+                .map(|name| dir.join(name.replace("{v}", ORT_VERSION))),
+        );
     }
     out
 }
@@ -782,6 +792,39 @@ mod tests {
         let file = ModelFile::embedded().expect("embedded manifest parses");
         file.verify()
             .expect("embedded model matches its manifest checksum");
+    }
+
+    #[test]
+    fn the_default_config_says_where_onnx_runtime_is_searched() {
+        // The comment above `ort_library`, as one line.
+        let text = crate::config::DEFAULT_CONFIG_TOML;
+        let at = text
+            .find("\nort_library =")
+            .expect("ort_library in the default config");
+        let comment: Vec<&str> = text[..at]
+            .lines()
+            .rev()
+            .take_while(|l| l.starts_with('#'))
+            .collect();
+        let comment: String = comment
+            .iter()
+            .rev()
+            .map(|l| l.trim_start_matches('#').trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let names: Vec<String> = BESIDE_BINARY
+            .iter()
+            .map(|n| n.replace("{v}", ORT_VERSION))
+            .collect();
+        let expected = format!(
+            "Empty: $ORT_DYLIB_PATH, else {} or {} beside the framesift binary.",
+            names[..names.len() - 1].join(", "),
+            names[names.len() - 1]
+        );
+        assert!(
+            comment.ends_with(&expected),
+            "{comment:?}\nshould end with\n{expected:?}"
+        );
     }
 
     #[test]
