@@ -506,6 +506,9 @@ impl Model {
     }
 }
 
+/// Largest model input side framesift accepts, in pixels.
+const MAX_INPUT_SIDE: u32 = 8192;
+
 fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<ModelInfo, ModelError> {
     let path = file.origin.clone();
     let shape_err = |reason: String| ModelError::Shape {
@@ -622,6 +625,27 @@ fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<Model
         }
     };
 
+    // The letterbox and the tensors are sized from these: a zero or absurd size must be
+    // refused here, not divide by zero on the first frame.
+    for (key, value) in [("input_width", in_w), ("input_height", in_h)] {
+        if !(1..=MAX_INPUT_SIDE).contains(&value) {
+            let (path, reason) = match &file.manifest {
+                Some((mpath, _)) => (
+                    mpath.clone(),
+                    format!(
+                        "{key} = {value}; write the model's input size in pixels, 1 to {MAX_INPUT_SIDE} (e.g. {key} = 640)"
+                    ),
+                ),
+                None => (
+                    path.clone(),
+                    format!(
+                        "the ONNX metadata gives imgsz {in_h}x{in_w} ({key} = {value}); write a manifest with {key} = the model's input size, 1 to {MAX_INPUT_SIDE}"
+                    ),
+                ),
+            };
+            return Err(ModelError::Manifest { path, reason });
+        }
+    }
     if input.name() != input_name {
         return Err(shape_err(format!(
             "input is named \"{}\", the manifest says input_name = \"{input_name}\"",

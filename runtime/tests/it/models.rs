@@ -176,3 +176,60 @@ fn the_shared_yolov8n_benchmark_model_runs() {
         text(&out.stdout)
     );
 }
+
+/// `dynamic.onnx` (input `[1, 3, height, width]`) in a scratch directory with a
+/// manifest giving `width × height`.
+fn dynamic_model(dir: &Path, width: u32, height: u32) -> PathBuf {
+    let onnx = dir.join("dynamic.onnx");
+    std::fs::copy(model("dynamic.onnx"), &onnx).expect("copy");
+    std::fs::write(
+        dir.join("dynamic.toml"),
+        format!(
+            "id = \"dynamic\"\nversion = \"1\"\nlayout = \"yolov8\"\ninput_width = {width}\ninput_height = {height}\nnames = [\"a\", \"b\"]\n"
+        ),
+    )
+    .expect("manifest");
+    onnx
+}
+
+#[test]
+fn a_dynamic_input_model_takes_its_size_from_the_manifest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    check(
+        &detect(&dynamic_model(dir.path(), 64, 64)),
+        &[
+            ("a", 0.9, false, [44.0, 22.0, 84.0, 42.0]),
+            ("b", 0.6, false, [12.0, 40.0, 28.0, 56.0]),
+        ],
+    );
+}
+
+#[test]
+fn a_manifest_with_a_zero_input_size_is_refused() {
+    for (width, height, key) in [(0, 64, "input_width"), (64, 0, "input_height")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let onnx = dynamic_model(dir.path(), width, height);
+        let out = framesift(&[
+            "run",
+            "--max-frames",
+            "1",
+            "--model",
+            onnx.to_str().expect("utf8"),
+            "--spool-dir",
+            dir.path().join("spool").to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("spawn");
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a clear error, not a panic: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("{key} = 0")) && stderr.contains("dynamic.toml"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -7,7 +7,7 @@ NMS and the letterbox mapping against hand-computed numbers.
     pip install -r runtime/tests/data/models/requirements.txt
     python3 runtime/tests/data/models/make_models.py
 
-Input: images [1, 3, 64, 64]. Class names: ["a", "b"].
+Input: images [1, 3, 64, 64] (dynamic.onnx: [1, 3, height, width]). Class names: ["a", "b"].
 """
 
 import pathlib
@@ -20,7 +20,7 @@ HERE = pathlib.Path(__file__).parent
 NAMES = "{0: 'a', 1: 'b'}"
 
 
-def constant_model(path, output, metadata, input_size=64):
+def constant_model(path, output, metadata, input_size=64, input_dims=None):
     output = np.asarray(output, dtype=np.float32)
     nodes = [
         helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
@@ -30,7 +30,7 @@ def constant_model(path, output, metadata, input_size=64):
     graph = helper.make_graph(
         nodes,
         "framesift-test",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, input_size, input_size])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, input_dims or [1, 3, input_size, input_size])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))],
         initializer=[numpy_helper.from_array(output, "table"), numpy_helper.from_array(np.zeros((), np.float32), "zero")],
     )
@@ -94,3 +94,7 @@ constant_model(HERE / "bare.onnx", v8, {})
 
 # A layout framesift does not support: [1, 9, 9] with 2 classes (not 4+2, 5+2 or 6).
 constant_model(HERE / "odd.onnx", np.zeros((1, 9, 9), np.float32), meta)
+
+# Input size left open ([1, 3, height, width]), as a dynamic Ultralytics export: the
+# manifest beside it (dynamic.toml) must give the size.
+constant_model(HERE / "dynamic.onnx", v8, {}, input_dims=[1, 3, "height", "width"])
