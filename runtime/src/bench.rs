@@ -412,7 +412,10 @@ fn premade_tensors(
         .cameras
         .first()
         .ok_or_else(|| anyhow::anyhow!("no camera configured"))?;
-    let mut source = camera.source.build((info.input_width, info.input_height))?;
+    let mut source = camera.source.build(
+        (info.input_width, info.input_height),
+        config.pipeline.max_frame_pixels,
+    )?;
     let mut preparer = Preparer::new(&info);
     let (w, h) = camera.source.frame_size();
     let mut slot = Slot::new(w, h, 3 * (info.input_width * info.input_height) as usize);

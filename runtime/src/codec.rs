@@ -21,7 +21,20 @@ pub enum DecodeError {
     UnknownFormat,
     #[error("{0}")]
     Corrupt(String),
+    /// The header claims more pixels than `max_frame_pixels`: refused before anything
+    /// is allocated for it (a corrupt header can claim 65535 × 65535).
+    #[error(
+        "{width}x{height} is larger than the configured maximum of {max_pixels} pixels ([pipeline] max_frame_pixels)"
+    )]
+    TooLarge {
+        width: u64,
+        height: u64,
+        max_pixels: u64,
+    },
 }
+
+/// Default `[pipeline] max_frame_pixels`: 3840 × 2160.
+pub const DEFAULT_MAX_FRAME_PIXELS: u64 = 3840 * 2160;
 
 /// Smallest DCT scale the decoder uses: the blur meter measures at 1/4 of the captured
 /// size ([`crate::preprocess::STATS_DOWNSCALE`]), so decoding smaller would lose the
@@ -38,6 +51,8 @@ pub struct FrameDecoder {
     jpeg: Option<Decompressor>,
     /// Model input size: JPEGs are decoded at the smallest DCT scale that still fills it.
     fit: Option<(u32, u32)>,
+    /// Larger images (by their header, at captured size) are refused.
+    max_pixels: u64,
 }
 
 impl FrameDecoder {
@@ -46,6 +61,7 @@ impl FrameDecoder {
         Self {
             jpeg: None,
             fit: None,
+            max_pixels: DEFAULT_MAX_FRAME_PIXELS,
         }
     }
 
@@ -57,7 +73,25 @@ impl FrameDecoder {
         Self {
             jpeg: None,
             fit: Some((input_w, input_h)),
+            max_pixels: DEFAULT_MAX_FRAME_PIXELS,
         }
+    }
+
+    /// Refuse images of more than `max_pixels` pixels (default
+    /// [`DEFAULT_MAX_FRAME_PIXELS`]), before allocating for them.
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
+    }
+
+    /// The largest encoded file worth reading for an image of at most `max_pixels`:
+    /// raw RGB of that size plus room for headers, far above any real JPEG or PNG.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_pixels.saturating_mul(3).saturating_add(1 << 20)
+    }
+
+    fn check_size(&self, width: u64, height: u64) -> Result<(), DecodeError> {
+        check_size(self.max_pixels, width, height)
     }
 
     /// Decode a JPEG or PNG held in memory into `frame.rgb` (resized in place, capacity
@@ -74,6 +108,8 @@ impl FrameDecoder {
                 let corrupt = |e: image::ImageError| DecodeError::Corrupt(e.to_string());
                 let decoder =
                     image::codecs::png::PngDecoder::new(Cursor::new(bytes)).map_err(corrupt)?;
+                let (w, h) = decoder.dimensions();
+                self.check_size(u64::from(w), u64::from(h))?;
                 read_rgb(decoder, frame).map_err(corrupt)
             }
             _ => Err(DecodeError::UnknownFormat),
@@ -94,6 +130,7 @@ impl FrameDecoder {
             empty => empty.insert(Decompressor::new().map_err(corrupt)?),
         };
         let header = jpeg.read_header(bytes).map_err(corrupt)?;
+        check_size(self.max_pixels, header.width as u64, header.height as u64)?;
         let factor = match self.fit {
             Some((iw, ih)) if !header.is_lossless => {
                 downscale_for(header.width, header.height, iw as usize, ih as usize)
@@ -126,6 +163,17 @@ impl FrameDecoder {
             result => result.map_err(corrupt),
         }
     }
+}
+
+fn check_size(max_pixels: u64, width: u64, height: u64) -> Result<(), DecodeError> {
+    if width.saturating_mul(height) > max_pixels {
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            max_pixels,
+        });
+    }
+    Ok(())
 }
 
 /// The smallest of 1/4 and 1/2 at which `w × h` still fills an `iw × ih` letterbox along
@@ -341,6 +389,77 @@ mod tests {
             decode_into(&jpeg, &mut frame),
             Err(DecodeError::Corrupt(_))
         ));
+    }
+
+    /// A header claiming a huge image is refused before the frame buffer grows for it.
+    #[test]
+    fn images_above_the_maximum_are_refused_before_allocating() {
+        const SIDE: u16 = 20_000;
+        // A real JPEG whose SOF0 segment (FF C0, length, precision, height, width) is
+        // patched to claim SIDE × SIDE.
+        let (_, mut jpeg) = gradient_jpeg(64, 48, 90);
+        let sof = jpeg
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("SOF0");
+        jpeg[sof + 5..sof + 7].copy_from_slice(&SIDE.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&SIDE.to_be_bytes());
+        // A PNG whose IHDR claims the same (the decoder checks the chunk's CRC).
+        let mut png = Vec::new();
+        image::RgbImage::new(8, 8)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .expect("png");
+        png[16..20].copy_from_slice(&u32::from(SIDE).to_be_bytes());
+        png[20..24].copy_from_slice(&u32::from(SIDE).to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+
+        for (name, bytes) in [("jpeg", &jpeg), ("png", &png)] {
+            for mut decoder in [FrameDecoder::full_size(), FrameDecoder::fitting(320, 320)] {
+                let mut frame = Frame::with_capacity(64, 48);
+                let capacity = frame.rgb.capacity();
+                match decoder.decode_into(bytes, &mut frame) {
+                    Err(DecodeError::TooLarge {
+                        width,
+                        height,
+                        max_pixels,
+                    }) => {
+                        assert_eq!((width, height), (u64::from(SIDE), u64::from(SIDE)));
+                        assert_eq!(max_pixels, DEFAULT_MAX_FRAME_PIXELS);
+                    }
+                    other => panic!("{name}: expected TooLarge, got {other:?}"),
+                }
+                assert_eq!(frame.rgb.capacity(), capacity, "{name}: nothing allocated");
+            }
+        }
+        // Within a raised maximum the header is believed (and the bad data then fails).
+        let mut decoder = FrameDecoder::full_size().with_max_pixels(1_000);
+        let (_, small) = gradient_jpeg(64, 48, 90);
+        let mut frame = Frame::with_capacity(8, 8);
+        assert!(matches!(
+            decoder.decode_into(&small, &mut frame),
+            Err(DecodeError::TooLarge {
+                width: 64,
+                height: 48,
+                max_pixels: 1_000
+            })
+        ));
+    }
+
+    /// CRC-32 (ISO-HDLC), as PNG chunks use.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
     }
 
     #[test]

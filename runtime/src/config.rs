@@ -83,6 +83,8 @@ pub struct PipelineConfig {
     pub capture_nice: i32,
     /// Nice steps the keeper runs below inference.
     pub keeper_nice: i32,
+    /// Frames with more pixels are refused before anything is allocated for them.
+    pub max_frame_pixels: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -344,6 +346,7 @@ struct RawPipeline {
     keeper_queue: i64,
     capture_nice: i64,
     keeper_nice: i64,
+    max_frame_pixels: i64,
 }
 
 impl Default for RawPipeline {
@@ -353,6 +356,7 @@ impl Default for RawPipeline {
             keeper_queue: 16,
             capture_nice: crate::priority::CAPTURE_NICE as i64,
             keeper_nice: crate::priority::KEEPER_NICE as i64,
+            max_frame_pixels: crate::codec::DEFAULT_MAX_FRAME_PIXELS as i64,
         }
     }
 }
@@ -567,7 +571,29 @@ impl Config {
                 0,
                 19,
             ) as i32,
+            max_frame_pixels: c.int(
+                vec![key("pipeline"), key("max_frame_pixels")],
+                p.max_frame_pixels,
+                64 * 64,
+                8192 * 8192,
+            ) as u64,
         };
+        for (i, cam) in cameras.iter().enumerate() {
+            let (w, h) = cam.source.frame_size();
+            if u64::from(w) * u64::from(h) > pipeline.max_frame_pixels {
+                c.fail(
+                    vec![key("camera"), PathPart::Index(i), key("width")],
+                    format!(
+                        "camera[{i}] is {w}x{h}, more pixels than pipeline.max_frame_pixels = {}",
+                        pipeline.max_frame_pixels
+                    ),
+                    format!(
+                        "make the frame smaller, or raise [pipeline] max_frame_pixels to at least {}",
+                        u64::from(w) * u64::from(h)
+                    ),
+                );
+            }
+        }
 
         let s = &raw.scoring;
         let unit = |v: f64| (0.0..=1.0).contains(&v);
@@ -1243,7 +1269,13 @@ mod tests {
             ),
             (
                 "pipeline",
-                &["queue_depth", "keeper_queue", "capture_nice", "keeper_nice"][..],
+                &[
+                    "queue_depth",
+                    "keeper_queue",
+                    "capture_nice",
+                    "keeper_nice",
+                    "max_frame_pixels",
+                ][..],
             ),
             (
                 "scoring",
@@ -1362,6 +1394,13 @@ max_bytes = 10
         error: config.toml: line 2, column 1: pipeline.capture_nice = 20 is out of range; write a whole number from 0 to 19
         error: config.toml: line 3, column 1: pipeline.keeper_nice = -1 is out of range; write a whole number from 0 to 19
         ");
+    }
+
+    #[test]
+    fn cameras_must_fit_the_frame_size_limit() {
+        let text = "[pipeline]\nmax_frame_pixels = 100000\n\n[[camera]]\ntype = \"synthetic\"\nwidth = 640\nheight = 360\n";
+        insta::assert_snapshot!(errors(text), @"error: config.toml: line 6, column 1: camera[0] is 640x360, more pixels than pipeline.max_frame_pixels = 100000; make the frame smaller, or raise [pipeline] max_frame_pixels to at least 230400");
+        assert_eq!(errors("[[camera]]\nwidth = 3840\nheight = 2160\n"), "ok");
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub enum Drop {
     QueueFull,
     /// An input frame could not be used (corrupt, truncated, empty, not an image).
     BadFrame,
+    /// An input frame was larger than `[pipeline] max_frame_pixels`.
+    FrameTooLarge,
     /// No free candidate buffer: the keeper is behind.
     KeeperBusy,
     /// The keeper's queue was full.
@@ -70,9 +72,10 @@ pub enum Drop {
 }
 
 impl Drop {
-    pub const ALL: [Drop; 6] = [
+    pub const ALL: [Drop; 7] = [
         Drop::QueueFull,
         Drop::BadFrame,
+        Drop::FrameTooLarge,
         Drop::KeeperBusy,
         Drop::KeeperQueueFull,
         Drop::SpoolFull,
@@ -83,6 +86,7 @@ impl Drop {
         match self {
             Drop::QueueFull => "queue_full",
             Drop::BadFrame => "bad_frame",
+            Drop::FrameTooLarge => "frame_too_large",
             Drop::KeeperBusy => "keeper_busy",
             Drop::KeeperQueueFull => "keeper_queue_full",
             Drop::SpoolFull => "spool_full",
@@ -186,7 +190,7 @@ pub struct Metrics {
     /// Nanoseconds from pipeline start to the end of the first inference (0: none yet).
     /// With `inference_done_ns`, the steady-state span that excludes start-up.
     pub first_inference_ns: AtomicU64,
-    drops: [AtomicU64; 6],
+    drops: [AtomicU64; Drop::ALL.len()],
     stages: [Histogram; 7],
 }
 
@@ -221,6 +225,11 @@ pub mod event {
     pub fn bad_frame(m: &Metrics, camera: &str, path: &Path, reason: &str) {
         m.count_drop(Drop::BadFrame);
         tracing::warn!(camera, path = %path.display(), reason, "skipped a bad frame");
+    }
+
+    pub fn frame_too_large(m: &Metrics, camera: &str, path: &Path, reason: &str) {
+        m.count_drop(Drop::FrameTooLarge);
+        tracing::warn!(camera, path = %path.display(), reason, "skipped a frame that is too large");
     }
 
     /// A drop on the hot path: counted only (a log line per dropped frame would flood

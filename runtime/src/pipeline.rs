@@ -393,7 +393,10 @@ impl Pipeline {
         for cam in &config.cameras {
             let source = cam
                 .source
-                .build((info.input_width, info.input_height))
+                .build(
+                    (info.input_width, info.input_height),
+                    config.pipeline.max_frame_pixels,
+                )
                 .map_err(|error| PipelineError::Source {
                     camera: cam.name.clone(),
                     error,
@@ -700,6 +703,11 @@ impl Capture {
                 Ok(Next::End) => break,
                 Err(SourceError::BadFrame { path, reason }) => {
                     event::bad_frame(&self.metrics, &name, &path, &reason);
+                    spare = Some(slot);
+                    continue;
+                }
+                Err(SourceError::FrameTooLarge { path, reason }) => {
+                    event::frame_too_large(&self.metrics, &name, &path, &reason);
                     spare = Some(slot);
                     continue;
                 }

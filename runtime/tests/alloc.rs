@@ -189,7 +189,10 @@ fn steady_state_per_frame_path_allocates_nothing() {
     };
     let mut source = config.cameras[0]
         .source
-        .build((info.input_width, info.input_height))
+        .build(
+            (info.input_width, info.input_height),
+            config.pipeline.max_frame_pixels,
+        )
         .expect("source");
     let mut preparer = Preparer::new(&info);
     let mut inferer = Inferer::new(&model.lock().expect("lock"), &config).expect("inferer");

@@ -339,8 +339,13 @@ const AC_CHROMA_VALUES: [u8; 162] = [
 
 /// Copy one MJPEG frame (trimmed to its EOI, standard Huffman tables inserted if the camera
 /// left them out) into `frame.encoded` and decode it into `frame.rgb`.
-fn fill_mjpeg(bytes: &[u8], decoder: &mut FrameDecoder, frame: &mut Frame) -> Result<(), String> {
-    let layout = scan_jpeg(bytes)?;
+fn fill_mjpeg(
+    bytes: &[u8],
+    decoder: &mut FrameDecoder,
+    frame: &mut Frame,
+) -> Result<(), crate::codec::DecodeError> {
+    use crate::codec::DecodeError;
+    let layout = scan_jpeg(bytes).map_err(DecodeError::Corrupt)?;
     frame.encoded.clear();
     match layout.missing_dht_at {
         Some(at) => {
@@ -356,7 +361,10 @@ fn fill_mjpeg(bytes: &[u8], decoder: &mut FrameDecoder, frame: &mut Frame) -> Re
     frame.encoded = encoded;
     decoded.map_err(|e| {
         frame.encoded.clear();
-        format!("corrupt MJPEG frame: {e}")
+        match e {
+            DecodeError::TooLarge { .. } => e,
+            e => DecodeError::Corrupt(format!("corrupt MJPEG frame: {e}")),
+        }
     })
 }
 
@@ -673,15 +681,18 @@ impl FrameSource for CameraSource {
         frame.clear();
         frame.truth = None;
         let filled = match self.config.format {
-            CameraFormat::Mjpeg => fill_mjpeg(raw.bytes, &mut self.decoder, frame),
-            CameraFormat::Yuyv => fill_yuyv(raw.bytes, raw.width, raw.height, frame),
+            CameraFormat::Mjpeg => fill_mjpeg(raw.bytes, &mut self.decoder, frame)
+                .map_err(|e| SourceError::undecodable(PathBuf::from(&self.name), e)),
+            CameraFormat::Yuyv => {
+                fill_yuyv(raw.bytes, raw.width, raw.height, frame).map_err(|reason| {
+                    SourceError::BadFrame {
+                        path: PathBuf::from(&self.name),
+                        reason,
+                    }
+                })
+            }
         };
-        if let Err(reason) = filled {
-            return Err(SourceError::BadFrame {
-                path: PathBuf::from(&self.name),
-                reason,
-            });
-        }
+        filled?;
         frame.seq = self.seq;
         self.seq += 1;
         frame.captured_at = captured_at;

@@ -40,6 +40,11 @@ pub enum SourceError {
     #[error("skipped {path}: {reason}")]
     BadFrame { path: PathBuf, reason: String },
 
+    /// The frame is larger than `[pipeline] max_frame_pixels` (by its header): refused
+    /// before anything is allocated for it, skipped and counted.
+    #[error("skipped {path}: {reason}")]
+    FrameTooLarge { path: PathBuf, reason: String },
+
     /// The camera went away or returned an error; the pipeline reconnects with backoff.
     #[error("camera {device}: {reason}")]
     Disconnected { device: String, reason: String },
@@ -53,6 +58,20 @@ impl SourceError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, SourceError::Fatal(_))
     }
+
+    /// A frame at `path` the decoder refused: too large, or bad.
+    pub fn undecodable(path: PathBuf, error: crate::codec::DecodeError) -> Self {
+        match error {
+            e @ crate::codec::DecodeError::TooLarge { .. } => SourceError::FrameTooLarge {
+                path,
+                reason: e.to_string(),
+            },
+            e => SourceError::BadFrame {
+                path,
+                reason: e.to_string(),
+            },
+        }
+    }
 }
 
 impl crate::config::SourceConfig {
@@ -60,9 +79,15 @@ impl crate::config::SourceConfig {
     /// input: JPEG frames are decoded at the reduced scale that still fills it
     /// ([`FrameDecoder::fitting`]). Fails with a clear message when the source cannot run at
     /// all (no camera, missing replay directory).
-    pub fn build(&self, model_input: (u32, u32)) -> Result<Box<dyn FrameSource>, SourceError> {
+    pub fn build(
+        &self,
+        model_input: (u32, u32),
+        max_frame_pixels: u64,
+    ) -> Result<Box<dyn FrameSource>, SourceError> {
         use crate::config::SourceConfig;
-        let decoder = || FrameDecoder::fitting(model_input.0, model_input.1);
+        let decoder = || {
+            FrameDecoder::fitting(model_input.0, model_input.1).with_max_pixels(max_frame_pixels)
+        };
         Ok(match self {
             SourceConfig::Synthetic(c) => Box::new(synthetic::SyntheticSource::new(c.clone())),
             SourceConfig::Replay(c) => {

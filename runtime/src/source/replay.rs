@@ -122,13 +122,26 @@ impl FrameSource for ReplaySource {
             reason,
         };
         self.bytes.clear();
-        let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-        std::io::Read::read_to_end(&mut file, &mut self.bytes).map_err(|e| bad(e.to_string()))?;
+        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        // Never read more than an image within the size limit can need: a file can be
+        // anything (a video dropped into the directory, a runaway log).
+        let limit = self.decoder.max_file_bytes();
+        let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+        if len > limit {
+            return Err(SourceError::FrameTooLarge {
+                path: path.clone(),
+                reason: format!(
+                    "the file holds {len} bytes, more than an image of [pipeline] max_frame_pixels needs ({limit})"
+                ),
+            });
+        }
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, limit), &mut self.bytes)
+            .map_err(|e| bad(e.to_string()))?;
 
         frame.clear();
         self.decoder
             .decode_into(&self.bytes, frame)
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| SourceError::undecodable(path.clone(), e))?;
         if codec::is_jpeg(&self.bytes) {
             frame.encoded.extend_from_slice(&self.bytes);
         }

@@ -473,3 +473,34 @@ fn capture_and_keeper_run_at_the_configured_nice_steps() {
     assert_eq!(nice("keeper"), Some(3), "{seen:?}");
     assert_eq!(nice("infer-cam0"), Some(0), "{seen:?}");
 }
+
+/// A replayed JPEG whose header claims 20000 × 20000 is refused before anything is
+/// allocated for it, counted apart from corrupt frames, and the run goes on.
+#[test]
+fn replay_refuses_frames_above_the_size_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).expect("mkdir");
+    write_jpeg(&frames.join("a.jpg"), 320, 240, 1);
+    let mut huge = std::fs::read(frames.join("a.jpg")).expect("read");
+    let sof = huge
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("SOF0");
+    huge[sof + 5..sof + 9].copy_from_slice(&[0x4E, 0x20, 0x4E, 0x20]); // 20000 x 20000
+    std::fs::write(frames.join("b_huge.jpg"), huge).expect("write");
+    let out = run_ok(&mut framesift(&[
+        "run",
+        "--replay",
+        frames.to_str().expect("utf8"),
+        "--spool-dir",
+        dir.path().join("spool").to_str().expect("utf8"),
+    ]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("1 acquired, 1 inferred"), "{stdout}");
+    assert!(stdout.contains("frame_too_large 1"), "{stdout}");
+    assert!(
+        stderr.contains("b_huge.jpg") && stderr.contains("20000x20000"),
+        "{stderr}"
+    );
+}
