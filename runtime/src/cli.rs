@@ -497,8 +497,14 @@ fn print_summary(s: &Summary, config: &Config) {
             format!(" ({})", drops.join(", "))
         }
     );
-    if s.reconnects > 0 {
-        println!("  reconnects  {}", s.reconnects);
+    if s.disconnects > 0 {
+        println!(
+            "  cameras     {} disconnect{}, {} reconnect{}",
+            s.disconnects,
+            if s.disconnects == 1 { "" } else { "s" },
+            s.reconnects,
+            if s.reconnects == 1 { "" } else { "s" }
+        );
     }
     println!("  stage              count   median ms     p99 ms");
     for (name, count, p50, p99) in &s.stages {

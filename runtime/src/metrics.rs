@@ -184,6 +184,9 @@ pub struct Metrics {
     pub kept: AtomicU64,
     pub candidates: AtomicU64,
     pub evicted: AtomicU64,
+    /// Times a camera went away while streaming.
+    pub disconnects: AtomicU64,
+    /// Times a camera that had gone away delivered frames again.
     pub reconnects: AtomicU64,
     /// Nanoseconds from pipeline start to the end of the last inference thread.
     pub inference_done_ns: AtomicU64,
@@ -238,9 +241,19 @@ pub mod event {
         m.count_drop(reason);
     }
 
-    pub fn camera_disconnected(m: &Metrics, camera: &str, reason: &str) {
-        m.reconnects.fetch_add(1, Relaxed);
+    pub fn camera_lost(m: &Metrics, camera: &str, reason: &str) {
+        m.disconnects.fetch_add(1, Relaxed);
         tracing::warn!(camera, reason, "camera disconnected; reconnecting");
+    }
+
+    /// One more failed attempt while the camera is gone: logged, not counted.
+    pub fn camera_still_gone(camera: &str, reason: &str) {
+        tracing::info!(camera, reason, "camera still gone");
+    }
+
+    pub fn camera_reconnected(m: &Metrics, camera: &str) {
+        m.reconnects.fetch_add(1, Relaxed);
+        tracing::info!(camera, "camera reconnected");
     }
 
     pub fn spool_write_failed(m: &Metrics, reason: &str) {

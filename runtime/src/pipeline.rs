@@ -330,6 +330,7 @@ pub struct Summary {
     pub kept: u64,
     pub candidates: u64,
     pub evicted: u64,
+    pub disconnects: u64,
     pub reconnects: u64,
     pub drops: Vec<(&'static str, u64)>,
     /// (stage, count, median ms, p99 ms)
@@ -616,6 +617,7 @@ pub fn summarize(m: &Metrics, elapsed: Duration) -> Summary {
         kept: m.kept.load(Ordering::Relaxed),
         candidates: m.candidates.load(Ordering::Relaxed),
         evicted: m.evicted.load(Ordering::Relaxed),
+        disconnects: m.disconnects.load(Ordering::Relaxed),
         reconnects: m.reconnects.load(Ordering::Relaxed),
         drops: Drop::ALL.iter().map(|d| (d.name(), m.drops(*d))).collect(),
         stages: Stage::ALL
@@ -676,6 +678,8 @@ impl Capture {
     fn run(mut self) -> Result<(), PipelineError> {
         let name = self.camera.name.clone();
         let mut spare: Option<Box<Slot>> = None;
+        // Between a lost stream and the next frame: failed attempts are not reconnects.
+        let mut gone = false;
         while !self.stop.load(Ordering::Relaxed) {
             if let Some(max) = self.max_frames
                 && self.acquired.load(Ordering::Relaxed) >= max
@@ -699,6 +703,10 @@ impl Capture {
             let next = self.source.next_frame(&mut slot.frame);
             self.heartbeat.end();
             match next {
+                Ok(Next::Frame) if gone => {
+                    gone = false;
+                    event::camera_reconnected(&self.metrics, &name);
+                }
                 Ok(Next::Frame) => {}
                 Ok(Next::End) => break,
                 Err(SourceError::BadFrame { path, reason }) => {
@@ -712,7 +720,12 @@ impl Capture {
                     continue;
                 }
                 Err(SourceError::Disconnected { reason, .. }) => {
-                    event::camera_disconnected(&self.metrics, &name, &reason);
+                    if gone {
+                        event::camera_still_gone(&name, &reason);
+                    } else {
+                        gone = true;
+                        event::camera_lost(&self.metrics, &name, &reason);
+                    }
                     spare = Some(slot);
                     continue;
                 }
@@ -1172,6 +1185,84 @@ mod tests {
         c.frame = frame(seq);
         c.scores.value = value;
         c
+    }
+
+    /// A source that plays a script: a frame, or a disconnection.
+    struct Scripted(std::collections::VecDeque<bool>, u64);
+
+    impl FrameSource for Scripted {
+        fn next_frame(&mut self, frame: &mut Frame) -> Result<Next, SourceError> {
+            match self.0.pop_front() {
+                None => Ok(Next::End),
+                Some(true) => {
+                    frame.set_size(64, 64);
+                    frame.seq = self.1;
+                    self.1 += 1;
+                    Ok(Next::Frame)
+                }
+                Some(false) => Err(SourceError::Disconnected {
+                    device: "/dev/video9".into(),
+                    reason: "gone".into(),
+                }),
+            }
+        }
+
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    #[test]
+    fn a_camera_that_comes_back_after_failed_attempts_counts_one_reconnect() {
+        // Lost after one frame, four failed reopen attempts, back; lost again for one
+        // attempt, back.
+        let script = [true, false, false, false, false, true, true, false, true];
+        let info = test_model_info();
+        let (work_tx, work_rx) = bounded(16);
+        let (slot_tx, slot_rx) = bounded(16);
+        for _ in 0..16 {
+            let _ = slot_tx.try_send(Box::new(Slot::new(64, 64, 3 * 32 * 32)));
+        }
+        let metrics = Arc::new(Metrics::default());
+        let capture = Capture {
+            heartbeat: Arc::new(Heartbeat::new("capture-test".into(), Instant::now())),
+            camera: CameraConfig {
+                name: "test".into(),
+                source: crate::config::SourceConfig::Synthetic(Default::default()),
+            },
+            source: Box::new(Scripted(script.into_iter().collect(), 0)),
+            preparer: Preparer::new(&info),
+            live: false,
+            work_tx,
+            work_rx: work_rx.clone(),
+            slot_rx,
+            metrics: metrics.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            acquired: Arc::new(AtomicU64::new(0)),
+            max_frames: None,
+        };
+        capture.run().expect("capture ends with the script");
+        assert_eq!(work_rx.len(), 4, "every frame went on");
+        assert_eq!(metrics.disconnects.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.reconnects.load(Ordering::Relaxed), 2);
+    }
+
+    fn test_model_info() -> ModelInfo {
+        ModelInfo {
+            id: "test".into(),
+            version: "1".into(),
+            origin: "test".into(),
+            sha256: String::new(),
+            layout: crate::detector::Layout::YoloV8,
+            input_width: 32,
+            input_height: 32,
+            input_name: "images".into(),
+            output_name: "output0".into(),
+            output_shape: vec![1, 5, 21],
+            normalization: crate::preprocess::Normalization::UNIT,
+            letterbox_fill: 114,
+            names: vec!["thing".into()],
+        }
     }
 
     #[test]
