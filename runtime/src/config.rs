@@ -117,6 +117,8 @@ pub struct KeepConfig {
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub max_bytes: u64,
+    /// `None`: the id kept in the spool, made at random the first time.
+    pub device_id: Option<String>,
 }
 
 impl Default for Config {
@@ -412,6 +414,7 @@ impl Default for RawKeep {
 struct RawSpool {
     dir: String,
     max_bytes: i64,
+    device_id: String,
 }
 
 impl Default for RawSpool {
@@ -419,6 +422,7 @@ impl Default for RawSpool {
         Self {
             dir: "framesift-spool".into(),
             max_bytes: 1 << 30,
+            device_id: String::new(),
         }
     }
 }
@@ -669,7 +673,22 @@ impl Config {
                 "write a directory, e.g. dir = \"/var/lib/framesift/spool\"".to_string(),
             );
         }
+        let id_ok = |id: &str| {
+            id.len() <= 64
+                && id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
+        };
+        if !id_ok(&sp.device_id) {
+            c.fail(
+                vec![key("spool"), key("device_id")],
+                format!("spool.device_id = \"{}\" is not a usable id", sp.device_id),
+                "write up to 64 letters, digits, '-', '_' or '.', e.g. device_id = \"cart-0042\""
+                    .to_string(),
+            );
+        }
         let spool = SpoolConfig {
+            device_id: (!sp.device_id.is_empty()).then(|| sp.device_id.clone()),
             dir: PathBuf::from(&sp.dir),
             max_bytes: c.int(
                 vec![key("spool"), key("max_bytes")],
@@ -1293,7 +1312,7 @@ mod tests {
                 "keep",
                 &["capacity", "window_secs", "when_full", "jpeg_quality"][..],
             ),
-            ("spool", &["dir", "max_bytes"][..]),
+            ("spool", &["dir", "max_bytes", "device_id"][..]),
         ];
         for (table, names) in keys {
             for name in names {

@@ -25,7 +25,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
@@ -405,7 +405,11 @@ impl Pipeline {
             tracing::info!(camera = %cam.name, source = %source.describe(), "camera ready");
             sources.push(source);
         }
-        let (spool, recovery) = Spool::open(&config.spool.dir, config.spool.max_bytes)?;
+        let (spool, recovery) = Spool::open(
+            &config.spool.dir,
+            config.spool.max_bytes,
+            config.spool.device_id.as_deref(),
+        )?;
         tracing::info!(
             dir = %config.spool.dir.display(),
             complete = recovery.complete,
@@ -1001,13 +1005,6 @@ impl Keeper {
 
     fn write(&mut self, c: &Candidate) {
         let camera = &self.cameras[c.camera];
-        let millis = c
-            .frame
-            .captured_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let name = format!("{millis}-{camera}-{:08}", c.frame.seq);
         let (image, encoding): (&[u8], ImageEncoding) = if !c.frame.encoded.is_empty() {
             (&c.frame.encoded, ImageEncoding::Original)
         } else {
@@ -1027,8 +1024,10 @@ impl Keeper {
         };
         let model = &self.model;
         let confidence = self.confidence;
-        let result = self.spool.write(&name, image, encoding, |record| {
-            serde_json::to_vec_pretty(&sidecar::Sidecar::new(camera, c, model, confidence, record))
+        let result = self.spool.write(image, encoding, |id, record| {
+            serde_json::to_vec_pretty(&sidecar::Sidecar::new(
+                id, camera, c, model, confidence, record,
+            ))
         });
         match result {
             Ok(path) => event::kept(&self.metrics, camera, &path, c.scores.value),
@@ -1145,7 +1144,7 @@ mod tests {
     }
 
     fn keeper(dir: &std::path::Path, capacity: usize) -> (Keeper, Sender<Box<Candidate>>) {
-        let (spool, _) = Spool::open(dir, u64::MAX).expect("spool");
+        let (spool, _) = Spool::open(dir, u64::MAX, None).expect("spool");
         let (keep_tx, keep_rx) = bounded(8);
         let (free_tx, _free_rx) = bounded(64);
         let info = ModelInfo {
@@ -1294,6 +1293,23 @@ mod tests {
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .count();
         assert_eq!(written, 4);
+    }
+
+    /// Frame sequence numbers start at 0 in every run and the clock may be unset (a
+    /// cart without RTC before NTP): neither may make a new entry replace a kept one.
+    #[test]
+    fn entries_of_restarted_runs_never_replace_each_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _run in 0..3 {
+            let (mut keeper, _keep_tx) = keeper(dir.path(), 4);
+            let mut c = candidate(0, 1.0);
+            c.frame.captured_at = std::time::SystemTime::UNIX_EPOCH;
+            keeper.offer(c);
+            keeper.flush();
+        }
+        let (spool, _) = Spool::open(dir.path(), u64::MAX, None).expect("spool");
+        let entries = spool.entries().expect("entries");
+        assert_eq!(entries.len(), 3, "{entries:?}");
     }
 
     #[test]

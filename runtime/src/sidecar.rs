@@ -13,6 +13,8 @@ pub const SIDECAR_VERSION: u32 = 1;
 #[derive(Debug, Serialize)]
 pub struct Sidecar<'a> {
     pub version: u32,
+    /// The spool entry's id, unique across restarts and carts (see `spool`).
+    pub id: &'a str,
     /// Capture time, RFC 3339 UTC with milliseconds.
     pub captured_at: String,
     pub camera: &'a str,
@@ -80,6 +82,7 @@ pub struct TruthBoxRecord<'a> {
 
 impl<'a> Sidecar<'a> {
     pub fn new(
+        id: &'a str,
         camera: &'a str,
         c: &'a Candidate,
         model: &'a ModelInfo,
@@ -94,6 +97,7 @@ impl<'a> Sidecar<'a> {
         };
         Sidecar {
             version: SIDECAR_VERSION,
+            id,
             captured_at: rfc3339(c.frame.captured_at),
             camera,
             seq: c.frame.seq,

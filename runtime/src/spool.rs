@@ -1,7 +1,14 @@
 //! The spool: kept frames on disk, waiting for upload.
 //!
-//! Layout: `<dir>/<name>.jpg` + `<dir>/<name>.json` (the sidecar), with
-//! `<name> = <unix-millis>-<camera>-<seq>`. Temporary files live in `<dir>/.tmp/`.
+//! Layout: `<dir>/<id>.jpg` + `<dir>/<id>.json` (the sidecar). Temporary files live in
+//! `<dir>/.tmp/`, the spool's identity in `<dir>/.meta/`.
+//!
+//! Entry ids are `<device>-<boot>-<seq>`: the device id (configured, or made at random
+//! once and kept in `.meta/device-id`), this start's number (`.meta/boot`, counted up
+//! and made durable at every open; a new spool starts at a random number, so a wiped
+//! spool does not reuse the ids it gave before) in hex, and a sequence within this
+//! start. They never depend on the clock or on frame numbers, so an id is unique across
+//! restarts and, with distinct device ids, across carts.
 //!
 //! Invariants:
 //! - Only the keeper creates entries; only the uploader (and recovery) deletes them.
@@ -78,21 +85,67 @@ pub struct Spool {
     tmp: PathBuf,
     max_bytes: u64,
     used_bytes: u64,
+    device: String,
+    boot: u32,
+    /// Entries written since this open.
+    seq: u64,
 }
 
 impl Spool {
-    /// Open (creating if needed) and recover the spool.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, Recovery), SpoolError> {
+    /// Open (creating if needed) and recover the spool, writing as `device_id` (`None`:
+    /// the id kept in the spool, made at random the first time).
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        device_id: Option<&str>,
+    ) -> Result<(Spool, Recovery), SpoolError> {
         let tmp = dir.join(".tmp");
         fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let meta = dir.join(".meta");
+        fs::create_dir_all(&meta).map_err(io(&meta))?;
+        let device = match device_id {
+            Some(id) => id.to_string(),
+            None => stored_or(&meta.join("device-id"), &tmp, || {
+                format!("{:016x}", random_u64())
+            })?,
+        };
+        let boot_file = meta.join("boot");
+        let boot = match fs::read_to_string(&boot_file) {
+            Ok(text) => text
+                .trim()
+                .parse::<u32>()
+                .map_err(|e| SpoolError::Io {
+                    path: boot_file.clone(),
+                    error: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                })?
+                .wrapping_add(1),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => random_u64() as u32,
+            Err(e) => {
+                return Err(SpoolError::Io {
+                    path: boot_file,
+                    error: e,
+                });
+            }
+        };
+        write_durably(&boot_file, &tmp, boot.to_string().as_bytes())?;
         let mut spool = Spool {
             dir: dir.to_path_buf(),
             tmp,
             max_bytes,
             used_bytes: 0,
+            device,
+            boot,
+            seq: 0,
         };
         let recovery = spool.recover()?;
         Ok((spool, recovery))
+    }
+
+    /// The id the next entry gets.
+    fn next_id(&mut self) -> String {
+        let id = format!("{}-{:08x}-{:08}", self.device, self.boot, self.seq);
+        self.seq += 1;
+        id
     }
 
     pub fn dir(&self) -> &Path {
@@ -149,14 +202,13 @@ impl Spool {
         Ok(rec)
     }
 
-    /// Write one entry atomically: the image, then the sidecar built by `sidecar` from
-    /// the image record. Returns the entry's sidecar path.
+    /// Write one entry atomically under a new id: the image, then the sidecar built by
+    /// `sidecar` from the entry id and the image record. Returns the sidecar's path.
     pub fn write(
         &mut self,
-        name: &str,
         image: &[u8],
         encoding: ImageEncoding,
-        sidecar: impl FnOnce(&ImageRecord) -> Result<Vec<u8>, serde_json::Error>,
+        sidecar: impl FnOnce(&str, &ImageRecord) -> Result<Vec<u8>, serde_json::Error>,
     ) -> Result<PathBuf, SpoolError> {
         let needed = image.len() as u64 + 4096;
         if self.used_bytes + needed > self.max_bytes {
@@ -165,6 +217,7 @@ impl Spool {
                 max: self.max_bytes,
             });
         }
+        let name = self.next_id();
         let image_name = format!("{name}.jpg");
         let record = ImageRecord {
             file: image_name.clone(),
@@ -172,7 +225,7 @@ impl Spool {
             sha256: hex(&sha2::Sha256::digest(image)),
             encoding,
         };
-        let json = sidecar(&record).map_err(|e| SpoolError::Io {
+        let json = sidecar(&name, &record).map_err(|e| SpoolError::Io {
             path: self.dir.join(format!("{name}.json")),
             error: e.into(),
         })?;
@@ -243,6 +296,63 @@ fn check_entry(sidecar: &Path) -> Option<(PathBuf, u64)> {
         .then_some((image, parsed.image.bytes))
 }
 
+/// The first line of `file`, or `make()` written there durably when there is none.
+fn stored_or(file: &Path, tmp: &Path, make: impl FnOnce() -> String) -> Result<String, SpoolError> {
+    match fs::read_to_string(file) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) => {
+            let value = make();
+            write_durably(file, tmp, value.as_bytes())?;
+            Ok(value)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = make();
+            write_durably(file, tmp, value.as_bytes())?;
+            Ok(value)
+        }
+        Err(e) => Err(SpoolError::Io {
+            path: file.to_path_buf(),
+            error: e,
+        }),
+    }
+}
+
+/// Replace `file` with `bytes`: a temp file in `tmp`, fsync, rename, fsync of the
+/// directory. A crash leaves the old contents or the new, never a mix.
+fn write_durably(file: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let name = file.file_name().unwrap_or_default();
+    let staged = tmp.join(name);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&staged)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&staged, file)?;
+        if let Some(dir) = file.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|error| SpoolError::Io {
+        path: file.to_path_buf(),
+        error,
+    })
+}
+
+/// 64 random bits from the kernel (`/dev/urandom`), else from the clock and pid.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_ok()
+    {
+        return u64::from_le_bytes(bytes);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
 fn sync_dir(dir: &Path) {
     // Persist the renames; best effort (not every filesystem supports it).
     if let Ok(d) = File::open(dir) {
@@ -263,20 +373,36 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn sidecar(record: &ImageRecord) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(&serde_json::json!({ "camera": "cam0", "image": record }))
+    fn sidecar(id: &str, record: &ImageRecord) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&serde_json::json!({ "id": id, "camera": "cam0", "image": record }))
+    }
+
+    fn open(dir: &Path, max_bytes: u64) -> Spool {
+        Spool::open(dir, max_bytes, Some("cart7")).expect("open").0
     }
 
     #[test]
     fn write_creates_image_and_sidecar() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut spool, rec) = Spool::open(dir.path(), 1 << 20).expect("open");
+        let (mut spool, rec) = Spool::open(dir.path(), 1 << 20, Some("cart7")).expect("open");
         assert_eq!(rec, Recovery::default());
         let path = spool
-            .write("1-cam0-0", b"jpegbytes", ImageEncoding::Original, sidecar)
+            .write(b"jpegbytes", ImageEncoding::Original, sidecar)
             .expect("write");
         assert!(path.is_file());
-        assert!(dir.path().join("1-cam0-0.jpg").is_file());
+        assert!(path.with_extension("jpg").is_file());
+        let stem = path
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            stem.starts_with("cart7-") && stem.ends_with("-00000000"),
+            "{stem}"
+        );
+        let written: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).expect("read")).expect("json");
+        assert_eq!(written["id"], stem.as_str());
         assert_eq!(spool.entries().expect("entries").len(), 1);
         assert!(spool.used_bytes() > 9);
         assert_eq!(
@@ -286,30 +412,65 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_unique_across_opens_and_devices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ids = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            // No configured id: the one made at the first open is kept.
+            let (mut spool, _) = Spool::open(dir.path(), 1 << 20, None).expect("open");
+            for _ in 0..2 {
+                let path = spool
+                    .write(b"x", ImageEncoding::Original, sidecar)
+                    .expect("write");
+                ids.insert(
+                    path.file_stem()
+                        .expect("stem")
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+        assert_eq!(ids.len(), 6, "{ids:?}");
+        let devices: std::collections::BTreeSet<&str> = ids
+            .iter()
+            .map(|id| id.split('-').next().expect("device"))
+            .collect();
+        assert_eq!(devices.len(), 1, "one generated device id: {devices:?}");
+        // Another spool (a wiped one, or another cart) starts at another boot number.
+        let other = tempfile::tempdir().expect("tempdir");
+        let (mut spool, _) = Spool::open(other.path(), 1 << 20, None).expect("open");
+        let path = spool
+            .write(b"x", ImageEncoding::Original, sidecar)
+            .expect("write");
+        let id = path
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        assert!(!ids.contains(&id), "{id}");
+    }
+
+    #[test]
     fn recovery_removes_partial_entries_and_keeps_complete_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let (mut spool, _) = Spool::open(dir.path(), 1 << 20).expect("open");
-            spool
-                .write("1-cam0-0", b"good", ImageEncoding::Original, sidecar)
+        let (good, corrupted) = {
+            let mut spool = open(dir.path(), 1 << 20);
+            let good = spool
+                .write(b"good", ImageEncoding::Original, sidecar)
                 .expect("write");
-            spool
-                .write(
-                    "2-cam0-1",
-                    b"corrupted later",
-                    ImageEncoding::Original,
-                    sidecar,
-                )
+            let corrupted = spool
+                .write(b"corrupted later", ImageEncoding::Original, sidecar)
                 .expect("write");
-        }
+            (good, corrupted)
+        };
         // A crash mid-write leaves: a temp file, an image with no sidecar, a sidecar whose
         // image was truncated, and a sidecar that is not JSON.
         fs::write(dir.path().join(".tmp/3-cam0-2.jpg"), b"partial").expect("tmp");
         fs::write(dir.path().join("4-cam0-3.jpg"), b"orphan").expect("orphan");
-        fs::write(dir.path().join("2-cam0-1.jpg"), b"corr").expect("truncate");
+        fs::write(corrupted.with_extension("jpg"), b"corr").expect("truncate");
         fs::write(dir.path().join("5-cam0-4.json"), b"{\"image\": ").expect("bad json");
 
-        let (spool, rec) = Spool::open(dir.path(), 1 << 20).expect("reopen");
+        let (spool, rec) = Spool::open(dir.path(), 1 << 20, Some("cart7")).expect("reopen");
         assert_eq!(
             rec,
             Recovery {
@@ -321,21 +482,35 @@ mod tests {
         );
         let entries = spool.entries().expect("entries");
         assert_eq!(entries.len(), 1);
-        assert!(entries[0].0.ends_with("1-cam0-0.json"));
-        let names: Vec<String> = fs::read_dir(dir.path())
+        assert_eq!(entries[0].0, good);
+        let mut names: Vec<String> = fs::read_dir(dir.path())
             .expect("dir")
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), 3, "{names:?}"); // .tmp, 1-cam0-0.jpg, 1-cam0-0.json
+        names.sort();
+        let stem = good
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(
+            names,
+            [
+                ".meta".to_string(),
+                ".tmp".into(),
+                format!("{stem}.jpg"),
+                format!("{stem}.json")
+            ]
+        );
     }
 
     #[test]
     fn full_spool_refuses_and_writes_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut spool, _) = Spool::open(dir.path(), 5000).expect("open");
+        let mut spool = open(dir.path(), 5000);
         let err = spool
-            .write("1-cam0-0", &[0u8; 2000], ImageEncoding::Encoded, sidecar)
+            .write(&[0u8; 2000], ImageEncoding::Encoded, sidecar)
             .expect_err("full");
         assert!(matches!(err, SpoolError::Full { .. }));
         assert!(spool.entries().expect("entries").is_empty());
@@ -344,12 +519,13 @@ mod tests {
     #[test]
     fn failed_write_leaves_nothing_behind() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).expect("open");
+        let mut spool = open(dir.path(), 1 << 20);
         // A directory where the sidecar should go makes the final rename fail.
-        fs::create_dir(dir.path().join("1-cam0-0.json")).expect("blocker");
-        let err = spool.write("1-cam0-0", b"img", ImageEncoding::Original, sidecar);
+        let id = format!("cart7-{:08x}-00000000", spool.boot);
+        fs::create_dir(dir.path().join(format!("{id}.json"))).expect("blocker");
+        let err = spool.write(b"img", ImageEncoding::Original, sidecar);
         assert!(err.is_err());
-        assert!(!dir.path().join("1-cam0-0.jpg").exists());
+        assert!(!dir.path().join(format!("{id}.jpg")).exists());
         assert_eq!(
             fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(),
             0
