@@ -9,7 +9,7 @@
 #   lib/libonnxruntime.so.<v>       ONNX Runtime from the official PyPI wheel
 #   lib/libonnxruntime.so           -> libonnxruntime.so.<v>
 #   framesift.toml                  `framesift config default`, spool in /var/lib/framesift
-#   models/<name>/model.onnx        the default model the binary embeds (runtime/src/model.rs)
+#   models/<name>/model.onnx        the default model the binary embeds (runtime/src/infer/model.rs)
 #   models/<name>/model.toml
 #   framesift.service               systemd unit (Type=notify, WatchdogSec=30)
 #   install.sh                      installer (DESTDIR, --no-systemctl)
@@ -53,10 +53,10 @@ name=framesift-$version-aarch64
 dist=$root/target/dist
 stage=$dist/$name
 say "staging $name"
-# The model the binary embeds as its default (runtime/src/model.rs include_bytes!).
-model_dir=$(sed -n 's|.*include_bytes!("\.\./\.\./\(models/[^"]*\)/model\.onnx").*|\1|p' runtime/src/model.rs | head -n 1)
+# The model the binary embeds as its default (runtime/src/infer/model.rs include_bytes!).
+model_dir=$(sed -n 's|.*include_bytes!("\(\.\./\)*\(models/[^"]*\)/model\.onnx").*|\2|p' runtime/src/infer/model.rs | head -n 1)
 [ -n "$model_dir" ] && [ -f "$model_dir/model.onnx" ] && [ -f "$model_dir/model.toml" ] ||
-  die "cannot find the embedded default model (include_bytes! in runtime/src/model.rs)"
+  die "cannot find the embedded default model (include_bytes! in runtime/src/infer/model.rs)"
 rm -rf "$stage"
 mkdir -p "$stage/lib" "$stage/$model_dir"
 

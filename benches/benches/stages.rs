@@ -18,16 +18,14 @@ use benches::{
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use framesift::{
-    codec::{FrameDecoder, JpegEncoder, encode_jpeg},
-    config::{Config, WhenFull},
-    detector::{Decoder, Detection, Layout},
+    capture::preprocess::{FrameMeter, Normalization, Preprocessor, laplacian_variance},
+    codec::{FrameDecoder, JpegEncoder, encode_jpeg, yuyv_to_rgb},
+    config::Config,
     frame::Frame,
-    keep::{Candidate, KeepBuffer, Offer},
-    metrics::Metrics,
-    pipeline::Handoff,
-    preprocess::{FrameMeter, Normalization, Preprocessor, laplacian_variance},
-    score::{Scores, score},
-    source::camera::yuyv_to_rgb,
+    infer::{Decoder, Detection, Layout},
+    keep::{Candidate, Handoff, KeepBuffer, Offer, WhenFull},
+    ops::metrics::Metrics,
+    policy::{FrameFacts, Policy, Scores},
 };
 
 /// A realistic 1280×720 frame: synthetic store scene 0 (products, hands, basket).
@@ -162,16 +160,16 @@ fn scoring(c: &mut Criterion) {
     let stats = FrameMeter::default().measure(&frame);
     let dets = synthetic_output(8400, 640, 300, 15, 5).detections();
     let config = Config::default();
+    let mut policy = Policy::new(&config.policy);
     let mut group = c.benchmark_group("score");
     group.throughput(Throughput::Elements(1)); // frames
     group.bench_function(format!("{}_detections", dets.len()), |b| {
         b.iter(|| {
-            score(
-                black_box(&dets),
-                &stats,
-                config.model.confidence_threshold,
-                &config.scoring,
-            )
+            policy.score(&FrameFacts {
+                detections: black_box(&dets),
+                stats: &stats,
+                confidence: config.model.confidence_threshold,
+            })
         })
     });
     group.finish();
@@ -184,8 +182,10 @@ fn keep(c: &mut Criterion) {
     // Inference side offers (free-list try_recv, frame buffer swap, try_send); the
     // keeper side receives and returns the candidate to the free list.
     let config = Config::default();
-    let (handoff, keep_rx, free_tx) = Handoff::new(
-        config.keep.capacity + config.pipeline.keeper_queue + 1,
+    let pool = config.keep.capacity + config.pipeline.keeper_queue + 1;
+    let (handoff, ends) = Handoff::new(
+        pool,
+        pool,
         config.pipeline.keeper_queue,
         WIDTH,
         HEIGHT,
@@ -202,8 +202,8 @@ fn keep(c: &mut Criterion) {
     group.bench_function("handoff_offer_and_recycle", |b| {
         b.iter(|| {
             handoff.offer(&metrics, 0, &mut frame, black_box(&dets), stats, scores);
-            let c = keep_rx.try_recv().expect("candidate queued");
-            free_tx.try_send(c).expect("free list has room");
+            let c = ends.keep_rx.try_recv().expect("candidate queued");
+            ends.free_tx.try_send(c).expect("free list has room");
         })
     });
     assert_eq!(metrics.total_drops(), 0, "the hand-off dropped candidates");

@@ -8,12 +8,13 @@
 use std::path::{Path, PathBuf};
 
 use framesift::{
+    capture::{
+        preprocess::{Letterbox, Preprocessor, STATS_DOWNSCALE},
+        synthetic::{SyntheticConfig, SyntheticSource},
+    },
     config::Config,
-    detector::{DecodeParams, Decoder, Detection, Layout},
     frame::{Frame, GroundTruth},
-    model::{self, Model, ModelFile},
-    preprocess::{Letterbox, Preprocessor, STATS_DOWNSCALE},
-    source::synthetic::{SyntheticConfig, SyntheticSource},
+    infer::{DecodeParams, Decoder, Detection, Layout, Model, ModelFile, model},
 };
 
 /// Frame size the stage benchmarks use: a typical USB cart camera.
@@ -53,7 +54,7 @@ pub fn synthetic_source(width: u32, height: u32) -> SyntheticSource {
 }
 
 /// Packed RGB8 → YUYV (4:2:2), BT.601 limited range, chroma averaged over each pixel
-/// pair; the inverse of what `framesift::source::camera::yuyv_to_rgb` expects. `width`
+/// pair; the inverse of what `framesift::codec::yuyv_to_rgb` expects. `width`
 /// must be even.
 pub fn rgb_to_yuyv(rgb: &[u8], width: u32, height: u32) -> Vec<u8> {
     assert!(width.is_multiple_of(2), "rgb_to_yuyv: width must be even");
@@ -149,24 +150,11 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The ONNX Runtime library to use when `$ORT_DYLIB_PATH` is not set: the one
-/// `cross/fetch-ort.sh` extracts into `target/ort/<arch>/`.
-fn ort_library() -> Option<PathBuf> {
-    if std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| !p.is_empty()) {
-        return None; // framesift reads it itself
-    }
-    let lib = workspace_root()
-        .join("target/ort")
-        .join(std::env::consts::ARCH)
-        .join("libonnxruntime.so");
-    lib.is_file().then_some(lib)
-}
-
 /// Run the detector at `path` with ONNX Runtime on `frames` synthetic 1280×720 frames
 /// (one per scene) and return its raw outputs, exactly what the inference thread hands
 /// to the decoder. Errors when ONNX Runtime or the model is missing.
 pub fn capture_outputs(path: &Path, frames: usize) -> Result<Vec<Output>, String> {
-    let (env, _) = model::environment(ort_library().as_deref()).map_err(|e| e.to_string())?;
+    let (env, _) = model::environment(None).map_err(|e| e.to_string())?;
     let file = ModelFile::read(path).map_err(|e| e.to_string())?;
     let mut config = Config::default().model;
     config.intra_threads = 2;
@@ -301,7 +289,7 @@ pub fn synthetic_output(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use framesift::source::camera::yuyv_to_rgb;
+    use framesift::codec::yuyv_to_rgb;
 
     #[test]
     fn yuyv_round_trips_through_the_runtime_converter() {
@@ -328,8 +316,8 @@ mod tests {
         let frame = synthetic_frame(&mut source, 0, WIDTH, HEIGHT);
         let (luma, w, h) = downscaled_luma(&frame);
         assert_eq!((w, h), (320, 180));
-        let ours = framesift::preprocess::laplacian_variance(&luma, w, h);
-        let meter = framesift::preprocess::FrameMeter::default()
+        let ours = framesift::capture::preprocess::laplacian_variance(&luma, w, h);
+        let meter = framesift::capture::preprocess::FrameMeter::default()
             .measure(&frame)
             .blur;
         assert!(

@@ -9,10 +9,9 @@
 //! - `capture_p99_ratio`: inference p99 when every frame is handed to the keeper (with
 //!   the configured keep window) ÷ inference p99 when none is, both from one pipeline
 //!   run per round whose frames alternate between the two in blocks of
-//!   [`CAPTURE_BLOCK`] ([`CaptureBlocks`]). Separate runs per condition (before
-//!   2026-11-30) put seconds between the two samples and counted each run's start-up:
-//!   with 3000 frames per condition their ratio read 0.98–1.24 from run to run on a
-//!   shared 2-vCPU VM, the blocks 0.96–1.04;
+//!   [`CAPTURE_BLOCK`] ([`CaptureBlocks`], driving the pipeline through the same
+//!   keep-decision hook the policy uses). Blocks keep seconds of machine noise off the
+//!   comparison and leave every pipeline start-up out of both conditions;
 //! - `capture_1s_p99_ratio`: with 1 s keep windows, so the keeper encodes and writes its
 //!   best frames every second (a stress case), against a run capturing nothing. This
 //!   one needs separate runs: a flush started in a capturing block would go on into the
@@ -25,11 +24,15 @@ use std::{
 
 use serde::Serialize;
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use crate::{
+    capture::{Next, Preparer, Slot, SourceConfig, SourceError, synthetic::Rng},
     config::Config,
-    metrics::{Histogram, Metrics, Stage},
-    pipeline::{CaptureBlocks, Inferer, Limits, Pipeline, Preparer, SharedModel, Slot},
-    source::{Next, synthetic::Rng},
+    infer::{Inferer, SharedModel},
+    ops::metrics::{Histogram, Metrics, Stage},
+    pipeline::{Limits, Pipeline},
+    policy::{KeepDecision, Scored},
 };
 
 /// Keep window of the capture stress phase: short, so spool writes overlap inference.
@@ -45,6 +48,90 @@ const RESAMPLES: usize = 1000;
 
 /// Distinct synthetic frames rendered before a bench (16 × 1280×720 RGB = 44 MB).
 const BENCH_PRERENDERED: u32 = 16;
+
+/// `framesift bench`'s paired measurement of what keeping frames costs inference.
+///
+/// Each inference thread alternates blocks of `block` frames: in one every frame is handed
+/// to the keeper whatever its score, in the next none is. Each frame's `session.run` time
+/// is kept with its block number, for the bench's p99s and their resampled interval.
+/// Machine noise that comes and goes over seconds then falls on both alike, and there is
+/// no pipeline start-up in either. Blocks are counted per inference thread.
+struct CaptureBlocks {
+    block: u64,
+    settle: u64,
+    capturing_first: bool,
+    /// Recorded frames as `block number << 32 | µs`, in arrival order; room for
+    /// `frames` (later ones are not kept).
+    samples: Box<[AtomicU64]>,
+    recorded: AtomicUsize,
+}
+
+impl CaptureBlocks {
+    /// Frames at the start of a block that are not recorded (at most a quarter of a
+    /// block). For them the previous block still acts: the capture thread prepared
+    /// them ahead, and the keeper may still be taking the last hand-offs.
+    const SETTLE: u64 = 4;
+
+    /// Blocks of `block` frames (at least 1), starting with a capturing block when
+    /// `capturing_first`, keeping samples of up to `frames` frames.
+    fn new(block: u64, capturing_first: bool, frames: usize) -> Self {
+        let block = block.max(1);
+        CaptureBlocks {
+            block,
+            settle: Self::SETTLE.min(block / 4),
+            capturing_first,
+            samples: (0..frames).map(|_| AtomicU64::new(0)).collect(),
+            recorded: AtomicUsize::new(0),
+        }
+    }
+
+    /// The recorded inference times in µs, grouped by block (blocks of every inference
+    /// thread with the same number together): `(capturing, times)` per block. Read once
+    /// the pipeline has been joined.
+    fn blocks(&self) -> Vec<(bool, Vec<u32>)> {
+        let recorded = self
+            .recorded
+            .load(Ordering::Relaxed)
+            .min(self.samples.len());
+        let mut by_block: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+        for s in &self.samples[..recorded] {
+            let v = s.load(Ordering::Relaxed);
+            by_block.entry(v >> 32).or_default().push(v as u32);
+        }
+        by_block
+            .into_iter()
+            .map(|(b, times)| (self.is_capturing(b * self.block), times))
+            .collect()
+    }
+
+    /// Whether the `n`th frame of an inference thread (from 0) is in a capturing block.
+    fn is_capturing(&self, n: u64) -> bool {
+        (n / self.block).is_multiple_of(2) == self.capturing_first
+    }
+
+    fn record(&self, n: u64, inference: Duration) {
+        if n % self.block < self.settle {
+            return;
+        }
+        let i = self.recorded.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = self.samples.get(i) {
+            let micros = inference.as_micros().min(u128::from(u32::MAX)) as u64;
+            slot.store(((n / self.block) << 32) | micros, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The keep decision of the capture measurement: each inference stage hands every
+/// frame of a capturing block to the keeper and none of the others, and records each
+/// frame's `session.run` time.
+struct BlockDecision(Arc<CaptureBlocks>);
+
+impl KeepDecision for BlockDecision {
+    fn keep(&mut self, frame: &Scored<'_>) -> bool {
+        self.0.record(frame.n, frame.inference);
+        self.0.is_capturing(frame.n)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -146,7 +233,7 @@ pub fn run(
     // A camera delivers raw frames for the cost of a copy; the synthetic renderer costs
     // several ms a frame. Render a cycle once so the bench measures the pipeline.
     for camera in &mut base.cameras {
-        if let crate::config::SourceConfig::Synthetic(c) = &mut camera.source {
+        if let SourceConfig::Synthetic(c) = &mut camera.source {
             c.prerendered = BENCH_PRERENDERED;
             c.frames_per_scene = 1;
         }
@@ -156,10 +243,10 @@ pub fn run(
     // and writes its best frames (fsync included) every second while inference is
     // measured — a stress case, not a quiet stretch between flushes. Capture off: none.
     let mut capture_1s = base.clone();
-    capture_1s.scoring.min_value = 0.0;
+    capture_1s.policy.min_value = 0.0;
     capture_1s.keep.window_secs = BENCH_WINDOW_SECS;
     let mut capture_off = base.clone();
-    capture_off.scoring.min_value = f32::INFINITY;
+    capture_off.policy.min_value = f32::INFINITY;
 
     // Pre-made input tensors for the bare loop: the first frames of the same source.
     let tensors = premade_tensors(&base, &model, per_round.min(32) as usize)?;
@@ -181,7 +268,10 @@ pub fn run(
     let (mut written_1s, mut capture_dropped) = (0, 0);
     let mut rss_after_first = 0i64;
 
-    let mut inferer = Inferer::new(&model.lock().unwrap_or_else(|p| p.into_inner()), &base)?;
+    let params = base
+        .model
+        .decode_params(base.policy.lowest_score(base.model.confidence_threshold));
+    let mut inferer = Inferer::new(&model.lock().unwrap_or_else(|p| p.into_inner()), params)?;
     let mut round_ratios = Vec::with_capacity(opts.rounds as usize);
     for round in 0..opts.rounds {
         // Alternate which of the pair goes first, so a machine slowing down or warming
@@ -262,17 +352,20 @@ pub fn run(
                     round % 2 == 0,
                     2 * per_round as usize,
                 ));
-                let pipeline = Pipeline::start_measuring(
+                let decide = blocks.clone();
+                let pipeline = Pipeline::start_deciding(
                     &base,
                     model.clone(),
                     Limits {
                         max_frames: Some(2 * per_round),
                         duration: None,
                     },
-                    blocks.clone(),
+                    Some(Arc::new(move |_| {
+                        Box::new(BlockDecision(decide.clone())) as Box<dyn KeepDecision>
+                    })),
                 )?;
                 let metrics = pipeline.metrics().clone();
-                pipeline.join()?;
+                pipeline.run_to_end()?;
                 for (capturing, times) in blocks.blocks() {
                     if capturing {
                         &mut on_blocks
@@ -297,7 +390,7 @@ pub fn run(
             }
         }
         if round == 0 {
-            rss_after_first = crate::metrics::rss_kib();
+            rss_after_first = crate::ops::metrics::rss_kib();
         }
     }
     let _ = std::fs::remove_dir_all(&spool);
@@ -313,7 +406,7 @@ pub fn run(
             cpu_features: crate::simd::cpu_features(),
             arch: std::env::consts::ARCH,
             ort_version: ort_version(
-                &crate::model::environment(None)
+                &crate::infer::model::environment(None)
                     .map(|(_, p)| p)
                     .unwrap_or_default(),
             ),
@@ -356,14 +449,13 @@ pub fn run(
         capture_dropped,
         pipeline_startup_ms: startup.as_secs_f64() * 1e3 / opts.rounds as f64,
         cpu_cores_used: cpu_secs / cpu_time.as_secs_f64().max(1e-9),
-        peak_rss_mib: crate::metrics::peak_rss_kib() as f64 / 1024.0,
-        rss_growth_kib: crate::metrics::rss_kib() - rss_after_first,
+        peak_rss_mib: crate::ops::metrics::peak_rss_kib() as f64 / 1024.0,
+        rss_growth_kib: crate::ops::metrics::rss_kib() - rss_after_first,
         dropped,
     })
 }
 
 fn source_name(config: &Config) -> String {
-    use crate::config::SourceConfig;
     match config.cameras.first().map(|c| &c.source) {
         Some(SourceConfig::Synthetic(c)) => format!(
             "synthetic {}x{} raw RGB ({}, {BENCH_PRERENDERED} frames rendered once and cycled like camera buffers)",
@@ -398,7 +490,7 @@ fn run_pipeline(
         },
     )?;
     let metrics = pipeline.metrics().clone();
-    let summary = pipeline.join()?;
+    let summary = pipeline.run_to_end()?;
     Ok((metrics, summary))
 }
 
@@ -428,7 +520,7 @@ fn premade_tensors(
                 }
             }
             Ok(Next::End) => break,
-            Err(e) if e.is_fatal() => return Err(e.into()),
+            Err(e @ SourceError::Fatal(_)) => return Err(e.into()),
             Err(_) => {}
         }
     }
@@ -628,7 +720,7 @@ impl BenchReport {
 
 #[cfg(test)]
 mod tests {
-    use super::{Rng, median, p99_ratio_interval};
+    use super::{CaptureBlocks, Duration, Rng, median, p99_ratio_interval};
 
     /// `n` blocks of 46 inference times around `ms`, with a tail: 3 % of frames 40 % slower.
     fn blocks(rng: &mut Rng, n: usize, ms: f64) -> Vec<Vec<u32>> {
@@ -662,5 +754,58 @@ mod tests {
         assert_eq!(median(&mut [0.9, 1.1, 0.95]), 0.95);
         assert_eq!(median(&mut [1.0, 0.9, 0.8, 1.2]), 0.95);
         assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn capture_blocks_alternate_and_skip_the_frames_that_settle() {
+        let blocks = CaptureBlocks::new(10, true, 100);
+        let capturing: Vec<bool> = (0..40).map(|n| blocks.is_capturing(n)).collect();
+        assert!(capturing[..10].iter().all(|c| *c) && capturing[10..20].iter().all(|c| !c));
+        assert!(capturing[20..30].iter().all(|c| *c) && capturing[30..].iter().all(|c| !c));
+        for n in 0..40 {
+            // Capturing blocks take 1 ms, the others 2 ms: the histograms must not mix.
+            let ms = if blocks.is_capturing(n) { 1 } else { 2 };
+            blocks.record(n, Duration::from_millis(ms));
+        }
+        // 10-frame blocks settle for 2 frames (a quarter), so 8 of each 10 count.
+        let samples = blocks.blocks();
+        let count = |kind: bool| -> usize {
+            samples
+                .iter()
+                .filter(|(c, _)| *c == kind)
+                .map(|(_, t)| t.len())
+                .sum()
+        };
+        assert_eq!((count(true), count(false)), (16, 16));
+        // Block by block: 8 frames each, the capturing ones at 1 ms, the others at 2 ms.
+        assert_eq!(samples.len(), 4);
+        for (i, (capturing, times)) in samples.iter().enumerate() {
+            assert_eq!(*capturing, i % 2 == 0);
+            let us = if *capturing { 1000 } else { 2000 };
+            assert!(
+                times.len() == 8 && times.iter().all(|t| *t == us),
+                "{times:?}"
+            );
+        }
+
+        let flipped = CaptureBlocks::new(10, false, 0);
+        assert!((0..40).all(|n| flipped.is_capturing(n) != blocks.is_capturing(n)));
+        // Long blocks settle for SETTLE frames; a 1-frame block for none.
+        assert_eq!(
+            CaptureBlocks::new(50, true, 0).settle,
+            CaptureBlocks::SETTLE
+        );
+        let single = CaptureBlocks::new(0, true, 2);
+        single.record(0, Duration::from_millis(1));
+        single.record(1, Duration::from_millis(1));
+        assert_eq!(
+            single.blocks(),
+            vec![(true, vec![1000]), (false, vec![1000])]
+        );
+        // Frames beyond the room reserved are not kept.
+        let full = CaptureBlocks::new(1, true, 1);
+        full.record(0, Duration::from_millis(1));
+        full.record(1, Duration::from_millis(1));
+        assert_eq!(full.blocks(), vec![(true, vec![1000])]);
     }
 }

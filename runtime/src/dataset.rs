@@ -19,9 +19,9 @@ use std::{
 };
 
 use crate::{
+    capture::synthetic::{KNOWN_PRODUCTS, PRODUCT_NAMES, Split, SyntheticConfig, SyntheticSource},
     codec,
     frame::{GroundTruth, Perturbations},
-    source::synthetic::{KNOWN_PRODUCTS, PRODUCT_NAMES, Split, SyntheticConfig, SyntheticSource},
 };
 
 #[derive(Debug, Clone)]

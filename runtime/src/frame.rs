@@ -119,8 +119,8 @@ impl GroundTruth {
 /// One ground-truth object, in frame pixel coordinates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TruthBox {
-    /// Index into [`crate::source::synthetic::PRODUCT_NAMES`]. Ids at or above
-    /// [`crate::source::synthetic::KNOWN_PRODUCTS`] are product types never shown in
+    /// Index into [`crate::capture::synthetic::PRODUCT_NAMES`]. Ids at or above
+    /// [`crate::capture::synthetic::KNOWN_PRODUCTS`] are product types never shown in
     /// studio training data.
     pub class_id: u16,
     pub x1: f32,
@@ -183,9 +183,9 @@ mod tests {
     fn pooled_frame_buffers_are_resident_before_the_first_frame() {
         // 64 MB: far above what the tests running beside this one allocate meanwhile.
         let (w, h) = (4096, 5461);
-        let before = crate::metrics::rss_kib();
+        let before = crate::ops::metrics::rss_kib();
         let frame = Frame::with_capacity(w, h);
-        let grown = crate::metrics::rss_kib() - before;
+        let grown = crate::ops::metrics::rss_kib() - before;
         let bytes = (w * h * 3) as i64;
         assert!(frame.rgb.is_empty() && frame.rgb.capacity() >= bytes as usize);
         assert!(

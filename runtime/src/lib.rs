@@ -3,24 +3,26 @@
 //! It runs a detector with ONNX Runtime on camera streams, scores every frame for how
 //! much a labeller would learn from it, keeps the best frames in a bounded buffer and
 //! writes them atomically to a spool for upload — without slowing the inference path.
-//! See ARCHITECTURE.md for the data flow and invariants.
+//! See ARCHITECTURE.md for the stages, the data flow and the invariants.
+//!
+//! The public modules are the ones the `benches` crate and the integration tests drive
+//! directly (the per-frame path, frames and codecs); everything else is crate-private.
 
-pub mod bench;
+pub mod capture;
 pub mod cli;
 pub mod codec;
 pub mod config;
-pub mod dataset;
-pub mod detector;
 pub mod frame;
+pub mod infer;
 pub mod keep;
-pub mod metrics;
-pub mod model;
-pub mod pipeline;
-pub mod preprocess;
-pub mod priority;
-pub mod score;
-pub mod sidecar;
+pub mod ops;
+pub mod policy;
+
+pub(crate) mod bench;
+pub(crate) mod dataset;
+mod digest;
+mod faults;
+pub(crate) mod pipeline;
 mod simd;
-pub mod source;
-pub mod spool;
-pub mod systemd;
+pub(crate) mod store;
+pub(crate) mod supervisor;

@@ -24,16 +24,17 @@ use std::{
 };
 
 use framesift::{
-    codec::{FrameDecoder, encode_jpeg},
-    config::{Config, SourceConfig},
-    metrics::Metrics,
-    model::{self, Model, ModelFile},
-    pipeline::{Handoff, Inferer, Preparer, Slot},
-    preprocess::{FrameMeter, Normalization, Preprocessor},
-    source::{
-        FrameSource,
+    capture::{
+        FrameSource, Preparer, Slot, SourceConfig,
+        preprocess::{FrameMeter, Normalization, Preprocessor},
         replay::{ReplayConfig, ReplaySource},
     },
+    codec::{FrameDecoder, encode_jpeg},
+    config::Config,
+    infer::{Inferer, Model, ModelFile, model},
+    keep::Handoff,
+    ops::metrics::Metrics,
+    policy::Policy,
 };
 
 thread_local! {
@@ -151,7 +152,7 @@ fn count<T>(f: impl FnOnce() -> T) -> (T, (u64, u64)) {
 #[test]
 fn allocations_inside_onnx_runtime_are_counted() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    model::environment(Some(&ort_library())).expect("ONNX Runtime (run cross/fetch-ort.sh)");
+    model::environment(None).expect("ONNX Runtime (run cross/fetch-ort.sh)");
     // OrtApi::CreateRunOptions is `new OrtRunOptions` inside libonnxruntime.so.
     let (options, n) = count(|| ort::session::RunOptions::new().expect("run options"));
     drop(options);
@@ -162,24 +163,13 @@ fn allocations_inside_onnx_runtime_are_counted() {
     assert_eq!(n, (1, 1), "one Rust allocation");
 }
 
-fn ort_library() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return p.into();
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.join("target/ort")
-        .join(std::env::consts::ARCH)
-        .join("libonnxruntime.so")
-}
-
 #[test]
 fn steady_state_per_frame_path_allocates_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut config = Config::default();
     // Every frame is a candidate, so the hand-off runs on every frame too.
-    config.scoring.min_value = 0.0;
-    let (env, _) =
-        model::environment(Some(&ort_library())).expect("ONNX Runtime (run cross/fetch-ort.sh)");
+    config.policy.min_value = 0.0;
+    let (env, _) = model::environment(None).expect("ONNX Runtime (run cross/fetch-ort.sh)");
     let file = ModelFile::embedded().expect("embedded model");
     let model = Mutex::new(Model::load(&env, &file, &config.model).expect("model"));
     let info = model.lock().expect("lock").info.clone();
@@ -195,10 +185,17 @@ fn steady_state_per_frame_path_allocates_nothing() {
         )
         .expect("source");
     let mut preparer = Preparer::new(&info);
-    let mut inferer = Inferer::new(&model.lock().expect("lock"), &config).expect("inferer");
+    let params = config.model.decode_params(
+        config
+            .policy
+            .lowest_score(config.model.confidence_threshold),
+    );
+    let mut inferer = Inferer::new(&model.lock().expect("lock"), params).expect("inferer");
+    let mut policy = Policy::new(&config.policy);
     let tensor_len = 3 * (info.input_width * info.input_height) as usize;
     let mut slot = Slot::new(synthetic.width, synthetic.height, tensor_len);
-    let (handoff, keep_rx, free_tx) = Handoff::new(
+    let (handoff, ends) = Handoff::new(
+        4,
         4,
         2,
         synthetic.width,
@@ -216,7 +213,10 @@ fn steady_state_per_frame_path_allocates_nothing() {
         // Counted stage by stage so a failure says where the allocation is.
         let (_, a) = count(|| source.next_frame(&mut slot.frame).expect("frame"));
         let (_, b) = count(|| preparer.prepare(&mut slot).expect("prepare"));
-        let (scores, c) = count(|| inferer.infer(&model, &slot, &metrics).expect("infer"));
+        let (scores, c) = count(|| {
+            inferer.infer(&model, &slot, &metrics).expect("infer");
+            policy.score(&inferer.facts(&slot))
+        });
         // The same bound run again, alone: what ORT itself allocates per run.
         let (_, r) = count(|| {
             model
@@ -236,8 +236,8 @@ fn steady_state_per_frame_path_allocates_nothing() {
             )
         });
         // The keeper's side, on its own thread in the daemon: take and recycle.
-        while let Ok(c) = keep_rx.try_recv() {
-            free_tx.try_send(c).expect("recycle");
+        while let Ok(c) = ends.keep_rx.try_recv() {
+            ends.free_tx.try_send(c).expect("recycle");
         }
         if i >= 20 {
             // On this thread: acquire, preprocess, (inference + decode + score) minus
@@ -329,8 +329,7 @@ fn onnx_runtime_allocates_inside_every_run() {
         value::Tensor,
     };
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let (env, _) =
-        model::environment(Some(&ort_library())).expect("ONNX Runtime (run cross/fetch-ort.sh)");
+    let (env, _) = model::environment(None).expect("ONNX Runtime (run cross/fetch-ort.sh)");
     let file = ModelFile::embedded().expect("embedded model");
     let config = Config::default().model;
 

@@ -9,7 +9,7 @@ fn default_config_prints_and_validates() {
     let file = dir.path().join("framesift.toml");
     std::fs::write(&file, &out.stdout).expect("write");
     let text_out = text(&out.stdout);
-    assert!(text_out.contains("[[camera]]") && text_out.contains("[scoring]"));
+    assert!(text_out.contains("[[camera]]") && text_out.contains("[policy]"));
     let check = run_ok(&mut framesift(&["validate", file.to_str().expect("utf8")]));
     assert!(text(&check.stdout).contains("ok (1 camera)"));
 }
@@ -20,7 +20,7 @@ fn validate_reports_every_error_and_exits_non_zero() {
     let file = dir.path().join("bad.toml");
     std::fs::write(
         &file,
-        "[scoring]\ntreshold = 0.3\nmin_value = \"high\"\n\n[keep]\ncapacity = 0\n",
+        "[policy]\ntreshold = 0.3\nmin_value = \"high\"\n\n[keep]\ncapacity = 0\n",
     )
     .expect("write");
     let out = framesift(&["validate", file.to_str().expect("utf8")])
@@ -29,8 +29,8 @@ fn validate_reports_every_error_and_exits_non_zero() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr).replace(&*file.to_string_lossy(), "bad.toml");
     insta::assert_snapshot!(stderr, @r#"
-    error: bad.toml: line 2, column 1: unknown key "treshold" in [scoring]; valid keys here: uncertainty_band, blur_threshold, uncertainty_weight, margin_weight, blur_weight, min_value, reason_level
-    error: bad.toml: line 3, column 13: scoring.min_value must be a number, found string "high"; write e.g. min_value = 0.5
+    error: bad.toml: line 2, column 1: unknown key "treshold" in [policy]; valid keys here: min_value, reason_level
+    error: bad.toml: line 3, column 13: policy.min_value must be a number, found string "high"; write e.g. min_value = 0.5
     error: bad.toml: line 6, column 1: keep.capacity = 0 is out of range; write a whole number from 1 to 1024
     bad.toml: 3 problems
     "#);

@@ -1,7 +1,8 @@
 //! Integration tests: the real `framesift` binary with the real ONNX Runtime library.
 //!
-//! ONNX Runtime comes from `$ORT_DYLIB_PATH`, else `target/ort/<arch>/` as fetched by
-//! `cross/fetch-ort.sh` (scripts/test.sh does both).
+//! ONNX Runtime comes from `$ORT_DYLIB_PATH`, as for the product: scripts/test.sh sets
+//! it to the library `cross/fetch-ort.sh` fetched, and so does `.cargo/config.toml` for
+//! a plain `cargo test` in the workspace.
 
 mod cli;
 mod models;
@@ -19,28 +20,10 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// The ONNX Runtime library to test with.
-pub fn ort_library() -> PathBuf {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let fetched = workspace()
-        .join("target/ort")
-        .join(std::env::consts::ARCH)
-        .join("libonnxruntime.so");
-    assert!(
-        fetched.is_file(),
-        "ONNX Runtime not found: run cross/fetch-ort.sh or set ORT_DYLIB_PATH"
-    );
-    fetched
-}
-
 /// `framesift ARGS` with ONNX Runtime available and quiet logs.
 pub fn framesift(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_framesift"));
-    cmd.args(args)
-        .env("ORT_DYLIB_PATH", ort_library())
-        .env("FRAMESIFT_LOG", "warn");
+    cmd.args(args).env("FRAMESIFT_LOG", "warn");
     cmd
 }
 

@@ -29,7 +29,7 @@ fn detect(model: &Path) -> Vec<(String, f64, bool, [f64; 4])> {
         .expect("png");
     std::fs::write(frames.join("frame.png"), png).expect("write");
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[scoring]\nmin_value = 0.0\n").expect("config");
+    std::fs::write(&config, "[policy]\nmin_value = 0.0\n").expect("config");
     let spool = dir.path().join("spool");
     let arg = |p: &Path| p.to_str().expect("utf8").to_string();
     run_ok(&mut framesift(&[

@@ -89,7 +89,7 @@ fn default_run_keeps_frames_with_complete_sidecars() {
         assert_eq!(s["model"]["id"], "framesift-products");
         assert_eq!(s["frame"]["width"], 1280);
         assert_eq!(s["image"]["encoding"], "encoded");
-        let value = s["scores"]["value"].as_f64().expect("value");
+        let value = s["value"].as_f64().expect("value");
         assert!(
             value >= 0.5,
             "kept frames are candidates (value >= min_value): {value}"
@@ -179,7 +179,7 @@ fn sigterm_flushes_the_keep_buffer_and_exits_zero() {
     let config = dir.path().join("c.toml");
     std::fs::write(
         &config,
-        "[keep]\nwindow_secs = 3600.0\n[scoring]\nmin_value = 0.0\n",
+        "[keep]\nwindow_secs = 3600.0\n[policy]\nmin_value = 0.0\n",
     )
     .expect("write");
     let child = framesift(&[
@@ -284,7 +284,7 @@ fn several_cameras_share_the_model_and_the_spool() {
     std::fs::write(
         &config,
         format!(
-            "[scoring]\nmin_value = 0.0\n\n[[camera]]\nname = \"front\"\ntype = \"synthetic\"\nwidth = 640\nheight = 360\nseed = 3\n\n[[camera]]\nname = \"back\"\ntype = \"replay\"\ndir = \"{}\"\n",
+            "[policy]\nmin_value = 0.0\n\n[[camera]]\nname = \"front\"\ntype = \"synthetic\"\nwidth = 640\nheight = 360\nseed = 3\n\n[[camera]]\nname = \"back\"\ntype = \"replay\"\ndir = \"{}\"\n",
             frames.display()
         ),
     )
@@ -340,7 +340,7 @@ fn replayed_jpeg_detections_are_in_captured_coordinates() {
     let config = dir.path().join("c.toml");
     std::fs::write(
         &config,
-        "[keep]\nwindow_secs = 3600.0\n[scoring]\nmin_value = 0.0\n",
+        "[keep]\nwindow_secs = 3600.0\n[policy]\nmin_value = 0.0\n",
     )
     .expect("write");
     let spool = dir.path().join("spool");

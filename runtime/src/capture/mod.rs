@@ -1,0 +1,318 @@
+//! Capture: one stage per camera that takes frames from its source into pooled slots,
+//! letterboxes each into the model's input tensor, measures it, and queues it for the
+//! camera's inference stage.
+//!
+//! Invariants:
+//! - A live source (a camera, or a paced replay/synthetic source) never waits for
+//!   inference: when the work queue is full the oldest waiting frame is dropped and
+//!   counted (`queue_full`). An unpaced replay or synthetic source waits instead, so
+//!   offline runs process every frame — but never beyond a command: every wait here
+//!   (for a free slot, for room in the queue, out a reconnect backoff) wakes for the
+//!   supervisor's `Shutdown` within [`WAIT_SLICE`].
+//! - Waiting is idle, not busy: the heartbeat marks only the source's own call and the
+//!   preprocessing, so a camera that stays gone does not look stalled to the watchdog.
+
+pub mod camera;
+mod config;
+mod pacing;
+pub mod preprocess;
+pub mod replay;
+mod source;
+pub mod synthetic;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{
+    Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError,
+};
+
+pub use config::{CameraConfig, SourceConfig};
+pub(crate) use config::{RawCamera, check_frame_sizes, validate_cameras};
+pub use preprocess::{FrameStats, Letterbox};
+pub use source::{FrameSource, Next, SourceError};
+
+use crate::{
+    frame::Frame,
+    infer::ModelInfo,
+    ops::metrics::{Drop, Metrics, Stage, event},
+    supervisor::{Command, StageContext, StageFailure},
+};
+use preprocess::{FrameMeter, PreprocessError, Preprocessor};
+
+/// Longest a capture stage waits on anything before it looks at its commands again.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// One frame in flight between capture and inference, with its input tensor.
+pub struct Slot {
+    pub frame: Frame,
+    pub tensor: Vec<f32>,
+    pub letterbox: Letterbox,
+    pub stats: FrameStats,
+}
+
+impl Slot {
+    /// A slot with buffers for `width × height` frames and a `tensor_len` input.
+    pub fn new(width: u32, height: u32, tensor_len: usize) -> Self {
+        // A zeroed allocation is lazily mapped too, and a release build turns
+        // `with_capacity` + `resize(0.0)` into one: fault the pages in first
+        // (`slot_tensors_are_resident_before_the_first_frame` fails in release without).
+        let mut tensor = Vec::with_capacity(tensor_len);
+        crate::frame::prefault(&mut tensor);
+        tensor.resize(tensor_len, 0.0);
+        Slot {
+            frame: Frame::with_capacity(width, height),
+            tensor,
+            letterbox: Letterbox::fit(1, 1, 1, 1),
+            stats: FrameStats::default(),
+        }
+    }
+}
+
+/// The capture stage's per-frame work after acquisition: letterbox into the slot's
+/// tensor and measure the frame. Separate from the stage so benchmarks and the
+/// allocation test run exactly the same code.
+pub struct Preparer {
+    pub preprocessor: Preprocessor,
+    pub meter: FrameMeter,
+}
+
+impl Preparer {
+    pub fn new(info: &ModelInfo) -> Self {
+        Preparer {
+            preprocessor: Preprocessor::new(
+                info.input_width,
+                info.input_height,
+                info.letterbox_fill,
+                info.normalization,
+            ),
+            meter: FrameMeter::default(),
+        }
+    }
+
+    pub fn prepare(&mut self, slot: &mut Slot) -> Result<(), PreprocessError> {
+        slot.letterbox = self.preprocessor.letterbox(&slot.frame, &mut slot.tensor)?;
+        // When the letterbox already holds the frame at the meter's scale (1280×720 into
+        // 320), read the statistics from it instead of passing over the frame again.
+        slot.stats = match self.meter.measure_letterboxed(
+            &slot.frame,
+            &self.preprocessor,
+            &slot.letterbox,
+            &slot.tensor,
+        ) {
+            Some(stats) => stats,
+            None => self.meter.measure(&slot.frame),
+        };
+        Ok(())
+    }
+}
+
+/// What a command means to a capture stage.
+enum Heard {
+    Stop,
+    Nothing,
+}
+
+/// Capture has nothing to flush and nothing live to reload: it answers a flush and
+/// stops on `Shutdown`.
+fn hear(command: Command) -> Heard {
+    match command {
+        Command::Shutdown => Heard::Stop,
+        Command::Flush { done } => {
+            let _ = done.send(());
+            Heard::Nothing
+        }
+        Command::Reload(_) => Heard::Nothing,
+    }
+}
+
+/// The commands that arrived since the last look, without waiting.
+fn poll(ctx: &StageContext) -> Heard {
+    loop {
+        match ctx.commands.try_recv() {
+            Ok(command) => {
+                if let Heard::Stop = hear(command) {
+                    return Heard::Stop;
+                }
+            }
+            Err(TryRecvError::Empty) => return Heard::Nothing,
+            // The supervisor is gone: nobody can stop this stage any more but itself.
+            Err(TryRecvError::Disconnected) => return Heard::Stop,
+        }
+    }
+}
+
+/// The capture stage of one camera.
+pub(crate) struct Capture {
+    pub camera: String,
+    pub source: Box<dyn FrameSource>,
+    pub preparer: Preparer,
+    /// Live sources drop the oldest waiting frame instead of waiting for inference.
+    pub live: bool,
+    pub work_tx: Sender<Box<Slot>>,
+    /// A second handle on the work queue, to drop the oldest frame when it is full.
+    pub work_rx: Receiver<Box<Slot>>,
+    pub slot_rx: Receiver<Box<Slot>>,
+    pub metrics: Arc<Metrics>,
+    /// Frames acquired by every camera together, for `max_frames`.
+    pub acquired: Arc<AtomicU64>,
+    pub max_frames: Option<u64>,
+}
+
+impl Capture {
+    pub(crate) fn run(mut self, ctx: &StageContext) -> Result<(), StageFailure> {
+        let name = self.camera.clone();
+        let mut spare: Option<Box<Slot>> = None;
+        // Between a lost stream and the next frame: failed attempts are not reconnects.
+        let mut gone = false;
+        let mut acquired_here = 0u64;
+        loop {
+            if let Heard::Stop = poll(ctx) {
+                break;
+            }
+            if let Some(max) = self.max_frames
+                && self.acquired.load(Ordering::Relaxed) >= max
+            {
+                break;
+            }
+            // A free slot: a spare, or one returned by inference.
+            let mut slot = match spare.take() {
+                Some(s) => s,
+                None => match self.slot_rx.recv_timeout(WAIT_SLICE) {
+                    Ok(s) => s,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+
+            let t0 = Instant::now();
+            slot.frame.clear();
+            ctx.heartbeat.begin();
+            let mut next = self.source.next_frame(&mut slot.frame);
+            ctx.heartbeat.end();
+            if let Some(fault) = crate::faults::at(&ctx.name, acquired_here) {
+                next = fault.into_source_result(next);
+            }
+            match next {
+                Ok(Next::Frame) if gone => {
+                    gone = false;
+                    event::camera_reconnected(&self.metrics, &name);
+                }
+                Ok(Next::Frame) => {}
+                Ok(Next::End) => break,
+                Err(SourceError::BadFrame { path, reason }) => {
+                    event::bad_frame(&self.metrics, &name, &path, &reason);
+                    spare = Some(slot);
+                    continue;
+                }
+                Err(SourceError::FrameTooLarge { path, reason }) => {
+                    event::frame_too_large(&self.metrics, &name, &path, &reason);
+                    spare = Some(slot);
+                    continue;
+                }
+                Err(SourceError::Disconnected {
+                    reason,
+                    retry_after,
+                    ..
+                }) => {
+                    if gone {
+                        event::camera_still_gone(&name, &reason, retry_after);
+                    } else {
+                        gone = true;
+                        event::camera_lost(&self.metrics, &name, &reason, retry_after);
+                    }
+                    spare = Some(slot);
+                    if let Heard::Stop = wait_out(ctx, retry_after) {
+                        break;
+                    }
+                    continue;
+                }
+                Err(error @ SourceError::Fatal(_)) => {
+                    return Err(StageFailure::new(error.to_string()));
+                }
+            }
+            let t1 = Instant::now();
+            self.metrics.record(Stage::Acquire, t1 - t0);
+            self.acquired.fetch_add(1, Ordering::Relaxed);
+            acquired_here += 1;
+            self.metrics.frames.fetch_add(1, Ordering::Relaxed);
+
+            ctx.heartbeat.begin();
+            let prepared = self.preparer.prepare(&mut slot);
+            ctx.heartbeat.end();
+            if let Err(e) = prepared {
+                event::bad_frame(
+                    &self.metrics,
+                    &name,
+                    std::path::Path::new(&slot.frame.origin),
+                    &e.to_string(),
+                );
+                spare = Some(slot);
+                continue;
+            }
+            self.metrics.record(Stage::Preprocess, t1.elapsed());
+
+            if self.live {
+                match self.work_tx.try_send(slot) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(slot)) => {
+                        // Drop the oldest waiting frame and queue this one instead.
+                        if let Ok(oldest) = self.work_rx.try_recv() {
+                            event::dropped(&self.metrics, Drop::QueueFull);
+                            spare = Some(oldest);
+                        }
+                        if let Err(e) = self.work_tx.try_send(slot) {
+                            // Inference just took a frame; requeue failed only if the
+                            // queue refilled, which only this thread does. Count it.
+                            event::dropped(&self.metrics, Drop::QueueFull);
+                            spare.get_or_insert(e.into_inner());
+                        }
+                    }
+                    Err(TrySendError::Disconnected(_)) => break,
+                }
+                continue;
+            }
+            // Not live: wait for room, but hear the supervisor while waiting.
+            let mut pending = slot;
+            loop {
+                match self.work_tx.send_timeout(pending, WAIT_SLICE) {
+                    Ok(()) => break,
+                    Err(SendTimeoutError::Timeout(back)) => {
+                        pending = back;
+                        if let Heard::Stop = poll(ctx) {
+                            return Ok(());
+                        }
+                    }
+                    Err(SendTimeoutError::Disconnected(_)) => return Ok(()),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Wait `delay` (a reconnect backoff) while answering commands; `Stop` as soon as a
+/// shutdown arrives.
+fn wait_out(ctx: &StageContext, delay: Duration) -> Heard {
+    let until = Instant::now() + delay;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Heard::Nothing;
+        }
+        match ctx.commands.recv_timeout(left) {
+            Ok(command) => {
+                if let Heard::Stop = hear(command) {
+                    return Heard::Stop;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => return Heard::Nothing,
+            Err(RecvTimeoutError::Disconnected) => return Heard::Stop,
+        }
+    }
+}

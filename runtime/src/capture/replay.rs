@@ -1,0 +1,232 @@
+//! Replay: a directory of JPEG/PNG frames, in file-name order, optionally paced and looped.
+//!
+//! Bad files (truncated, empty, not an image) are skipped: `next_frame` returns
+//! [`SourceError::BadFrame`] for each, the pipeline warns and counts it, and the stream
+//! goes on with the next file.
+
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use super::{FrameSource, Next, SourceError, pacing::Pacer};
+use crate::{
+    codec::{self, FrameDecoder},
+    frame::Frame,
+};
+
+/// Validated settings of a replay source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayConfig {
+    pub dir: PathBuf,
+    /// Frames per second to pace at; 0 = as fast as the pipeline goes.
+    pub fps: f32,
+    /// Start over after the last file.
+    pub looping: bool,
+}
+
+pub struct ReplaySource {
+    config: ReplayConfig,
+    files: Vec<PathBuf>,
+    next: usize,
+    seq: u64,
+    /// Read buffer, reused across files.
+    bytes: Vec<u8>,
+    pacer: Pacer,
+    decoder: FrameDecoder,
+}
+
+/// File extensions replay picks up (case-insensitive).
+const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+impl ReplaySource {
+    pub fn open(config: ReplayConfig) -> Result<Self, SourceError> {
+        let files = list_frames(&config.dir)?;
+        let pacer = Pacer::new(config.fps);
+        Ok(Self {
+            config,
+            files,
+            next: 0,
+            seq: 0,
+            bytes: Vec::new(),
+            pacer,
+            decoder: FrameDecoder::full_size(),
+        })
+    }
+
+    /// Decode with `decoder` (e.g. [`FrameDecoder::fitting`] the model input).
+    pub fn decoding_with(mut self, decoder: FrameDecoder) -> Self {
+        self.decoder = decoder;
+        self
+    }
+
+    /// Number of frame files found.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+fn list_frames(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| SourceError::Fatal(format!("replay directory {}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(SourceError::Fatal(format!(
+            "replay directory {} holds no .jpg, .jpeg or .png files",
+            dir.display()
+        )));
+    }
+    Ok(files)
+}
+
+impl FrameSource for ReplaySource {
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<Next, SourceError> {
+        if self.next >= self.files.len() {
+            if !self.config.looping {
+                return Ok(Next::End);
+            }
+            self.next = 0;
+        }
+        self.next += 1;
+        self.pacer.wait();
+        let path = &self.files[self.next - 1];
+
+        let bad = |reason: String| SourceError::BadFrame {
+            path: path.clone(),
+            reason,
+        };
+        self.bytes.clear();
+        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        // Never read more than an image within the size limit can need: a file can be
+        // anything (a video dropped into the directory, a runaway log).
+        let limit = self.decoder.max_file_bytes();
+        let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+        if len > limit {
+            return Err(SourceError::FrameTooLarge {
+                path: path.clone(),
+                reason: format!(
+                    "the file holds {len} bytes, more than an image of [pipeline] max_frame_pixels needs ({limit})"
+                ),
+            });
+        }
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, limit), &mut self.bytes)
+            .map_err(|e| bad(e.to_string()))?;
+
+        frame.clear();
+        self.decoder
+            .decode_into(&self.bytes, frame)
+            .map_err(|e| SourceError::undecodable(path.clone(), e))?;
+        if codec::is_jpeg(&self.bytes) {
+            frame.encoded.extend_from_slice(&self.bytes);
+        }
+        frame.seq = self.seq;
+        self.seq += 1;
+        frame.captured_at = SystemTime::now();
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            frame.origin.push_str(name);
+        }
+        frame.truth = None;
+        Ok(Next::Frame)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "replay {} ({} files{})",
+            self.config.dir.display(),
+            self.files.len(),
+            if self.config.looping { ", looping" } else { "" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_jpeg(path: &Path, w: u32, h: u32) {
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        codec::encode_jpeg(&rgb, w, h, 90, &mut out).expect("encode");
+        std::fs::write(path, out).expect("write");
+    }
+
+    #[test]
+    fn reads_in_name_order_skips_bad_files_and_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_jpeg(&dir.path().join("b.jpg"), 32, 24);
+        write_jpeg(&dir.path().join("a.jpg"), 16, 8);
+        std::fs::write(dir.path().join("c.jpg"), b"").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), b"ignored").expect("write");
+        let mut source = ReplaySource::open(ReplayConfig {
+            dir: dir.path().into(),
+            fps: 0.0,
+            looping: false,
+        })
+        .expect("open");
+        assert_eq!(source.len(), 3);
+        let mut frame = Frame::with_capacity(32, 24);
+        assert_eq!(source.next_frame(&mut frame).expect("a"), Next::Frame);
+        assert_eq!(
+            (frame.width, frame.height, frame.origin.as_str()),
+            (16, 8, "a.jpg")
+        );
+        assert!(
+            !frame.encoded.is_empty(),
+            "JPEG bytes are kept for the spool"
+        );
+        assert_eq!(source.next_frame(&mut frame).expect("b"), Next::Frame);
+        assert_eq!((frame.width, frame.height, frame.seq), (32, 24, 1));
+        assert!(matches!(
+            source.next_frame(&mut frame),
+            Err(SourceError::BadFrame { .. })
+        ));
+        assert_eq!(source.next_frame(&mut frame).expect("end"), Next::End);
+    }
+
+    #[test]
+    fn loops_when_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_jpeg(&dir.path().join("only.jpg"), 16, 16);
+        let mut source = ReplaySource::open(ReplayConfig {
+            dir: dir.path().into(),
+            fps: 0.0,
+            looping: true,
+        })
+        .expect("open");
+        let mut frame = Frame::with_capacity(16, 16);
+        for seq in 0..3 {
+            assert_eq!(source.next_frame(&mut frame).expect("frame"), Next::Frame);
+            assert_eq!(frame.seq, seq);
+        }
+    }
+
+    #[test]
+    fn missing_or_empty_directory_is_fatal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = ReplaySource::open(ReplayConfig {
+            dir: dir.path().into(),
+            fps: 0.0,
+            looping: false,
+        });
+        assert!(matches!(empty, Err(SourceError::Fatal(m)) if m.contains("no .jpg")));
+        let missing = ReplaySource::open(ReplayConfig {
+            dir: dir.path().join("nope"),
+            fps: 0.0,
+            looping: false,
+        });
+        assert!(matches!(missing, Err(SourceError::Fatal(_))));
+    }
+}

@@ -1,0 +1,149 @@
+//! Command-line interface: one file per subcommand.
+
+mod bench;
+mod config;
+mod run;
+mod synth;
+mod validate;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    capture::{CameraConfig, SourceConfig, replay::ReplayConfig},
+    config::{Config, Loaded},
+    infer::model::{self, Model, ModelFile},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "framesift",
+    version,
+    about = "Runs a detector on camera streams and keeps the frames worth labelling"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline (with no config: the built-in model on a synthetic camera).
+    Run(run::RunArgs),
+    /// Check config files (later ones overlaid on earlier ones, as `run` reads them);
+    /// prints every problem with file, line, column and a fix.
+    Validate(validate::ValidateArgs),
+    /// Benchmark the real pipeline against bare `session.run` and with capture on/off,
+    /// interleaved in one run; prints a table (or JSON).
+    Bench(bench::BenchArgs),
+    /// Export a labelled dataset (images, YOLO labels, perturbation tags) from the
+    /// synthetic scene source.
+    Synth(synth::SynthArgs),
+    /// Config helpers.
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+    },
+}
+
+/// What to run on: shared by `run` and `bench`.
+#[derive(clap::Args)]
+struct Inputs {
+    /// Config file (TOML); repeat to overlay: later files override earlier ones key by
+    /// key, [[camera]] tables merge by name. Without it the built-in defaults are used.
+    #[arg(long, short)]
+    config: Vec<PathBuf>,
+    /// Model file (.onnx), overriding [model] path.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Replace the configured cameras with one replay camera reading this directory.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+}
+
+impl Inputs {
+    /// The config files (or the defaults), validated; an invalid config is printed and
+    /// becomes exit code 2.
+    fn load(&self) -> Result<Loaded, ExitCode> {
+        if self.config.is_empty() {
+            return Ok(Loaded::defaults());
+        }
+        Config::load(&self.config).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        })
+    }
+
+    /// Apply the command-line overrides.
+    fn apply(&self, config: &mut Config) {
+        if let Some(model) = &self.model {
+            config.model.path = Some(model.clone());
+        }
+        if let Some(dir) = &self.replay {
+            config.cameras = vec![CameraConfig {
+                name: "replay".into(),
+                source: SourceConfig::Replay(ReplayConfig {
+                    dir: dir.clone(),
+                    fps: 0.0,
+                    looping: false,
+                }),
+            }];
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Validate(args) => Ok(validate::validate(&args)),
+        Command::Synth(args) => synth::synth(args),
+        Command::Bench(args) => bench::bench(args),
+        Command::Config { command } => Ok(config::config(command)),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FRAMESIFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Load ONNX Runtime and the model named by the config (or the embedded one).
+fn load_model(config: &Config) -> anyhow::Result<Model> {
+    let (env, lib) = model::environment(config.model.ort_library.as_deref())?;
+    tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+    let file = match &config.model.path {
+        Some(path) => ModelFile::read(path)?,
+        None => ModelFile::embedded()?,
+    };
+    let model = Model::load(&env, &file, &config.model)?;
+    let info = &model.info;
+    tracing::info!(
+        model = %info.id,
+        version = %info.version,
+        origin = %info.origin,
+        layout = info.layout.name(),
+        input = %format!("{}x{}", info.input_width, info.input_height),
+        classes = info.names.len(),
+        threads = config.model.intra_threads,
+        "model loaded"
+    );
+    Ok(model)
+}
+
+/// `n thing` or `n things`.
+fn plural(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("{n} {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}

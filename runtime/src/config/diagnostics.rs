@@ -1,0 +1,197 @@
+//! Config errors a field engineer can act on: file, line, column, what is wrong and what
+//! to write instead.
+
+use std::fmt;
+
+use super::DEFAULT_CONFIG_TOML;
+
+/// Every problem found in the config files of one load, in file and line order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// One problem, at a 1-based line and column of `file` (0 when the position is unknown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {}: ", d.file)?;
+            if d.line > 0 {
+                write!(f, "line {}, column {}: ", d.line, d.column)?;
+            }
+            write!(f, "{}", d.message)?;
+            if let Some(hint) = &d.hint {
+                write!(f, "; {hint}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Tables the config once had, with where their keys went.
+const RENAMED_TABLES: [(&str, &str); 1] = [(
+    "scoring",
+    "[scoring] is now [policy] (min_value, reason_level) and one [signals.<name>] table per signal (uncertainty: band, weight; margin: weight; blur: threshold, weight); `framesift config default` shows them",
+)];
+
+/// Turn a serde message about the key at `path` into a message and a hint.
+pub(crate) fn explain(message: &str, path: &str) -> (String, Option<String>) {
+    let message = message.trim();
+    let (table, key_name) = match path.rsplit_once('.') {
+        Some((table, k)) => (Some(table), k),
+        None => (None, path),
+    };
+    let within = table.map_or("at the top level".to_string(), |t| format!("in [{t}]"));
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (unknown, expected) = split_expected(rest);
+        let renamed = table
+            .is_none()
+            .then(|| RENAMED_TABLES.iter().find(|(old, _)| *old == unknown))
+            .flatten();
+        let hint = renamed
+            .map(|(_, hint)| hint.to_string())
+            .or_else(|| closest(unknown, &expected).map(|best| format!("did you mean \"{best}\"?")))
+            .or_else(|| {
+                (!expected.is_empty()).then(|| format!("valid keys here: {}", expected.join(", ")))
+            });
+        return (format!("unknown key \"{unknown}\" {within}"), hint);
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let (unknown, expected) = split_expected(rest);
+        let quoted: Vec<String> = expected.iter().map(|e| format!("\"{e}\"")).collect();
+        let hint = closest(unknown, &expected)
+            .map(|best| format!("did you mean \"{best}\"?"))
+            .or_else(|| Some(format!("write one of {}", quoted.join(", "))));
+        return (
+            format!("unknown value \"{unknown}\" for {}", display_key(path)),
+            hint,
+        );
+    }
+    // "invalid type: string \"x\", expected f64" and "invalid value: ..., expected ...".
+    let mismatch = message
+        .strip_prefix("invalid type: ")
+        .map(|rest| (rest, true))
+        .or_else(|| {
+            message
+                .strip_prefix("invalid value: ")
+                .map(|rest| (rest, false))
+        });
+    if let Some((rest, is_type)) = mismatch
+        && let Some((found, expected)) = rest.split_once(", expected ")
+    {
+        let hint = if is_type {
+            default_example(path, key_name).map(|example| format!("write e.g. {example}"))
+        } else {
+            None
+        };
+        return (
+            format!(
+                "{} must be {}, found {found}",
+                display_key(path),
+                describe_expected(expected)
+            ),
+            hint,
+        );
+    }
+    (format!("{}: {message}", display_key(path)), None)
+}
+
+fn display_key(path: &str) -> String {
+    if path.is_empty() {
+        "the file".into()
+    } else {
+        path.to_string()
+    }
+}
+
+/// Split "x`, expected one of `a`, `b`" into ("x", ["a", "b"]).
+pub(crate) fn split_expected(rest: &str) -> (&str, Vec<&str>) {
+    let (unknown, tail) = rest.split_once('`').unwrap_or((rest, ""));
+    let expected = tail.split('`').skip(1).step_by(2).collect();
+    (unknown, expected)
+}
+
+fn closest<'a>(unknown: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(unknown, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn describe_expected(expected: &str) -> String {
+    let e = expected.trim();
+    if e.starts_with('i') || e.starts_with('u') {
+        "a whole number".into()
+    } else if e.starts_with('f') {
+        "a number".into()
+    } else if e.contains("string") || e.contains("variant") {
+        "a string in quotes".into()
+    } else if e.contains("bool") {
+        "true or false".into()
+    } else if e.contains("sequence") {
+        "a list of [[camera]] tables".into()
+    } else {
+        e.to_string()
+    }
+}
+
+/// `key = value` as written in the default config, to show in hints.
+fn default_example(path: &str, key_name: &str) -> Option<String> {
+    let generic = path_without_indexes(path);
+    let (table, _) = generic.rsplit_once('.')?;
+    let mut in_table = false;
+    for line in DEFAULT_CONFIG_TOML.lines() {
+        let line = line.trim_start_matches("# ").trim();
+        if line.starts_with('[') {
+            in_table = line.trim_matches(['[', ']']) == table;
+            continue;
+        }
+        if in_table
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key_name
+        {
+            return Some(format!("{key_name} = {}", v.trim()));
+        }
+    }
+    None
+}
+
+fn path_without_indexes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut depth = 0;
+    for ch in path.chars() {
+        match ch {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            _ if depth == 0 => out.push(ch),
+            _ => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,248 @@
+//! Configuration: one or more TOML files merged into one document, each stage's table
+//! deserialized into the raw struct that stage owns, then validated into [`Config`].
+//!
+//! Parse, don't validate: every stage module defines its table as a `Raw*` struct
+//! (`deny_unknown_fields`, every key optional, `Default` holding the defaults — the one
+//! place they are written), and a `validate` that turns it into the typed settings the
+//! stage is built from. Every problem is collected — unknown keys, wrong types,
+//! out-of-range values — and reported with the file, line and column that set the
+//! value, and a hint, not just the first.
+//!
+//! `framesift run --config base.toml --config cart.toml`: later files override earlier
+//! ones key by key, `[[camera]]` tables merge by `name` ([`load`]). On SIGHUP the same
+//! files are read again and what can change live is applied ([`reload`]).
+//!
+//! The commented default file (`default-config.toml`, printed by
+//! `framesift config default`) is the user documentation; tests check that it parses
+//! to exactly the built-in defaults, mentions every key, and marks exactly the keys
+//! that need a restart.
+
+mod check;
+mod diagnostics;
+mod load;
+pub(crate) mod reload;
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) use check::Checker;
+pub use diagnostics::{ConfigError, Diagnostic};
+
+use crate::{
+    capture::{self, CameraConfig, RawCamera},
+    infer::{ModelConfig, RawModel},
+    keep::{KeepConfig, RawKeep},
+    pipeline::{PipelineConfig, RawPipeline},
+    policy::{PolicyConfig, RawPolicy, signals::RawSignals},
+    store::{RawSpool, SpoolConfig},
+};
+
+/// The commented default configuration, exactly what `framesift config default` prints.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default-config.toml");
+
+/// Everything a run needs, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub cameras: Vec<CameraConfig>,
+    pub pipeline: PipelineConfig,
+    pub policy: PolicyConfig,
+    pub keep: KeepConfig,
+    pub spool: SpoolConfig,
+}
+
+/// The file as written: one table per stage, each owned by its stage's module.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawConfig {
+    model: RawModel,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    camera: Option<Vec<RawCamera>>,
+    pipeline: RawPipeline,
+    policy: RawPolicy,
+    signals: RawSignals,
+    keep: RawKeep,
+    spool: RawSpool,
+}
+
+/// A validated config and every key's effective value (defaults included), for
+/// telling what a reload changes.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// The files it was read from, base first (empty: the built-in defaults).
+    pub files: Vec<PathBuf>,
+    effective: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_raw(&RawConfig::default()).unwrap_or_else(|problems| {
+            // The built-in defaults are checked by a test; this cannot happen.
+            panic!("built-in defaults are invalid: {problems:?}")
+        })
+    }
+}
+
+impl Config {
+    /// Read, merge and validate config files, base first (none: the built-in defaults).
+    pub fn load(files: &[PathBuf]) -> Result<Loaded, ConfigError> {
+        let mut texts = Vec::with_capacity(files.len());
+        let mut diagnostics = Vec::new();
+        for path in files {
+            match std::fs::read_to_string(path) {
+                Ok(text) => texts.push((path.display().to_string(), text)),
+                Err(e) => diagnostics.push(Diagnostic {
+                    file: path.display().to_string(),
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read the file: {e}"),
+                    hint: Some(
+                        "check the path, or leave out --config to use the built-in defaults".into(),
+                    ),
+                }),
+            }
+        }
+        if !diagnostics.is_empty() {
+            return Err(ConfigError { diagnostics });
+        }
+        let sources = load::Sources::new(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())));
+        let (config, raw) = Config::from_sources(&sources)?;
+        Ok(Loaded {
+            config,
+            files: files.to_vec(),
+            effective: effective(&raw),
+        })
+    }
+
+    /// Parse and validate one config text; `file` names it in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Config::from_sources(&load::Sources::new([(file, text)])).map(|(config, _)| config)
+    }
+
+    fn from_sources(sources: &load::Sources) -> Result<(Config, RawConfig), ConfigError> {
+        let doc = sources
+            .merged()
+            .map_err(|diagnostics| ConfigError { diagnostics })?;
+        let mut diagnostics = Vec::new();
+        let raw: Option<RawConfig> = sources.deserialize(&doc, &mut diagnostics);
+        let Some(raw) = raw else {
+            return Err(ConfigError { diagnostics });
+        };
+        match Config::from_raw(&raw) {
+            Ok(config) if diagnostics.is_empty() => Ok((config, raw)),
+            Ok(_) => Err(ConfigError { diagnostics }),
+            Err(problems) => {
+                for problem in problems {
+                    let at = sources.locate(doc.get_ref(), &problem.path);
+                    diagnostics.push(sources.diagnostic(at, problem.message, problem.hint));
+                }
+                diagnostics
+                    .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+                Err(ConfigError { diagnostics })
+            }
+        }
+    }
+
+    fn from_raw(raw: &RawConfig) -> Result<Config, Vec<check::Problem>> {
+        let mut c = Checker::default();
+        let model = c.within("model", |c| ModelConfig::validate(&raw.model, c));
+        let cameras = capture::validate_cameras(raw.camera.as_deref(), &mut c);
+        let pipeline = c.within("pipeline", |c| PipelineConfig::validate(&raw.pipeline, c));
+        capture::check_frame_sizes(&cameras, pipeline.max_frame_pixels, &mut c);
+        let policy = PolicyConfig::validate(&raw.policy, &raw.signals, &mut c);
+        let keep = c.within("keep", |c| KeepConfig::validate(&raw.keep, c));
+        let spool = c.within("spool", |c| SpoolConfig::validate(&raw.spool, c));
+        if !c.problems.is_empty() {
+            return Err(c.problems);
+        }
+        Ok(Config {
+            model,
+            cameras,
+            pipeline,
+            policy,
+            keep,
+            spool,
+        })
+    }
+}
+
+impl Loaded {
+    /// The built-in defaults, as loaded from no file.
+    pub fn defaults() -> Loaded {
+        Loaded {
+            config: Config::default(),
+            files: Vec::new(),
+            effective: effective(&RawConfig::default()),
+        }
+    }
+
+    /// Load the same files again (a reload).
+    pub fn reread(&self) -> Result<Loaded, ConfigError> {
+        Config::load(&self.files)
+    }
+}
+
+/// Every leaf key's value, defaults included: `keep.capacity = 16`, `camera[0].fps = 0.0`.
+fn effective(raw: &RawConfig) -> BTreeMap<String, String> {
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
+                for (i, item) in items.iter().enumerate() {
+                    flatten(&format!("{prefix}[{i}]"), item, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    match toml::Value::try_from(raw) {
+        Ok(value) => flatten("", &value, &mut out),
+        Err(e) => {
+            out.insert("?".into(), e.to_string());
+        }
+    }
+    out
+}
+
+/// Every key a raw table accepts, as serde lists them (for the default-file tests).
+#[cfg(test)]
+fn accepted_keys<T: serde::de::DeserializeOwned>() -> Vec<String> {
+    let message = match toml::from_str::<T>("__not_a_key__ = 0\n") {
+        Ok(_) => return Vec::new(),
+        Err(e) => e.message().to_string(),
+    };
+    let rest = message
+        .strip_prefix("unknown field `")
+        .unwrap_or_else(|| panic!("{message}"));
+    let (_, expected) = diagnostics::split_expected(rest);
+    expected.into_iter().map(str::to_string).collect()
+}
+
+/// The files of a load as shown in messages.
+pub fn describe_files(files: &[PathBuf]) -> String {
+    if files.is_empty() {
+        return "the built-in defaults".into();
+    }
+    files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+#[cfg(test)]
+mod tests;

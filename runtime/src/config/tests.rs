@@ -1,0 +1,418 @@
+use std::path::Path;
+
+use super::*;
+use crate::{capture::SourceConfig, keep::WhenFull};
+
+fn errors(text: &str) -> String {
+    match Config::parse(text, "config.toml") {
+        Ok(_) => "ok".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Write `files` (name, text) into `dir` and load them in order.
+fn load(dir: &Path, files: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+    let paths: Vec<PathBuf> = files
+        .iter()
+        .map(|(name, text)| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        })
+        .collect();
+    Config::load(&paths)
+}
+
+/// An error message with the temporary directory taken out of file names.
+fn errors_in(dir: &Path, files: &[(&str, &str)]) -> String {
+    match load(dir, files) {
+        Ok(_) => "ok".into(),
+        Err(e) => e.to_string().replace(&format!("{}/", dir.display()), ""),
+    }
+}
+
+#[test]
+fn empty_file_is_the_defaults() {
+    let config = Config::parse("", "empty.toml").expect("empty config");
+    assert_eq!(config, Config::default());
+    assert_eq!(config.cameras.len(), 1);
+    assert!(matches!(
+        config.cameras[0].source,
+        SourceConfig::Synthetic(_)
+    ));
+}
+
+#[test]
+fn default_file_is_valid_and_equals_builtin_defaults() {
+    let config =
+        Config::parse(DEFAULT_CONFIG_TOML, "default.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config, Config::default());
+}
+
+/// Every `key = value` line of the default file (commented out or not), with the
+/// table it is in and the comment lines above it; and each table's own comment.
+struct DefaultFile {
+    keys: Vec<(String, String, Vec<String>)>,
+    tables: Vec<(String, Vec<String>)>,
+}
+
+fn default_file() -> DefaultFile {
+    let mut out = DefaultFile {
+        keys: Vec::new(),
+        tables: Vec::new(),
+    };
+    let mut table = String::new();
+    let mut comment: Vec<String> = Vec::new();
+    for line in DEFAULT_CONFIG_TOML.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            table = line.trim_matches(['[', ']']).to_string();
+            out.tables
+                .push((table.clone(), std::mem::take(&mut comment)));
+            continue;
+        }
+        let body = line.trim_start_matches('#').trim();
+        // `key = value`, where key is one identifier.
+        if let Some((k, _)) = body.split_once(" = ")
+            && !k.is_empty()
+            && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            out.keys
+                .push((table.clone(), k.to_string(), std::mem::take(&mut comment)));
+            continue;
+        }
+        if line.is_empty() {
+            comment.clear();
+        } else if let Some(text) = line.strip_prefix('#') {
+            comment.push(text.trim().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn default_file_documents_every_key() {
+    // Every key each stage's table accepts, as serde lists them.
+    let mut tables: Vec<(String, Vec<String>)> = vec![
+        ("model".into(), accepted_keys::<RawModel>()),
+        ("camera".into(), accepted_keys::<RawCamera>()),
+        ("pipeline".into(), accepted_keys::<RawPipeline>()),
+        ("policy".into(), accepted_keys::<RawPolicy>()),
+        ("keep".into(), accepted_keys::<RawKeep>()),
+        ("spool".into(), accepted_keys::<RawSpool>()),
+    ];
+    let signals = accepted_keys::<RawSignals>();
+    assert_eq!(signals, crate::policy::signals::NAMES);
+    let signal_tables: toml::Table = toml::Value::try_from(RawSignals::default())
+        .expect("signals")
+        .try_into()
+        .expect("table");
+    for (name, table) in signal_tables {
+        let keys = table
+            .as_table()
+            .expect("a signal's table")
+            .keys()
+            .cloned()
+            .collect();
+        tables.push((format!("signals.{name}"), keys));
+    }
+    let file = default_file();
+    let top: Vec<String> = accepted_keys::<RawConfig>();
+    for (table, _) in &file.tables {
+        let first = table.split('.').next().unwrap_or_default();
+        assert!(top.iter().any(|k| k == first), "[{table}] is not a table");
+    }
+    for (table, keys) in tables {
+        assert!(!keys.is_empty(), "{table}");
+        for key in keys {
+            let documented = file.keys.iter().find(|(t, k, _)| *t == table && *k == key);
+            let Some((_, _, comment)) = documented else {
+                panic!("{table}.{key} is not in default-config.toml");
+            };
+            let table_comment = file
+                .tables
+                .iter()
+                .find(|(t, _)| *t == table)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default();
+            // Keys that explain themselves by name sit under a table comment.
+            assert!(
+                !comment.is_empty()
+                    || !table_comment.is_empty()
+                    || key == "type"
+                    || key == "weight",
+                "{table}.{key} has no comment"
+            );
+        }
+    }
+}
+
+#[test]
+fn default_file_marks_exactly_the_keys_that_need_a_restart() {
+    let file = default_file();
+    for (table, key, comment) in &file.keys {
+        let table_wide = file
+            .tables
+            .iter()
+            .find(|(t, _)| t == table)
+            .is_some_and(|(_, c)| {
+                c.iter()
+                    .any(|l| l.contains("Every key here needs a restart to change."))
+            });
+        let marked = table_wide || comment.iter().any(|l| l.contains("Restart to change."));
+        let path = format!("{table}.{key}");
+        assert_eq!(
+            marked,
+            !reload::is_live(&path),
+            "{path}: marked {marked}, but is_live says {}",
+            reload::is_live(&path)
+        );
+    }
+}
+
+#[test]
+fn several_cameras() {
+    let text = r#"
+[[camera]]
+name = "front"
+type = "synthetic"
+seed = 3
+
+[[camera]]
+name = "back"
+type = "replay"
+dir = "/data/frames"
+loop = true
+"#;
+    let config = Config::parse(text, "c.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.cameras.len(), 2);
+    assert_eq!(config.cameras[0].name, "front");
+    assert!(
+        matches!(&config.cameras[1].source, SourceConfig::Replay(r) if r.looping && r.dir == Path::new("/data/frames"))
+    );
+}
+
+#[test]
+fn unknown_key_names_line_column_and_closest_key() {
+    insta::assert_snapshot!(errors("[signals.blur]\ntreshold = 12.0\n"), @r#"error: config.toml: line 2, column 1: unknown key "treshold" in [signals.blur]; did you mean "threshold"?"#);
+    insta::assert_snapshot!(errors("[signals.blurr]\nthreshold = 12.0\n"), @r#"error: config.toml: line 1, column 10: unknown key "blurr" in [signals]; did you mean "blur"?"#);
+}
+
+#[test]
+fn all_errors_are_collected() {
+    let text = r#"[model]
+intra_threads = "two"
+confidence_threshold = 1.5
+
+[policy]
+treshold = 0.3
+
+[signals.blur]
+weight = -1.0
+
+[keep]
+when_full = "drop_oldest"
+
+[[camera]]
+type = "v4l"
+
+[spool]
+max_bytes = 10
+"#;
+    insta::assert_snapshot!(errors(text), @r#"
+    error: config.toml: line 2, column 17: model.intra_threads must be a whole number, found string "two"; write e.g. intra_threads = 2
+    error: config.toml: line 3, column 1: model.confidence_threshold = 1.5 is out of range; write a number between 0 and 1, e.g. 0.25
+    error: config.toml: line 6, column 1: unknown key "treshold" in [policy]; valid keys here: min_value, reason_level
+    error: config.toml: line 9, column 1: signals.blur.weight = -1 is out of range; write a number 0 or more (0 turns the signal off), e.g. 0.5
+    error: config.toml: line 12, column 13: unknown value "drop_oldest" for keep.when_full; did you mean "drop_lowest"?
+    error: config.toml: line 15, column 8: unknown value "v4l" for camera[0].type; did you mean "v4l2"?
+    error: config.toml: line 18, column 1: spool.max_bytes = 10 is out of range; write a whole number of at least 1048576
+    "#);
+}
+
+#[test]
+fn range_errors_are_collected_and_located() {
+    let text = "[model]\nconfidence_threshold = 1.5\nintra_threads = 0\n\n[signals.uncertainty]\nband = 1.0\n\n[spool]\nmax_bytes = 10\n";
+    insta::assert_snapshot!(errors(text), @r"
+    error: config.toml: line 2, column 1: model.confidence_threshold = 1.5 is out of range; write a number between 0 and 1, e.g. 0.25
+    error: config.toml: line 3, column 1: model.intra_threads = 0 is out of range; write a whole number from 1 to 64
+    error: config.toml: line 6, column 1: signals.uncertainty.band = 1 is out of range; write a number from 0 up to (not including) 1, e.g. 0.15
+    error: config.toml: line 9, column 1: spool.max_bytes = 10 is out of range; write a whole number of at least 1048576
+    ");
+}
+
+#[test]
+fn thread_priorities_are_nice_steps_from_0_to_19() {
+    let config = Config::parse("[pipeline]\ncapture_nice = 0\nkeeper_nice = 19\n", "c.toml")
+        .expect("in range");
+    assert_eq!(
+        (config.pipeline.capture_nice, config.pipeline.keeper_nice),
+        (0, 19)
+    );
+    insta::assert_snapshot!(errors("[pipeline]\ncapture_nice = 20\nkeeper_nice = -1\n"), @r"
+    error: config.toml: line 2, column 1: pipeline.capture_nice = 20 is out of range; write a whole number from 0 to 19
+    error: config.toml: line 3, column 1: pipeline.keeper_nice = -1 is out of range; write a whole number from 0 to 19
+    ");
+}
+
+#[test]
+fn camera_keys_must_fit_the_type() {
+    let text = "[[camera]]\ntype = \"synthetic\"\ndir = \"/x\"\n\n[[camera]]\nname = \"b\"\ntype = \"replay\"\n";
+    insta::assert_snapshot!(errors(text), @r#"
+    error: config.toml: line 3, column 1: camera[0].dir does not apply to type = "synthetic"; remove it, or set type = "replay"
+    error: config.toml: line 7, column 1: camera[1] has type = "replay" but no dir; add dir = "/path/to/frames" (a directory of .jpg/.png files)
+    "#);
+}
+
+#[test]
+fn cameras_must_fit_the_frame_size_limit() {
+    let text = "[pipeline]\nmax_frame_pixels = 100000\n\n[[camera]]\ntype = \"synthetic\"\nwidth = 640\nheight = 360\n";
+    insta::assert_snapshot!(errors(text), @"error: config.toml: line 6, column 1: camera[0] is 640x360, more pixels than pipeline.max_frame_pixels = 100000; make the frame smaller, or raise [pipeline] max_frame_pixels to at least 230400");
+    assert_eq!(errors("[[camera]]\nwidth = 3840\nheight = 2160\n"), "ok");
+}
+
+#[test]
+fn unknown_table_and_syntax_errors() {
+    insta::assert_snapshot!(errors("[polcy]\nx = 1\n\n[keep]\ncapacity = 4\n"), @r#"error: config.toml: line 1, column 2: unknown key "polcy" at the top level; did you mean "policy"?"#);
+    insta::assert_snapshot!(errors("[model\npath = 3\n"), @"error: config.toml: line 1, column 7: invalid TOML: unclosed table, expected `]`; see https://toml.io for the syntax; `framesift config default` prints a valid file");
+}
+
+#[test]
+fn the_old_scoring_table_says_where_its_keys_went() {
+    let message = errors("[scoring]\nmin_value = 0.3\n");
+    assert!(
+        message.starts_with(r#"error: config.toml: line 1, column 2: unknown key "scoring" at the top level; [scoring] is now [policy]"#),
+        "{message}"
+    );
+    assert!(message.contains("[signals.<name>]"), "{message}");
+}
+
+#[test]
+fn a_device_id_must_be_usable_in_keys() {
+    insta::assert_snapshot!(errors("[spool]\ndevice_id = \"cart 42/a\"\n"), @r#"error: config.toml: line 2, column 1: spool.device_id = "cart 42/a" is not a usable id; write up to 64 letters, digits, '-', '_' or '.', e.g. device_id = "cart-0042""#);
+    let config = Config::parse("[spool]\ndevice_id = \"cart-42\"\n", "c.toml").expect("valid");
+    assert_eq!(config.spool.device_id.as_deref(), Some("cart-42"));
+}
+
+#[test]
+fn overlays_override_key_by_key_and_merge_cameras_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = "[keep]\ncapacity = 16\nwindow_secs = 5.0\n\n[[camera]]\nname = \"front\"\nseed = 1\n\n[[camera]]\nname = \"back\"\nseed = 2\n";
+    let cart = "[keep]\ncapacity = 4\n\n[[camera]]\nname = \"back\"\nseed = 9\n";
+    let config = load(dir.path(), &[("base.toml", base), ("cart.toml", cart)])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    assert_eq!((config.keep.capacity, config.keep.window_secs), (4, 5.0));
+    let seeds: Vec<(String, u64)> = config
+        .cameras
+        .iter()
+        .map(|c| match &c.source {
+            SourceConfig::Synthetic(s) => (c.name.clone(), s.seed),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(seeds, [("front".into(), 1), ("back".into(), 9)]);
+}
+
+#[test]
+fn every_error_names_the_file_that_set_the_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = "[keep]\ncapacity = 16\n\n[[camera]]\nname = \"front\"\ntype = \"synthetic\"\n";
+    let cart = "# cart 42\n[keep]\ncapacity = 0\nwhen_full = \"drop_oldest\"\n\n[[camera]]\nname = \"front\"\ndir = \"/data\"\n";
+    insta::assert_snapshot!(errors_in(dir.path(), &[("base.toml", base), ("cart.toml", cart)]), @r#"
+    error: cart.toml: line 3, column 1: keep.capacity = 0 is out of range; write a whole number from 1 to 1024
+    error: cart.toml: line 4, column 13: unknown value "drop_oldest" for keep.when_full; did you mean "drop_lowest"?
+    error: cart.toml: line 8, column 1: camera[0].dir does not apply to type = "synthetic"; remove it, or set type = "replay"
+    "#);
+    // A value the base file set stays the base file's.
+    let bad_base = "[keep]\njpeg_quality = 0\n";
+    insta::assert_snapshot!(errors_in(dir.path(), &[("base.toml", bad_base), ("cart.toml", "[keep]\ncapacity = 4\n")]), @"error: base.toml: line 2, column 1: keep.jpeg_quality = 0 is out of range; write a whole number from 1 to 100");
+    // A file that cannot be read is named too.
+    let missing = Config::load(&[dir.path().join("nope.toml")]).expect_err("missing");
+    assert!(
+        missing
+            .to_string()
+            .contains("nope.toml: cannot read the file"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn a_reload_applies_live_keys_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = load(
+        dir.path(),
+        &[(
+            "c.toml",
+            "[keep]\ncapacity = 16\n[model]\nintra_threads = 2\n",
+        )],
+    )
+    .expect("valid");
+    let after = load(
+        dir.path(),
+        &[(
+            "c.toml",
+            "[keep]\ncapacity = 32\nwhen_full = \"drop_newest\"\n[model]\nintra_threads = 4\nconfidence_threshold = 0.3\n[signals.blur]\nthreshold = 40.0\n",
+        )],
+    )
+    .expect("valid");
+    let reload::Reload { running, changes } = reload::apply(&before, after);
+    let lines: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    insta::assert_snapshot!(lines.join("\n"), @r#"
+    keep.capacity: 16 -> 32
+    keep.when_full: "drop_lowest" -> "drop_newest"
+    model.confidence_threshold: 0.25 -> 0.3
+    model.intra_threads: 2 -> 4 (needs a restart; the running value is kept)
+    signals.blur.threshold: 30.0 -> 40.0
+    "#);
+    let c = &running.config;
+    assert_eq!(c.keep.capacity, 32);
+    assert_eq!(c.keep.when_full, WhenFull::DropNewest);
+    assert_eq!(c.model.confidence_threshold, 0.3);
+    assert_eq!(c.model.intra_threads, 2, "needs a restart: kept");
+    // The next reload of the same files reports the restart-only change again, and
+    // nothing else.
+    let again = running.reread().expect("valid");
+    let changes = reload::apply(&running, again).changes;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].key, "model.intra_threads");
+}
+
+#[test]
+fn live_changes_touch_only_live_keys() {
+    // One change per table, each of a live and a restart key: the config a reload
+    // produces carries exactly the live ones.
+    let base = Config::default();
+    let changed = Config::parse(
+        "[model]\niou_threshold = 0.6\nintra_threads = 3\n[spool]\nmax_bytes = 2000000\ndir = \"/elsewhere\"\ndevice_id = \"cart-1\"\n[pipeline]\nqueue_depth = 5\n[policy]\nmin_value = 0.9\n[keep]\njpeg_quality = 50\n",
+        "c.toml",
+    )
+    .expect("valid");
+    let applied = base.with_live_changes(&changed);
+    assert_eq!(applied.model.iou_threshold, 0.6);
+    assert_eq!(applied.model.intra_threads, base.model.intra_threads);
+    assert_eq!(applied.spool.max_bytes, 2_000_000);
+    assert_eq!(applied.spool.dir, base.spool.dir);
+    assert_eq!(applied.spool.device_id, None);
+    assert_eq!(applied.pipeline, base.pipeline);
+    assert_eq!(applied.policy.min_value, 0.9);
+    assert_eq!(applied.keep.jpeg_quality, 50);
+    for key in [
+        "model.iou_threshold",
+        "spool.max_bytes",
+        "policy.min_value",
+        "keep.jpeg_quality",
+        "signals.margin.weight",
+    ] {
+        assert!(reload::is_live(key), "{key}");
+    }
+    for key in [
+        "model.intra_threads",
+        "spool.dir",
+        "spool.device_id",
+        "pipeline.queue_depth",
+        "camera[0].fps",
+    ] {
+        assert!(!reload::is_live(key), "{key}");
+    }
+}

@@ -1,0 +1,466 @@
+//! The keeper stage: takes the candidates every inference stage hands over, keeps the
+//! best of each keep window, and writes them — the camera's own JPEG bytes, or a JPEG
+//! encoded here — with their sidecars to the spool when the window ends.
+//!
+//! Invariants:
+//! - Only the keeper writes to the spool.
+//! - Nothing accepted into the buffer is lost on the way out: the keeper ends only when
+//!   its queue closes (every inference stage has ended) or on a direct `Shutdown`, and
+//!   either way flushes first. A panic in the keeper is caught, what the buffer still
+//!   holds is written, and the panic is reported to the supervisor as the keeper's exit.
+//! - It owns the size of the candidate pool: a reload that raises the capacity makes
+//!   more candidates here (never on an inference thread), a lower one lets the surplus
+//!   go as candidates come back.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use super::{Candidate, KeepBuffer, KeepConfig, Offer};
+use crate::{
+    codec::JpegEncoder,
+    config::Config,
+    infer::ModelInfo,
+    ops::metrics::{Metrics, Stage, event},
+    store::{ImageEncoding, Spool, SpoolError, sidecar::Sidecar},
+    supervisor::{Command, StageContext, StageFailure, panic_message},
+};
+
+/// How many candidates exist, and how many should.
+pub(crate) struct Pool {
+    /// Candidates made so far and not let go.
+    pub made: usize,
+    /// `keeper_queue + capacity + cameras` of the running config.
+    pub target: usize,
+    /// What new candidates are made for.
+    pub frame_size: (u32, u32),
+    pub max_detections: usize,
+}
+
+pub(crate) struct Keeper {
+    pub cameras: Vec<String>,
+    pub model: Arc<ModelInfo>,
+    pub buffer: KeepBuffer<Box<Candidate>>,
+    /// The window being written out, best last (so `pop` gives the best first). Boxes:
+    /// candidates move between the channels and the buffers without copying.
+    #[allow(clippy::vec_box)]
+    pub flushing: Vec<Box<Candidate>>,
+    pub window: Duration,
+    pub jpeg_quality: u8,
+    /// The confidence threshold, for the sidecars' `below_threshold`.
+    pub confidence: f32,
+    pub spool: Spool,
+    pub keep_rx: Receiver<Box<Candidate>>,
+    pub free_tx: Sender<Box<Candidate>>,
+    pub metrics: Arc<Metrics>,
+    /// Encodes kept raw frames; warmed up to `pool.frame_size` when the keeper starts.
+    pub jpeg: JpegEncoder,
+    pub pool: Pool,
+    /// The keeper queue's length in the config, for the pool target on reload.
+    pub queue: usize,
+    /// Candidates received, for fault injection.
+    pub received: u64,
+}
+
+impl Keeper {
+    pub(crate) fn run(mut self, ctx: &StageContext) -> Result<(), StageFailure> {
+        let (w, h) = self.pool.frame_size;
+        if let Err(e) = self.jpeg.warm_up(w, h) {
+            // Not fatal: frames that arrived as JPEG need no encoder, and a real
+            // encode failure is reported per frame.
+            tracing::warn!("keeper: JPEG encoder warm-up at {w}x{h} failed: {e}");
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.serve(ctx))) {
+            Ok(result) => result,
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                let saved = self.flush_after_panic(ctx);
+                tracing::error!(
+                    saved,
+                    "keeper panicked ({message}); wrote the {saved} frames its buffer still held"
+                );
+                Err(StageFailure::panicked(message))
+            }
+        }
+    }
+
+    fn serve(&mut self, ctx: &StageContext) -> Result<(), StageFailure> {
+        let mut window_end = Instant::now() + self.window;
+        loop {
+            let timeout = window_end.saturating_duration_since(Instant::now());
+            select! {
+                recv(self.keep_rx) -> candidate => match candidate {
+                    Ok(candidate) => self.offer(candidate, ctx)?,
+                    // Every inference stage has ended: write what is held and end.
+                    Err(_) => {
+                        self.flush(ctx);
+                        return Ok(());
+                    }
+                },
+                recv(ctx.commands) -> command => match command {
+                    Ok(Command::Flush { done }) => {
+                        // What is queued was handed over before the flush was asked for.
+                        while let Ok(candidate) = self.keep_rx.try_recv() {
+                            self.offer(candidate, ctx)?;
+                        }
+                        self.flush(ctx);
+                        let _ = done.send(());
+                    }
+                    Ok(Command::Reload(config)) => {
+                        self.reconfigure(&config);
+                        window_end = window_end.min(Instant::now() + self.window);
+                    }
+                    Ok(Command::Shutdown) | Err(_) => {
+                        // Told directly (upstream is stuck): take what is queued, write, end.
+                        while let Ok(candidate) = self.keep_rx.try_recv() {
+                            self.offer(candidate, ctx)?;
+                        }
+                        self.flush(ctx);
+                        return Ok(());
+                    }
+                },
+                // A timeout can come early (seen under qemu-user): flush only once the
+                // window has really ended, so a window never yields more than capacity.
+                default(timeout) => {
+                    if Instant::now() >= window_end {
+                        self.flush(ctx);
+                        window_end = Instant::now() + self.window;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn offer(
+        &mut self,
+        candidate: Box<Candidate>,
+        ctx: &StageContext,
+    ) -> Result<(), StageFailure> {
+        if let Some(fault) = crate::faults::at(&ctx.name, self.received) {
+            fault.fire()?;
+        }
+        self.received += 1;
+        match self.buffer.offer(candidate) {
+            Offer::Accepted => {}
+            Offer::Evicted(c) | Offer::Rejected(c) => {
+                event::evicted(&self.metrics);
+                self.release(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Return a candidate to the free list, or let it go when the pool is above target.
+    fn release(&mut self, candidate: Box<Candidate>) {
+        if self.pool.made > self.pool.target {
+            self.pool.made -= 1;
+            return;
+        }
+        let _ = self.free_tx.try_send(candidate);
+    }
+
+    fn reconfigure(&mut self, config: &Config) {
+        let keep: &KeepConfig = &config.keep;
+        self.window = Duration::from_secs_f64(keep.window_secs);
+        self.jpeg_quality = keep.jpeg_quality;
+        self.confidence = config.model.confidence_threshold;
+        self.spool.set_max_bytes(config.spool.max_bytes);
+        self.pool.target = self.queue + keep.capacity + self.cameras.len();
+        let mut evicted = Vec::new();
+        self.buffer
+            .reconfigure(keep.capacity, keep.when_full, |c| evicted.push(c));
+        for c in evicted {
+            event::evicted(&self.metrics);
+            self.release(c);
+        }
+        while self.pool.made < self.pool.target {
+            let (w, h) = self.pool.frame_size;
+            let candidate = Box::new(Candidate::with_capacity(w, h, self.pool.max_detections));
+            if self.free_tx.try_send(candidate).is_err() {
+                break;
+            }
+            self.pool.made += 1;
+        }
+    }
+
+    /// Write the window's candidates to the spool, best first. Between writes, take what
+    /// inference handed over meanwhile into the emptied buffer (the next window), so a
+    /// slow disk or a busy CPU does not back the hand-off up into drops.
+    pub(crate) fn flush(&mut self, ctx: &StageContext) {
+        self.buffer.drain_into(&mut self.flushing);
+        while let Some(candidate) = self.flushing.pop() {
+            while let Ok(next) = self.keep_rx.try_recv() {
+                // A fault here would lose the window's remaining frames: offers during a
+                // flush skip injection.
+                self.received += 1;
+                match self.buffer.offer(next) {
+                    Offer::Accepted => {}
+                    Offer::Evicted(c) | Offer::Rejected(c) => {
+                        event::evicted(&self.metrics);
+                        self.release(c);
+                    }
+                }
+            }
+            let t0 = Instant::now();
+            ctx.heartbeat.begin();
+            self.write(&candidate);
+            ctx.heartbeat.end();
+            self.metrics.record(Stage::Keeper, t0.elapsed());
+            self.release(candidate);
+        }
+    }
+
+    /// After a panic: write what the buffer and the window being flushed still hold,
+    /// each write guarded so a second panic stops only the rescue. Returns how many
+    /// frames were written.
+    fn flush_after_panic(&mut self, ctx: &StageContext) -> usize {
+        let mut rest: Vec<Box<Candidate>> = std::mem::take(&mut self.flushing);
+        let mut held = Vec::new();
+        self.buffer.drain_into(&mut held);
+        rest.extend(held);
+        rest.sort_unstable_by(|a, b| a.scores.value.total_cmp(&b.scores.value));
+        let mut saved = 0;
+        while let Some(candidate) = rest.pop() {
+            let before = self.metrics.kept.load(std::sync::atomic::Ordering::Relaxed);
+            let written = catch_unwind(AssertUnwindSafe(|| {
+                ctx.heartbeat.begin();
+                self.write(&candidate);
+                ctx.heartbeat.end();
+            }));
+            if written.is_err() {
+                break;
+            }
+            saved +=
+                (self.metrics.kept.load(std::sync::atomic::Ordering::Relaxed) - before) as usize;
+        }
+        saved
+    }
+
+    fn write(&mut self, c: &Candidate) {
+        let camera = &self.cameras[c.camera];
+        let (image, encoding): (&[u8], ImageEncoding) = if !c.frame.encoded.is_empty() {
+            (&c.frame.encoded, ImageEncoding::Original)
+        } else {
+            let encoded = self.jpeg.encode(
+                &c.frame.rgb,
+                c.frame.width,
+                c.frame.height,
+                self.jpeg_quality,
+            );
+            match encoded {
+                Ok(bytes) => (bytes, ImageEncoding::Encoded),
+                Err(e) => {
+                    event::spool_write_failed(&self.metrics, &format!("JPEG encode: {e}"));
+                    return;
+                }
+            }
+        };
+        let model = &self.model;
+        let confidence = self.confidence;
+        let result = self.spool.write(image, encoding, |id, record| {
+            serde_json::to_vec_pretty(&Sidecar::new(id, camera, c, model, confidence, record))
+        });
+        match result {
+            Ok(path) => event::kept(&self.metrics, camera, &path, c.scores.value),
+            Err(SpoolError::Full { used, max }) => event::spool_full(&self.metrics, used, max),
+            Err(e) => event::spool_write_failed(&self.metrics, &e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use crossbeam_channel::bounded;
+
+    use super::*;
+    use crate::{frame::Frame, keep::WhenFull, supervisor::Heartbeat};
+
+    pub(crate) fn test_model_info() -> ModelInfo {
+        ModelInfo {
+            id: "test".into(),
+            version: "1".into(),
+            origin: "test".into(),
+            sha256: String::new(),
+            layout: crate::infer::Layout::YoloV8,
+            input_width: 32,
+            input_height: 32,
+            input_name: "images".into(),
+            output_name: "output0".into(),
+            output_shape: vec![1, 5, 21],
+            normalization: crate::capture::preprocess::Normalization::UNIT,
+            letterbox_fill: 114,
+            names: vec!["thing".into()],
+        }
+    }
+
+    fn context() -> (StageContext, Sender<Command>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (
+            StageContext {
+                name: "keeper".into(),
+                commands: rx,
+                heartbeat: Arc::new(Heartbeat::new(Instant::now())),
+            },
+            tx,
+        )
+    }
+
+    /// A keeper on a spool in `dir`, its queue's sending end, and its free list's
+    /// receiving end (keep it: a closed free list drops what the keeper returns).
+    fn keeper(
+        dir: &std::path::Path,
+        capacity: usize,
+    ) -> (Keeper, Sender<Box<Candidate>>, Receiver<Box<Candidate>>) {
+        let (spool, _) = Spool::open(dir, u64::MAX, None).expect("spool");
+        let (keep_tx, keep_rx) = bounded(8);
+        let (free_tx, free_rx) = bounded(64);
+        let keeper = Keeper {
+            cameras: vec!["cam0".into()],
+            model: Arc::new(test_model_info()),
+            buffer: KeepBuffer::new(capacity, WhenFull::DropLowest),
+            flushing: Vec::new(),
+            window: Duration::from_secs(3600),
+            jpeg_quality: 80,
+            confidence: 0.25,
+            spool,
+            keep_rx,
+            free_tx,
+            metrics: Arc::new(Metrics::default()),
+            jpeg: JpegEncoder::new().expect("encoder"),
+            pool: Pool {
+                made: 0,
+                target: 0,
+                frame_size: (8, 8),
+                max_detections: 1,
+            },
+            queue: 8,
+            received: 0,
+        };
+        (keeper, keep_tx, free_rx)
+    }
+
+    fn candidate(seq: u64, value: f32) -> Box<Candidate> {
+        let mut c = Box::new(Candidate::with_capacity(8, 8, 1));
+        let mut f = Frame::with_capacity(4, 4);
+        f.set_size(4, 4);
+        f.seq = seq;
+        c.frame = f;
+        c.scores.value = value;
+        c
+    }
+
+    fn written(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count()
+    }
+
+    #[test]
+    fn keeper_takes_hand_offs_into_the_next_window_while_it_flushes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut keeper, keep_tx, _free) = keeper(dir.path(), 4);
+        let (ctx, _commands) = context();
+        for seq in 0..4 {
+            keeper
+                .offer(candidate(seq, 1.0 + seq as f32), &ctx)
+                .expect("offer");
+        }
+        for seq in 4..7 {
+            keep_tx.send(candidate(seq, 0.5)).expect("send");
+        }
+        keeper.flush(&ctx);
+        assert_eq!(keeper.metrics.kept.load(Ordering::Relaxed), 4);
+        assert!(
+            keeper.keep_rx.is_empty(),
+            "the queue was drained while writing"
+        );
+        let next: Vec<u64> = keeper.buffer.drain().map(|c| c.frame.seq).collect();
+        assert_eq!(
+            next.len(),
+            3,
+            "the next window holds what arrived: {next:?}"
+        );
+        assert!(next.iter().all(|seq| (4..7).contains(seq)));
+        assert_eq!(written(dir.path()), 4);
+    }
+
+    /// Frame sequence numbers start at 0 in every run and the clock may be unset (a
+    /// cart without RTC before NTP): neither may make a new entry replace a kept one.
+    #[test]
+    fn entries_of_restarted_runs_never_replace_each_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _run in 0..3 {
+            let (mut keeper, _keep_tx, _free) = keeper(dir.path(), 4);
+            let (ctx, _commands) = context();
+            let mut c = candidate(0, 1.0);
+            c.frame.captured_at = std::time::SystemTime::UNIX_EPOCH;
+            keeper.offer(c, &ctx).expect("offer");
+            keeper.flush(&ctx);
+        }
+        let (spool, _) = Spool::open(dir.path(), u64::MAX, None).expect("spool");
+        let entries = spool.entries().expect("entries");
+        assert_eq!(entries.len(), 3, "{entries:?}");
+    }
+
+    #[test]
+    fn a_flush_command_writes_the_buffer_and_a_closed_queue_ends_the_keeper() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (keeper, keep_tx, _free) = keeper(dir.path(), 4);
+        let (ctx, commands) = context();
+        let metrics = keeper.metrics.clone();
+        let stage = std::thread::spawn(move || keeper.run(&ctx));
+        for seq in 0..3 {
+            keep_tx.send(candidate(seq, 1.0)).expect("send");
+        }
+        let (done_tx, done_rx) = bounded(1);
+        commands
+            .send(Command::Flush { done: done_tx })
+            .expect("command");
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("flushed");
+        assert_eq!(written(dir.path()), 3);
+        keep_tx.send(candidate(3, 1.0)).expect("send");
+        drop(keep_tx);
+        stage.join().expect("joined").expect("clean exit");
+        assert_eq!(written(dir.path()), 4, "the last one, flushed at the end");
+        assert_eq!(metrics.kept.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn a_reload_resizes_the_buffer_and_the_pool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut keeper, _keep_tx, _free) = keeper(dir.path(), 4);
+        let (ctx, _commands) = context();
+        keeper.pool.made = 8 + 4 + 1;
+        keeper.pool.target = keeper.pool.made;
+        for seq in 0..4 {
+            keeper
+                .offer(candidate(seq, seq as f32), &ctx)
+                .expect("offer");
+        }
+        let mut config = Config::default();
+        config.keep.capacity = 2;
+        keeper.reconfigure(&config);
+        assert_eq!(keeper.buffer.len(), 2, "the two lowest evicted at once");
+        assert_eq!(keeper.metrics.evicted.load(Ordering::Relaxed), 2);
+        assert_eq!(keeper.pool.target, 8 + 2 + 1);
+        assert_eq!(keeper.pool.made, 8 + 2 + 1, "the surplus let go");
+        config.keep.capacity = 10;
+        keeper.reconfigure(&config);
+        assert_eq!(
+            keeper.pool.made,
+            8 + 10 + 1,
+            "new candidates made by the keeper"
+        );
+        assert_eq!(keeper.buffer.capacity(), 10);
+    }
+}
