@@ -520,3 +520,80 @@ pub fn summarize(m: &Metrics, elapsed: Duration) -> Summary {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::infer::{Model, ModelFile, model};
+
+    fn embedded_model(config: &Config) -> SharedModel {
+        let (env, _) = model::environment(None).expect("ONNX Runtime (cross/fetch-ort.sh)");
+        let file = ModelFile::embedded().expect("embedded model");
+        Arc::new(Mutex::new(
+            Model::load(&env, &file, &config.model).expect("model"),
+        ))
+    }
+
+    fn threads() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_failed_start_stops_the_stages_already_started() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "[[camera]]\nname = \"sfa\"\ntype = \"synthetic\"\nfps = 30.0\n\n[[camera]]\nname = \"sfb\"\ntype = \"v4l2\"\ndevice = \"/dev/video-framesift-missing\"\n\n[spool]\ndir = \"{}\"\n",
+            dir.path().display()
+        );
+        let config = Config::parse(&text, "c.toml").expect("valid");
+        let model = embedded_model(&config);
+        let Err(error) = Pipeline::start(&config, model, Limits::default()) else {
+            panic!("the second camera cannot start");
+        };
+        assert!(
+            matches!(&error, PipelineError::Source { camera, .. } if camera == "sfb"),
+            "{error}"
+        );
+        let live = threads();
+        for stage in ["capture-sfa", "infer-sfa"] {
+            assert!(
+                !live.iter().any(|t| t == stage),
+                "{stage} still runs: {live:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_run_to_its_frame_limit_ends_cleanly_with_every_stage_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::default();
+        config.spool.dir = dir.path().to_path_buf();
+        if let crate::capture::SourceConfig::Synthetic(s) = &mut config.cameras[0].source {
+            (s.width, s.height) = (320, 180);
+        }
+        let model = embedded_model(&config);
+        let pipeline = Pipeline::start(
+            &config,
+            model,
+            Limits {
+                max_frames: Some(12),
+                duration: None,
+            },
+        )
+        .expect("start");
+        let names: Vec<String> = pipeline.stage_names().map(str::to_string).collect();
+        assert_eq!(names, ["keeper", "infer-cam0", "capture-cam0"]);
+        let summary = pipeline.run_to_end().expect("a clean run");
+        assert_eq!((summary.frames, summary.inferred), (12, 12));
+    }
+}

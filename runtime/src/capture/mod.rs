@@ -316,3 +316,163 @@ fn wait_out(ctx: &StageContext, delay: Duration) -> Heard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use crossbeam_channel::{Sender, bounded, unbounded};
+
+    use super::*;
+    use crate::supervisor::Heartbeat;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn slot_tensors_are_resident_before_the_first_frame() {
+        // 64 MB of f32: far above what the tests running beside this one allocate.
+        let len = 16 << 20;
+        let before = crate::ops::metrics::rss_kib();
+        let slot = Slot::new(0, 0, len);
+        let grown = crate::ops::metrics::rss_kib() - before;
+        let kib = (len * 4 / 1024) as i64;
+        assert_eq!(slot.tensor.len(), len);
+        assert!(
+            grown >= kib * 9 / 10,
+            "RSS grew by {grown} KiB for a {kib} KiB tensor"
+        );
+        std::hint::black_box(&slot);
+    }
+
+    /// A source that plays a script: a frame, or a disconnection with `retry_after`.
+    struct Scripted(VecDeque<Option<Duration>>, u64);
+
+    impl FrameSource for Scripted {
+        fn next_frame(&mut self, frame: &mut Frame) -> Result<Next, SourceError> {
+            match self.0.pop_front() {
+                None => Ok(Next::End),
+                Some(None) => {
+                    frame.set_size(64, 64);
+                    frame.seq = self.1;
+                    self.1 += 1;
+                    Ok(Next::Frame)
+                }
+                Some(Some(retry_after)) => Err(SourceError::Disconnected {
+                    device: "/dev/video9".into(),
+                    reason: "gone".into(),
+                    retry_after,
+                }),
+            }
+        }
+
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    struct Stage {
+        capture: Capture,
+        work_rx: Receiver<Box<Slot>>,
+        /// Inference's end of the slot pool: while it lives, the pool is open.
+        _slot_tx: Sender<Box<Slot>>,
+        metrics: Arc<Metrics>,
+    }
+
+    /// A capture stage over `script` with a work queue of `queue` and 16 slots.
+    fn capture(script: Vec<Option<Duration>>, queue: usize) -> Stage {
+        let info = crate::infer::test_model_info();
+        let (work_tx, work_rx) = bounded(queue);
+        let (slot_tx, slot_rx) = bounded(16);
+        for _ in 0..16 {
+            let _ = slot_tx.try_send(Box::new(Slot::new(64, 64, 3 * 32 * 32)));
+        }
+        let metrics = Arc::new(Metrics::default());
+        let capture = Capture {
+            camera: "test".into(),
+            source: Box::new(Scripted(script.into(), 0)),
+            preparer: Preparer::new(&info),
+            live: false,
+            work_tx,
+            work_rx: work_rx.clone(),
+            slot_rx,
+            metrics: metrics.clone(),
+            acquired: Arc::new(AtomicU64::new(0)),
+            max_frames: None,
+        };
+        Stage {
+            capture,
+            work_rx,
+            _slot_tx: slot_tx,
+            metrics,
+        }
+    }
+
+    fn context() -> (StageContext, Sender<Command>) {
+        let (tx, rx) = unbounded();
+        (
+            StageContext {
+                name: "capture-test".into(),
+                commands: rx,
+                heartbeat: Arc::new(Heartbeat::new(Instant::now())),
+            },
+            tx,
+        )
+    }
+
+    #[test]
+    fn a_camera_that_comes_back_after_failed_attempts_counts_one_reconnect() {
+        // Lost after one frame, four failed reopen attempts, back; lost again for one
+        // attempt, back.
+        let gone = Some(Duration::from_millis(1));
+        let script = vec![None, gone, gone, gone, gone, None, None, gone, None];
+        let stage = capture(script, 16);
+        let (ctx, _commands) = context();
+        stage
+            .capture
+            .run(&ctx)
+            .expect("capture ends with the script");
+        assert_eq!(stage.work_rx.len(), 4, "every frame went on");
+        assert_eq!(stage.metrics.disconnects.load(Ordering::Relaxed), 2);
+        assert_eq!(stage.metrics.reconnects.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_shutdown_ends_a_reconnect_backoff_at_once_and_the_wait_is_not_busy() {
+        let stage = capture(vec![None, Some(Duration::from_secs(600))], 16);
+        let (ctx, commands) = context();
+        let heartbeat = ctx.heartbeat.clone();
+        let Stage {
+            capture, _slot_tx, ..
+        } = stage;
+        let stage = std::thread::spawn(move || capture.run(&ctx));
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(heartbeat.busy_for(), None, "waiting out a backoff is idle");
+        let t0 = Instant::now();
+        commands.send(Command::Shutdown).expect("command");
+        stage.join().expect("joined").expect("clean exit");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn an_unpaced_source_waiting_for_room_still_hears_a_shutdown() {
+        // A queue of 4, 16 slots and 40 frames: the stage blocks on a full queue that
+        // nobody drains (an inference stage that died).
+        let Stage {
+            capture,
+            work_rx,
+            _slot_tx,
+            ..
+        } = capture(vec![None; 40], 4);
+        let (ctx, commands) = context();
+        let stage = std::thread::spawn(move || capture.run(&ctx));
+        let until = Instant::now() + Duration::from_secs(10);
+        while work_rx.len() < 4 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(work_rx.len(), 4);
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        commands.send(Command::Shutdown).expect("command");
+        stage.join().expect("joined").expect("clean exit");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+}

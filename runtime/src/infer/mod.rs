@@ -326,3 +326,23 @@ impl Inference {
         Ok(())
     }
 }
+
+/// A small model description for tests that need one but run no model.
+#[cfg(test)]
+pub(crate) fn test_model_info() -> ModelInfo {
+    ModelInfo {
+        id: "test".into(),
+        version: "1".into(),
+        origin: "test".into(),
+        sha256: String::new(),
+        layout: Layout::YoloV8,
+        input_width: 32,
+        input_height: 32,
+        input_name: "images".into(),
+        output_name: "output0".into(),
+        output_shape: vec![1, 5, 21],
+        normalization: crate::capture::preprocess::Normalization::UNIT,
+        letterbox_fill: 114,
+        names: vec!["thing".into()],
+    }
+}

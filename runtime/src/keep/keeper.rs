@@ -281,24 +281,6 @@ mod tests {
     use super::*;
     use crate::{frame::Frame, keep::WhenFull, supervisor::Heartbeat};
 
-    pub(crate) fn test_model_info() -> ModelInfo {
-        ModelInfo {
-            id: "test".into(),
-            version: "1".into(),
-            origin: "test".into(),
-            sha256: String::new(),
-            layout: crate::infer::Layout::YoloV8,
-            input_width: 32,
-            input_height: 32,
-            input_name: "images".into(),
-            output_name: "output0".into(),
-            output_shape: vec![1, 5, 21],
-            normalization: crate::capture::preprocess::Normalization::UNIT,
-            letterbox_fill: 114,
-            names: vec!["thing".into()],
-        }
-    }
-
     fn context() -> (StageContext, Sender<Command>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         (
@@ -322,7 +304,7 @@ mod tests {
         let (free_tx, free_rx) = bounded(64);
         let keeper = Keeper {
             cameras: vec!["cam0".into()],
-            model: Arc::new(test_model_info()),
+            model: Arc::new(crate::infer::test_model_info()),
             buffer: KeepBuffer::new(capacity, WhenFull::DropLowest),
             flushing: Vec::new(),
             window: Duration::from_secs(3600),

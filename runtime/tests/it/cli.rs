@@ -260,3 +260,65 @@ fn bench_reports_ratios_measured_in_one_run() {
         "{table}"
     );
 }
+
+#[test]
+fn overlays_run_and_validate_as_one_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("base.toml");
+    let cart = dir.path().join("cart.toml");
+    std::fs::write(
+        &base,
+        "[policy]\nmin_value = 0.0\n[keep]\nwindow_secs = 3600.0\n\n[[camera]]\nname = \"front\"\nwidth = 640\nheight = 360\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &cart,
+        "[keep]\ncapacity = 2\n\n[[camera]]\nname = \"front\"\nwidth = 320\nheight = 180\n",
+    )
+    .expect("write");
+    let (base, cart) = (base.to_str().expect("utf8"), cart.to_str().expect("utf8"));
+    let check = run_ok(&mut framesift(&["validate", base, cart]));
+    assert!(
+        text(&check.stdout).contains("ok (1 camera)"),
+        "{}",
+        text(&check.stdout)
+    );
+    let spool = dir.path().join("spool");
+    let out = run_ok(&mut framesift(&[
+        "run",
+        "--config",
+        base,
+        "--config",
+        cart,
+        "--max-frames",
+        "6",
+        "--spool-dir",
+        spool.to_str().expect("utf8"),
+    ]));
+    assert!(
+        text(&out.stdout).contains("kept        2 written"),
+        "{}",
+        text(&out.stdout)
+    );
+    for entry in std::fs::read_dir(&spool).expect("spool").flatten() {
+        if entry.path().extension().is_some_and(|e| e == "json") {
+            let s: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(entry.path()).expect("read")).expect("json");
+            assert_eq!(
+                (s["camera"].as_str(), s["frame"]["width"].as_u64()),
+                (Some("front"), Some(320))
+            );
+        }
+    }
+    // An error in the overlay is reported against the overlay.
+    std::fs::write(dir.path().join("cart.toml"), "[keep]\ncapacity = 0\n").expect("write");
+    let out = framesift(&["validate", base, cart])
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr).replace(&format!("{}/", dir.path().display()), "");
+    insta::assert_snapshot!(stderr, @r"
+    error: cart.toml: line 2, column 1: keep.capacity = 0 is out of range; write a whole number from 1 to 1024
+    base.toml + cart.toml: 1 problem
+    ");
+}

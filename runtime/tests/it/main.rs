@@ -7,6 +7,7 @@
 mod cli;
 mod models;
 mod run;
+mod stages;
 
 use std::{
     path::{Path, PathBuf},

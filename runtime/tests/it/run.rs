@@ -504,3 +504,95 @@ fn replay_refuses_frames_above_the_size_limit() {
         "{stderr}"
     );
 }
+
+/// The signal registry scores as the fixed scorer it replaced: every kept frame's
+/// recorded value and reasons are what that scorer's formula gives for the frame's
+/// recorded detections and blur (so the same seed keeps the same frames), and the
+/// decoder still keeps detections down to the uncertainty band's lower edge.
+#[test]
+fn sidecars_record_every_signal_and_the_values_the_fixed_scorer_gave() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[policy]\nmin_value = 0.0\n[keep]\ncapacity = 1024\nwindow_secs = 3600.0\n",
+    )
+    .expect("write");
+    let spool = dir.path().join("spool");
+    run_ok(&mut framesift(&[
+        "run",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--max-frames",
+        "80",
+        "--spool-dir",
+        spool.to_str().expect("utf8"),
+    ]));
+    let entries = spool_entries(&spool);
+    assert_eq!(entries.len(), 80);
+    let (mut below, mut fired) = (0, std::collections::BTreeSet::new());
+    for s in &entries {
+        let (mut uncertainty, mut margin) = (0.0f32, 0.0f32);
+        for d in s["detections"].as_array().expect("detections") {
+            let score = d["score"].as_f64().expect("score") as f32;
+            let second = d["second_score"].as_f64().expect("second") as f32;
+            assert!(
+                score >= 0.10 - 1e-6,
+                "nothing below the band is kept: {score}"
+            );
+            below += usize::from(d["below_threshold"] == true);
+            let distance = (score - 0.25).abs();
+            if distance <= 0.15 {
+                uncertainty = uncertainty.max(1.0 - distance / 0.15);
+            }
+            if score >= 0.25 {
+                margin = margin.max((second / score).clamp(0.0, 1.0));
+            }
+        }
+        let blur = (1.0 - s["stats"]["blur"].as_f64().expect("blur") as f32 / 30.0).clamp(0.0, 1.0);
+        let value = 1.0 * uncertainty + 0.5 * margin + 0.5 * blur;
+        let signals = &s["signals"];
+        assert_eq!(
+            signals
+                .as_object()
+                .expect("signals")
+                .keys()
+                .collect::<Vec<_>>(),
+            ["blur", "margin", "uncertainty"],
+            "every registered signal, by name"
+        );
+        for (name, expected) in [
+            ("uncertainty", uncertainty),
+            ("margin", margin),
+            ("blur", blur),
+        ] {
+            let got = signals[name].as_f64().expect("value") as f32;
+            assert!((got - expected).abs() < 1e-6, "{name}: {got} vs {expected}");
+        }
+        let got = s["value"].as_f64().expect("value") as f32;
+        assert!((got - value).abs() < 1e-5, "value {got} vs {value}");
+        let mut reasons = Vec::new();
+        for (v, reason) in [
+            (uncertainty, "uncertain"),
+            (margin, "ambiguous_class"),
+            (blur, "blurred"),
+        ] {
+            if v >= 0.5 {
+                reasons.push(reason);
+            }
+        }
+        let recorded: Vec<&str> = s["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .map(|r| r.as_str().expect("reason"))
+            .collect();
+        assert_eq!(recorded, reasons);
+        fired.extend(recorded.iter().map(|r| r.to_string()));
+    }
+    assert!(
+        below > 0,
+        "detections below the threshold were kept for the band"
+    );
+    assert!(fired.contains("uncertain"), "{fired:?}");
+}
