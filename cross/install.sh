@@ -8,8 +8,9 @@
 #   /opt/framesift/framesift                    the daemon
 #   /opt/framesift/lib/libonnxruntime.so*       ONNX Runtime (official PyPI build)
 #   /opt/framesift/models/<name>/               the default model (also built into the binary)
-#   /opt/framesift/framesift.toml.default       the bundle's default config, for reference
-#   /etc/framesift/framesift.toml               the config — only if none exists yet
+#   /opt/framesift/framesift.base.toml          every default (replaced on upgrade)
+#   /etc/framesift/framesift.toml               this cart's settings over it — only if none
+#                                               exists yet
 #   /etc/systemd/system/framesift.service       the unit (replaced on upgrade)
 #   /etc/modules-load.d/framesift.conf          loads videodev at boot (when the kernel has it)
 # creates the system user `framesift` (group framesift; the unit adds group video), then
@@ -60,7 +61,7 @@ elif [ "$systemctl_ok" = 1 ] && [ ! -d /run/systemd/system ]; then
 fi
 
 # --- check the bundle -----------------------------------------------------------------
-for f in framesift lib/libonnxruntime.so framesift.toml framesift.service models; do
+for f in framesift lib/libonnxruntime.so framesift.base.toml cart.toml framesift.service models; do
   [ -e "$here/$f" ] || die "bundle incomplete: $f missing in $here"
 done
 if [ -f "$here/SHA256SUMS" ]; then
@@ -96,15 +97,15 @@ ln -sfn "$lib_real" "$opt/lib/libonnxruntime.so"
 (cd "$here" && find models -type f) | while IFS= read -r f; do
   put 0644 "$here/$f" "$opt/$f"
 done
-put 0644 "$here/framesift.toml" "$opt/framesift.toml.default"
+put 0644 "$here/framesift.base.toml" "$opt/framesift.base.toml"
 [ -f "$here/README.md" ] && put 0644 "$here/README.md" "$opt/README.md"
 [ -f "$here/VERSION" ] && put 0644 "$here/VERSION" "$opt/VERSION"
 
 mkdir -p "$etc"
 if [ -e "$etc/framesift.toml" ]; then
-  say "keeping the existing $etc/framesift.toml (the new default is $opt/framesift.toml.default)"
+  say "keeping the existing $etc/framesift.toml (the defaults under it: $opt/framesift.base.toml)"
 else
-  put 0644 "$here/framesift.toml" "$etc/framesift.toml"
+  put 0644 "$here/cart.toml" "$etc/framesift.toml"
   say "wrote $etc/framesift.toml"
 fi
 
@@ -137,7 +138,7 @@ fi
 
 # --- check the installed binary runs here -------------------------------------------
 if [ -z "$destdir" ]; then
-  "$opt/framesift" validate "$etc/framesift.toml" >&2 ||
+  "$opt/framesift" validate "$opt/framesift.base.toml" "$etc/framesift.toml" >&2 ||
     say "warning: $etc/framesift.toml does not validate; fix it before starting the service"
 fi
 

@@ -8,7 +8,8 @@
 #   framesift                       the aarch64 daemon (dist profile, stripped)
 #   lib/libonnxruntime.so.<v>       ONNX Runtime from the official PyPI wheel
 #   lib/libonnxruntime.so           -> libonnxruntime.so.<v>
-#   framesift.toml                  `framesift config default`, spool in /var/lib/framesift
+#   framesift.base.toml             `framesift config default`, as the binary prints it
+#   cart.toml                       the cart's overlay (cross/cart.toml): spool dir, camera
 #   models/<name>/model.onnx        the default model the binary embeds (runtime/src/infer/model.rs)
 #   models/<name>/model.toml
 #   framesift.service               systemd unit (Type=notify, WatchdogSec=30)
@@ -68,21 +69,12 @@ install -m 0644 cross/framesift.service "$stage/framesift.service"
 install -m 0755 cross/install.sh "$stage/install.sh"
 printf '%s\n' "$version" > "$stage/VERSION"
 
-# The default config, with the spool moved to the unit's StateDirectory (the default
-# "framesift-spool" is relative to the working directory).
-run_arm "$bin" config default > "$stage/framesift.default.toml"
-spool_line='dir = "framesift-spool"'
-[ "$(grep -cxF "$spool_line" "$stage/framesift.default.toml")" = 1 ] ||
-  die "the default config no longer has exactly one line '$spool_line'; update cross/package.sh"
-{
-  echo "# Installed by framesift $version (aarch64 bundle). The defaults below, except: the"
-  echo "# spool lives in /var/lib/framesift (the systemd unit's StateDirectory)."
-  echo "# Set up [[camera]] for this cart (type = \"v4l2\") before starting the service."
-  echo "#"
-  sed "s|^$spool_line\$|dir = \"/var/lib/framesift/spool\"|" "$stage/framesift.default.toml"
-} > "$stage/framesift.toml"
-rm "$stage/framesift.default.toml"
-run_arm "$bin" validate "$stage/framesift.toml" >&2 || die "the bundled config does not validate"
+# The config as two files the daemon overlays: the binary's own defaults (replaced on
+# every upgrade) and the cart's settings over them (installed once, never overwritten).
+run_arm "$bin" config default > "$stage/framesift.base.toml"
+install -m 0644 cross/cart.toml "$stage/cart.toml"
+run_arm "$bin" validate "$stage/framesift.base.toml" "$stage/cart.toml" >&2 ||
+  die "the bundled config does not validate"
 
 cat > "$stage/README.md" <<EOF
 # framesift $version for aarch64 Linux
@@ -92,12 +84,13 @@ On the board (Debian 12 / Ubuntu 22.04 or newer: glibc >= 2.34, systemd):
     tar xzf $name.tar.gz && cd $name
     sudo ./install.sh               # /opt/framesift, /etc/framesift/framesift.toml, user, unit
     sudoedit /etc/framesift/framesift.toml   # [[camera]] type = "v4l2", device = "/dev/video0"
-    sudo /opt/framesift/framesift validate /etc/framesift/framesift.toml
+    sudo /opt/framesift/framesift validate /opt/framesift/framesift.base.toml /etc/framesift/framesift.toml
     sudo systemctl start framesift && journalctl -u framesift -f
 
-Stage without installing: \`DESTDIR=/tmp/stage ./install.sh\`. An existing
-/etc/framesift/framesift.toml is never overwritten; the new default is kept as
-/opt/framesift/framesift.toml.default. Kept frames go to /var/lib/framesift/spool.
+The daemon reads /opt/framesift/framesift.base.toml (every default, replaced on upgrade)
+and /etc/framesift/framesift.toml over it (this cart's settings; never overwritten).
+\`systemctl reload framesift\` applies the keys that can change live. Stage without
+installing: \`DESTDIR=/tmp/stage ./install.sh\`. Kept frames go to /var/lib/framesift/spool.
 ONNX Runtime: lib/$(basename "$ort_real") (official PyPI build); to use a vendor build,
 point ORT_DYLIB_PATH (unit drop-in: \`systemctl edit framesift\`) or [model] ort_library at it.
 EOF

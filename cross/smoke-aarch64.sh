@@ -107,7 +107,7 @@ frames_per_scene = 1
 queue_depth = 2
 keeper_queue = 64
 
-[scoring]
+[policy]
 min_value = 0.0
 
 [keep]
