@@ -49,13 +49,6 @@ impl CameraFormat {
             CameraFormat::Yuyv => "yuyv",
         }
     }
-
-    /// Inverse of [`CameraFormat::name`] (case-insensitive).
-    pub fn from_name(name: &str) -> Option<Self> {
-        [CameraFormat::Mjpeg, CameraFormat::Yuyv]
-            .into_iter()
-            .find(|format| format.name().eq_ignore_ascii_case(name.trim()))
-    }
 }
 
 /// Validated settings of a V4L2 camera (TOML parsing happens elsewhere).
@@ -989,15 +982,6 @@ mod tests {
             cameras_present_in(Path::new("/nonexistent-framesift"), sys.path()),
             "none"
         );
-    }
-
-    #[test]
-    fn format_names_round_trip() {
-        for format in [CameraFormat::Mjpeg, CameraFormat::Yuyv] {
-            assert_eq!(CameraFormat::from_name(format.name()), Some(format));
-        }
-        assert_eq!(CameraFormat::from_name("MJPEG"), Some(CameraFormat::Mjpeg));
-        assert_eq!(CameraFormat::from_name("h264"), None);
     }
 
     #[test]

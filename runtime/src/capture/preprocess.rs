@@ -96,7 +96,6 @@ pub struct Preprocessor {
     input_w: u32,
     input_h: u32,
     fill: u8,
-    norm: Normalization,
     /// Per channel: tensor = pixel × scale + offset.
     scale: [f32; 3],
     offset: [f32; 3],
@@ -195,21 +194,12 @@ impl Preprocessor {
             input_w,
             input_h,
             fill,
-            norm,
             scale,
             offset,
             plan: None,
             row: Vec::new(),
             sums: [Vec::new(), Vec::new()],
         }
-    }
-
-    pub fn input_size(&self) -> (u32, u32) {
-        (self.input_w, self.input_h)
-    }
-
-    pub fn normalization(&self) -> Normalization {
-        self.norm
     }
 
     /// Number of f32 values in one input tensor (`3 × h × w`).
@@ -414,8 +404,6 @@ pub enum PreprocessError {
     TensorSize { expected: usize, actual: usize },
     #[error("frame has no pixels")]
     EmptyFrame,
-    #[error("resize failed: {0}")]
-    Resize(String),
 }
 
 /// Cheap per-frame statistics, computed on a downscaled luma image.

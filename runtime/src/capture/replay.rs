@@ -59,15 +59,6 @@ impl ReplaySource {
         self.decoder = decoder;
         self
     }
-
-    /// Number of frame files found.
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
 }
 
 fn list_frames(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
@@ -176,7 +167,7 @@ mod tests {
             looping: false,
         })
         .expect("open");
-        assert_eq!(source.len(), 3);
+        assert_eq!(source.files.len(), 3);
         let mut frame = Frame::with_capacity(32, 24);
         assert_eq!(source.next_frame(&mut frame).expect("a"), Next::Frame);
         assert_eq!(

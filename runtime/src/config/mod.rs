@@ -117,7 +117,8 @@ impl Config {
     }
 
     /// Parse and validate one config text; `file` names it in error messages.
-    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    #[cfg(test)]
+    pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         Config::from_sources(&load::Sources::new([(file, text)])).map(|(config, _)| config)
     }
 

@@ -28,14 +28,6 @@ impl Layout {
             Layout::EndToEnd => "end_to_end",
         }
     }
-
-    /// Number of candidate boxes in an output of this layout and shape (batch 1).
-    pub fn candidates(self, shape: &[usize]) -> usize {
-        match self {
-            Layout::YoloV8 => shape[2],
-            Layout::YoloV5 | Layout::EndToEnd => shape[1],
-        }
-    }
 }
 
 /// One detection in frame pixel coordinates.
@@ -111,10 +103,6 @@ impl Decoder {
             second: Vec::new(),
             best_class: Vec::new(),
         }
-    }
-
-    pub fn layout(&self) -> Layout {
-        self.layout
     }
 
     /// New thresholds (a config reload); buffers are kept.

@@ -179,14 +179,17 @@ impl<T: Valued> KeepBuffer<T> {
             .reserve(capacity.saturating_sub(self.items.len()));
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -216,6 +219,7 @@ impl<T: Valued> KeepBuffer<T> {
         }
     }
 
+    #[cfg(test)]
     /// Take every item out, best first.
     pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
         self.items
@@ -232,6 +236,7 @@ impl<T: Valued> KeepBuffer<T> {
         out.append(&mut self.items);
     }
 
+    #[cfg(test)]
     /// The lowest value held, if any.
     pub fn lowest_value(&self) -> Option<f32> {
         self.items

@@ -150,15 +150,6 @@ impl Histogram {
         self.sum_ns.fetch_add(other.sum_ns.load(Relaxed), Relaxed);
     }
 
-    pub fn mean_ms(&self) -> f64 {
-        let n = self.count();
-        if n == 0 {
-            0.0
-        } else {
-            self.sum_ns.load(Relaxed) as f64 / n as f64 / 1e6
-        }
-    }
-
     /// The `q` quantile (0..1) in milliseconds: the upper edge of the bucket holding it.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         let n = self.count();
@@ -338,14 +329,12 @@ mod tests {
         merged.merge(&h);
         merged.merge(&h);
         assert_eq!((merged.count(), merged.quantile_ms(0.5)), (200, p50));
-        assert!((h.mean_ms() - 50.5).abs() < 1e-6);
     }
 
     #[test]
     fn empty_histogram_is_zero() {
         let h = Histogram::default();
         assert_eq!(h.quantile_ms(0.5), 0.0);
-        assert_eq!(h.mean_ms(), 0.0);
     }
 
     #[test]
