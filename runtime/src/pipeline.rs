@@ -34,17 +34,16 @@ use crossbeam_channel::bounded;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    capture::{Capture, Preparer, Slot, SourceError},
-    codec::{DEFAULT_MAX_FRAME_PIXELS, JpegEncoder},
+    capture::{CameraChannels, Capture, SourceError},
+    codec::DEFAULT_MAX_FRAME_PIXELS,
     config::{Checker, Config},
-    infer::{Inference, Inferer, ModelInfo, SharedModel},
+    infer::{Inference, ModelInfo, SharedModel},
     keep::{
-        Handoff, KeepBuffer, MAX_CAPACITY,
-        keeper::{Keeper, Pool},
+        Handoff, MAX_CAPACITY,
+        keeper::{Keeper, KeeperError, Pool},
     },
     ops::metrics::{Drop, Metrics, Stage},
-    policy::{KeepDecision, MinValue, Policy},
-    store::{Spool, SpoolError},
+    policy::{KeepDecision, MinValue},
     supervisor::{CAPTURE_NICE, Command, ExitReport, KEEPER_NICE, Role, Supervisor},
 };
 
@@ -102,13 +101,11 @@ pub enum PipelineError {
     #[error("camera {camera}: {error}")]
     Source { camera: String, error: SourceError },
     #[error(transparent)]
-    Spool(#[from] SpoolError),
+    Keeper(#[from] KeeperError),
     #[error("camera {camera}: {reason}")]
     Inference { camera: String, reason: String },
     #[error("could not start thread {name}: {error}")]
     Spawn { name: String, error: std::io::Error },
-    #[error("keeper: could not create the JPEG encoder: {0}")]
-    Encoder(turbojpeg::Error),
 }
 
 /// A run that ended because a stage failed: the failure, and what the run did.
@@ -211,21 +208,7 @@ impl Pipeline {
         limits: Limits,
         decision: Option<DecisionFactory>,
     ) -> Result<(), PipelineError> {
-        let (spool, recovery) = Spool::open(
-            &config.spool.dir,
-            config.spool.max_bytes,
-            config.spool.device_id.as_deref(),
-        )?;
-        tracing::info!(
-            dir = %config.spool.dir.display(),
-            complete = recovery.complete,
-            removed_temp = recovery.removed_temp,
-            removed_orphans = recovery.removed_orphan_images,
-            removed_bad_sidecars = recovery.removed_bad_sidecars,
-            "spool ready"
-        );
-
-        // Candidate pool shared by all cameras; room for a reload to grow it.
+        // The candidate pool, shared by all cameras, with room for a reload to grow it.
         let (max_w, max_h) = config
             .cameras
             .iter()
@@ -243,28 +226,13 @@ impl Pipeline {
             max_h,
             config.model.max_detections,
         );
-        let keeper = Keeper {
-            cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
-            model: info.clone(),
-            buffer: KeepBuffer::new(config.keep.capacity, config.keep.when_full),
-            flushing: Vec::with_capacity(config.keep.capacity),
-            window: Duration::from_secs_f64(config.keep.window_secs),
-            jpeg_quality: config.keep.jpeg_quality,
-            confidence: config.model.confidence_threshold,
-            spool,
-            keep_rx: ends.keep_rx,
-            free_tx: ends.free_tx,
-            metrics: metrics.clone(),
-            jpeg: JpegEncoder::new().map_err(PipelineError::Encoder)?,
-            pool: Pool {
-                made: pool,
-                target: pool,
-                frame_size: (max_w, max_h),
-                max_detections: config.model.max_detections,
-            },
-            queue: config.pipeline.keeper_queue,
-            received: 0,
+        let pool = Pool {
+            made: pool,
+            target: pool,
+            frame_size: (max_w, max_h),
+            max_detections: config.model.max_detections,
         };
+        let keeper = Keeper::build(config, info.clone(), ends, pool, metrics.clone())?;
         spawn(
             supervisor,
             "keeper".into(),
@@ -275,52 +243,40 @@ impl Pipeline {
 
         let epoch = Instant::now();
         let acquired = Arc::new(AtomicU64::new(0));
-        let tensor_len = 3 * info.input_width as usize * info.input_height as usize;
         for (index, cam) in config.cameras.iter().enumerate() {
-            let source = cam
-                .source
-                .build(
-                    (info.input_width, info.input_height),
-                    config.pipeline.max_frame_pixels,
-                )
-                .map_err(|error| PipelineError::Source {
-                    camera: cam.name.clone(),
-                    error,
-                })?;
-            tracing::info!(camera = %cam.name, source = %source.describe(), "camera ready");
-            let (work_tx, work_rx) = bounded::<Box<Slot>>(config.pipeline.queue_depth);
-            let slots = config.pipeline.queue_depth + 2;
-            let (slot_tx, slot_rx) = bounded::<Box<Slot>>(slots);
-            let (w, h) = cam.source.frame_size();
-            for _ in 0..slots {
-                let _ = slot_tx.try_send(Box::new(Slot::new(w, h, tensor_len)));
-            }
-
-            let params = config.model.decode_params(
-                config
-                    .policy
-                    .lowest_score(config.model.confidence_threshold),
-            );
-            let inferer = Inferer::new(&model.lock().unwrap_or_else(|p| p.into_inner()), params)
-                .map_err(|e| PipelineError::Inference {
-                    camera: cam.name.clone(),
-                    reason: e.to_string(),
-                })?;
-            let inference = Inference {
-                epoch,
-                camera_index: index,
-                model: model.clone(),
-                inferer,
-                policy: Policy::new(&config.policy),
-                decision: match &decision {
-                    Some(make) => make(index),
-                    None => Box::new(MinValue(config.policy.min_value)),
-                },
-                work_rx: work_rx.clone(),
-                slot_tx,
-                handoff: handoff.clone(),
-                metrics: metrics.clone(),
+            let channels = CameraChannels::new(cam, config.pipeline.queue_depth, info);
+            let capture = Capture::build(
+                cam,
+                config.pipeline.max_frame_pixels,
+                info,
+                (channels.work_tx, channels.work_rx.clone()),
+                channels.slot_rx,
+                metrics.clone(),
+                (acquired.clone(), limits.max_frames),
+            )
+            .map_err(|error| PipelineError::Source {
+                camera: cam.name.clone(),
+                error,
+            })?;
+            let decision = match &decision {
+                Some(make) => make(index),
+                None => Box::new(MinValue(config.policy.min_value)),
             };
+            let inference = Inference::build(
+                config,
+                index,
+                model.clone(),
+                decision,
+                channels.work_rx,
+                channels.slot_tx,
+                handoff.clone(),
+                metrics.clone(),
+                epoch,
+            )
+            .map_err(|e| PipelineError::Inference {
+                camera: cam.name.clone(),
+                reason: e.to_string(),
+            })?;
             spawn(
                 supervisor,
                 cam.infer_stage(),
@@ -328,19 +284,6 @@ impl Pipeline {
                 0,
                 move |ctx| inference.run(&ctx),
             )?;
-
-            let capture = Capture {
-                camera: cam.name.clone(),
-                source,
-                preparer: Preparer::new(info),
-                live: cam.source.is_live(),
-                work_tx,
-                work_rx,
-                slot_rx,
-                metrics: metrics.clone(),
-                acquired: acquired.clone(),
-                max_frames: limits.max_frames,
-            };
             spawn(
                 supervisor,
                 cam.capture_stage(),
@@ -536,18 +479,6 @@ mod tests {
         ))
     }
 
-    fn threads() -> Vec<String> {
-        std::fs::read_dir("/proc/self/task")
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-                    .map(|c| c.trim().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     #[test]
     fn a_failed_start_stops_the_stages_already_started() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -564,7 +495,7 @@ mod tests {
             matches!(&error, PipelineError::Source { camera, .. } if camera == "sfb"),
             "{error}"
         );
-        let live = threads();
+        let live = crate::supervisor::live_threads();
         for stage in ["capture-sfa", "infer-sfa"] {
             assert!(
                 !live.iter().any(|t| t == stage),

@@ -854,18 +854,9 @@ mod tests {
         );
     }
 
-    fn jpeg(width: u32, height: u32) -> Vec<u8> {
-        let rgb: Vec<u8> = (0..width * height)
-            .flat_map(|i| [(i * 7) as u8, (i * 3) as u8, 200])
-            .collect();
-        let mut out = Vec::new();
-        crate::codec::encode_jpeg(&rgb, width, height, 90, &mut out).expect("encode");
-        out
-    }
-
     #[test]
     fn mjpeg_frames_keep_original_bytes_and_corrupt_ones_are_skipped() {
-        let original = jpeg(16, 8);
+        let original = crate::codec::test_jpeg(16, 8);
         // A driver buffer: the frame, then stale bytes including an old end marker.
         let mut padded = original.clone();
         padded.extend_from_slice(&[0xFF, 0xD9, 0x12, 0xFF, 0xD9, 0, 0, 0]);

@@ -164,7 +164,65 @@ pub(crate) struct Capture {
     pub max_frames: Option<u64>,
 }
 
+/// A camera's channels: the work queue to inference, and its pool of slots.
+pub(crate) struct CameraChannels {
+    pub work_tx: Sender<Box<Slot>>,
+    pub work_rx: Receiver<Box<Slot>>,
+    pub slot_tx: Sender<Box<Slot>>,
+    pub slot_rx: Receiver<Box<Slot>>,
+}
+
+impl CameraChannels {
+    /// A work queue of `queue_depth` and `queue_depth + 2` slots for `camera`'s frames
+    /// and `info`'s input tensor, made (and pre-faulted) now.
+    pub(crate) fn new(camera: &CameraConfig, queue_depth: usize, info: &ModelInfo) -> Self {
+        let (work_tx, work_rx) = crossbeam_channel::bounded(queue_depth);
+        let slots = queue_depth + 2;
+        let (slot_tx, slot_rx) = crossbeam_channel::bounded(slots);
+        let (w, h) = camera.source.frame_size();
+        let tensor_len = 3 * info.input_width as usize * info.input_height as usize;
+        for _ in 0..slots {
+            let _ = slot_tx.try_send(Box::new(Slot::new(w, h, tensor_len)));
+        }
+        CameraChannels {
+            work_tx,
+            work_rx,
+            slot_tx,
+            slot_rx,
+        }
+    }
+}
+
 impl Capture {
+    /// `camera`'s capture stage: opens its source (a camera that cannot run is an error
+    /// here, before any thread starts for it).
+    pub(crate) fn build(
+        camera: &CameraConfig,
+        max_frame_pixels: u64,
+        info: &ModelInfo,
+        work: (Sender<Box<Slot>>, Receiver<Box<Slot>>),
+        slot_rx: Receiver<Box<Slot>>,
+        metrics: Arc<Metrics>,
+        (acquired, max_frames): (Arc<AtomicU64>, Option<u64>),
+    ) -> Result<Capture, SourceError> {
+        let source = camera
+            .source
+            .build((info.input_width, info.input_height), max_frame_pixels)?;
+        tracing::info!(camera = %camera.name, source = %source.describe(), "camera ready");
+        Ok(Capture {
+            camera: camera.name.clone(),
+            source,
+            preparer: Preparer::new(info),
+            live: camera.source.is_live(),
+            work_tx: work.0,
+            work_rx: work.1,
+            slot_rx,
+            metrics,
+            acquired,
+            max_frames,
+        })
+    }
+
     pub(crate) fn run(mut self, ctx: &StageContext) -> Result<(), StageFailure> {
         let name = self.camera.clone();
         let mut spare: Option<Box<Slot>> = None;

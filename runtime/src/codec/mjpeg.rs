@@ -179,15 +179,6 @@ mod tests {
     use super::*;
     use crate::{codec::FrameDecoder, frame::Frame};
 
-    fn jpeg(width: u32, height: u32) -> Vec<u8> {
-        let rgb: Vec<u8> = (0..width * height)
-            .flat_map(|i| [(i * 7) as u8, (i * 3) as u8, 200])
-            .collect();
-        let mut out = Vec::new();
-        crate::codec::encode_jpeg(&rgb, width, height, 90, &mut out).expect("encode");
-        out
-    }
-
     /// Remove every DHT segment, as many UVC cameras do ("AVI1" MJPEG).
     fn strip_dht(jpeg: &[u8]) -> Vec<u8> {
         let mut out = jpeg[..2].to_vec();
@@ -208,7 +199,7 @@ mod tests {
 
     #[test]
     fn mjpeg_without_huffman_tables_gets_the_standard_ones() {
-        let original = jpeg(32, 16);
+        let original = crate::codec::test_jpeg(32, 16);
         let stripped = strip_dht(&original);
         assert!(stripped.len() < original.len());
         assert_eq!(scan_jpeg(&original).expect("scan").missing_dht_at, None);

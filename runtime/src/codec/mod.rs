@@ -317,6 +317,17 @@ pub fn encode_jpeg(
     Ok(())
 }
 
+/// A `width × height` JPEG with varied pixels, for tests.
+#[cfg(test)]
+pub(crate) fn test_jpeg(width: u32, height: u32) -> Vec<u8> {
+    let rgb: Vec<u8> = (0..width * height)
+        .flat_map(|i| [(i * 7) as u8, (i * 3) as u8, 200])
+        .collect();
+    let mut out = Vec::new();
+    encode_jpeg(&rgb, width, height, 90, &mut out).expect("encode");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ pub use model::{Model, ModelError, ModelFile, ModelInfo, Runner};
 
 use crate::{
     capture::Slot,
-    config::Checker,
+    config::{Checker, Config},
     keep::Handoff,
     ops::metrics::{Metrics, Stage},
     policy::{FrameFacts, KeepDecision, Policy, Scored},
@@ -235,19 +235,53 @@ impl Inferer {
 
 /// The inference stage of one camera.
 pub(crate) struct Inference {
-    pub epoch: Instant,
-    pub camera_index: usize,
-    pub model: SharedModel,
-    pub inferer: Inferer,
-    pub policy: Policy,
-    pub decision: Box<dyn KeepDecision>,
-    pub work_rx: Receiver<Box<Slot>>,
-    pub slot_tx: Sender<Box<Slot>>,
-    pub handoff: Handoff,
-    pub metrics: Arc<Metrics>,
+    epoch: Instant,
+    camera_index: usize,
+    model: SharedModel,
+    inferer: Inferer,
+    policy: Policy,
+    decision: Box<dyn KeepDecision>,
+    work_rx: Receiver<Box<Slot>>,
+    slot_tx: Sender<Box<Slot>>,
+    handoff: Handoff,
+    metrics: Arc<Metrics>,
 }
 
 impl Inference {
+    /// Camera `camera_index`'s inference stage, taking frames from `work_rx`, returning
+    /// slots to `slot_tx`, and handing kept frames over through `handoff`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build(
+        config: &Config,
+        camera_index: usize,
+        model: SharedModel,
+        decision: Box<dyn KeepDecision>,
+        work_rx: Receiver<Box<Slot>>,
+        slot_tx: Sender<Box<Slot>>,
+        handoff: Handoff,
+        metrics: Arc<Metrics>,
+        epoch: Instant,
+    ) -> Result<Inference, ModelError> {
+        let params = config.model.decode_params(
+            config
+                .policy
+                .lowest_score(config.model.confidence_threshold),
+        );
+        let inferer = Inferer::new(&model.lock().unwrap_or_else(|p| p.into_inner()), params)?;
+        Ok(Inference {
+            epoch,
+            camera_index,
+            model,
+            inferer,
+            policy: Policy::new(&config.policy),
+            decision,
+            work_rx,
+            slot_tx,
+            handoff,
+            metrics,
+        })
+    }
+
     pub(crate) fn run(mut self, ctx: &StageContext) -> Result<(), StageFailure> {
         let mut n = 0u64;
         loop {

@@ -20,7 +20,7 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use super::{Candidate, KeepBuffer, KeepConfig, Offer};
+use super::{Candidate, KeepBuffer, KeepConfig, KeeperEnds, Offer};
 use crate::{
     codec::JpegEncoder,
     config::Config,
@@ -66,7 +66,57 @@ pub(crate) struct Keeper {
     pub received: u64,
 }
 
+/// Why the keeper could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeeperError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("keeper: could not create the JPEG encoder: {0}")]
+    Encoder(turbojpeg::Error),
+}
+
 impl Keeper {
+    /// The keeper of a run: opens (and recovers) the spool, and takes the keeper's ends
+    /// of the hand-off, whose pool holds `pool.made` candidates.
+    pub(crate) fn build(
+        config: &Config,
+        model: Arc<ModelInfo>,
+        ends: KeeperEnds,
+        pool: Pool,
+        metrics: Arc<Metrics>,
+    ) -> Result<Keeper, KeeperError> {
+        let (spool, recovery) = Spool::open(
+            &config.spool.dir,
+            config.spool.max_bytes,
+            config.spool.device_id.as_deref(),
+        )?;
+        tracing::info!(
+            dir = %config.spool.dir.display(),
+            complete = recovery.complete,
+            removed_temp = recovery.removed_temp,
+            removed_orphans = recovery.removed_orphan_images,
+            removed_bad_sidecars = recovery.removed_bad_sidecars,
+            "spool ready"
+        );
+        Ok(Keeper {
+            cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
+            model,
+            buffer: KeepBuffer::new(config.keep.capacity, config.keep.when_full),
+            flushing: Vec::with_capacity(config.keep.capacity),
+            window: Duration::from_secs_f64(config.keep.window_secs),
+            jpeg_quality: config.keep.jpeg_quality,
+            confidence: config.model.confidence_threshold,
+            spool,
+            keep_rx: ends.keep_rx,
+            free_tx: ends.free_tx,
+            metrics,
+            jpeg: JpegEncoder::new().map_err(KeeperError::Encoder)?,
+            pool,
+            queue: config.pipeline.keeper_queue,
+            received: 0,
+        })
+    }
+
     pub(crate) fn run(mut self, ctx: &StageContext) -> Result<(), StageFailure> {
         let (w, h) = self.pool.frame_size;
         if let Err(e) = self.jpeg.warm_up(w, h) {
@@ -143,6 +193,12 @@ impl Keeper {
         if let Some(fault) = crate::faults::at(&ctx.name, self.received) {
             fault.fire()?;
         }
+        self.take(candidate);
+        Ok(())
+    }
+
+    /// Into the buffer, or back to the pool if it is not good enough.
+    fn take(&mut self, candidate: Box<Candidate>) {
         self.received += 1;
         match self.buffer.offer(candidate) {
             Offer::Accepted => {}
@@ -151,7 +207,6 @@ impl Keeper {
                 self.release(c);
             }
         }
-        Ok(())
     }
 
     /// Return a candidate to the free list, or let it go when the pool is above target.
@@ -194,16 +249,7 @@ impl Keeper {
         self.buffer.drain_into(&mut self.flushing);
         while let Some(candidate) = self.flushing.pop() {
             while let Ok(next) = self.keep_rx.try_recv() {
-                // A fault here would lose the window's remaining frames: offers during a
-                // flush skip injection.
-                self.received += 1;
-                match self.buffer.offer(next) {
-                    Offer::Accepted => {}
-                    Offer::Evicted(c) | Offer::Rejected(c) => {
-                        event::evicted(&self.metrics);
-                        self.release(c);
-                    }
-                }
+                self.take(next);
             }
             let t0 = Instant::now();
             ctx.heartbeat.begin();

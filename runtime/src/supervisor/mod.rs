@@ -427,22 +427,23 @@ impl Heartbeat {
     }
 }
 
+/// Names of this process's live threads (Linux), for tests that check a stage ended.
+#[cfg(test)]
+pub(crate) fn live_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Stage names of this process's live threads.
-    fn live_threads() -> Vec<String> {
-        std::fs::read_dir("/proc/self/task")
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-                    .map(|c| c.trim().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 
     #[test]
     fn exits_are_reported_clean_failed_or_panicked() {
