@@ -205,6 +205,7 @@ fn steady_state_per_frame_path_allocates_nothing() {
     let metrics = Metrics::default();
 
     let mut per_frame = Vec::new();
+    let mut framesift_runs = Vec::new();
     let mut ort_runs = Vec::new();
     // Warm-up: the first use of each pooled buffer (5 frames circulate here) may size
     // it, e.g. the ground-truth box list of a synthetic frame. After that: nothing but
@@ -213,11 +214,12 @@ fn steady_state_per_frame_path_allocates_nothing() {
         // Counted stage by stage so a failure says where the allocation is.
         let (_, a) = count(|| source.next_frame(&mut slot.frame).expect("frame"));
         let (_, b) = count(|| preparer.prepare(&mut slot).expect("prepare"));
+        let (_, run) = count(|| inferer.run_model(&model, &slot, &metrics).expect("run"));
         let (scores, c) = count(|| {
-            inferer.infer(&model, &slot, &metrics).expect("infer");
+            inferer.decode(&slot, &metrics).expect("decode");
             policy.score(&inferer.facts(&slot))
         });
-        // The same bound run again, alone: what ORT itself allocates per run.
+        // The same bound run again, bare: what ORT itself allocates per run.
         let (_, r) = count(|| {
             model
                 .lock()
@@ -240,18 +242,27 @@ fn steady_state_per_frame_path_allocates_nothing() {
             ends.free_tx.try_send(c).expect("recycle");
         }
         if i >= 20 {
-            // On this thread: acquire, preprocess, (inference + decode + score) minus
-            // ORT's run, hand-off.
-            per_frame.push((a.0, b.0, c.0 as i64 - r.0 as i64, d.0));
+            // On this thread: acquire, preprocess, decode + score, hand-off.
+            per_frame.push((a.0, b.0, c.0, d.0));
+            framesift_runs.push(run.0);
             ort_runs.push(r);
         }
     }
     assert_eq!(metrics.total_drops(), 0);
     assert!(
         per_frame.iter().all(|n| *n == (0, 0, 0, 0)),
-        "allocations per frame after warm-up on the pipeline's threads, beyond ORT's run \
-         (acquire, preprocess, inference + decode + score, hand-off): {per_frame:?}; \
-         ORT's runs alone (this thread, process): {ort_runs:?}"
+        "allocations per frame after warm-up on the pipeline's threads (acquire, \
+         preprocess, decode + score, hand-off): {per_frame:?}"
+    );
+    // ORT's own count moves by one now and then (1074 or 1075 with the shipped model),
+    // so the model-run step is compared on its floor: an allocation of ours on every
+    // frame would lift it.
+    let floor = |counts: &mut dyn Iterator<Item = u64>| counts.min().unwrap_or_default();
+    assert_eq!(
+        floor(&mut framesift_runs.iter().copied()),
+        floor(&mut ort_runs.iter().map(|r| r.0)),
+        "the inferer's model run allocates beyond ORT's own run: {framesift_runs:?} vs \
+         ORT's runs alone (this thread, process) {ort_runs:?}"
     );
     // ORT allocates inside every run whatever the session options
     // (`onnx_runtime_allocates_inside_every_run`); for the record:

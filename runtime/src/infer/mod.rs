@@ -189,22 +189,38 @@ impl Inferer {
         slot: &Slot,
         metrics: &Metrics,
     ) -> Result<(), InferError> {
+        self.run_model(model, slot, metrics)?;
+        self.decode(slot, metrics)
+    }
+
+    /// The model's run on the slot's tensor (the first half of [`Inferer::infer`]).
+    pub fn run_model(
+        &mut self,
+        model: &Mutex<Model>,
+        slot: &Slot,
+        metrics: &Metrics,
+    ) -> Result<(), InferError> {
         let t0 = Instant::now();
         self.runner.input_mut().copy_from_slice(&slot.tensor);
         model
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .run(&mut self.runner)?;
-        let t1 = Instant::now();
-        self.last_inference = t1 - t0;
+        self.last_inference = t0.elapsed();
         metrics.record(Stage::Inference, self.last_inference);
+        Ok(())
+    }
+
+    /// Decode + NMS of the last run's output (the second half of [`Inferer::infer`]).
+    pub fn decode(&mut self, slot: &Slot, metrics: &Metrics) -> Result<(), InferError> {
+        let t0 = Instant::now();
         self.decoder.decode(
             self.runner.output(),
             &self.output_shape,
             &slot.letterbox,
             &mut self.detections,
         )?;
-        metrics.record(Stage::Decode, t1.elapsed());
+        metrics.record(Stage::Decode, t0.elapsed());
         Ok(())
     }
 
