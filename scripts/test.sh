@@ -6,6 +6,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 lib=$(scripts/setup.sh | tail -n 1)
 export ORT_DYLIB_PATH="$lib"
+# S3-protocol servers and filesystem tools for the delivery tests; with them installed
+# a missing server or loop device fails the tests instead of skipping them.
+scripts/setup-test-servers.sh
+export FRAMESIFT_REQUIRE_SERVERS=1
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all -- --check; else echo "test: rustfmt not installed; format check skipped" >&2; fi
 if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets -- -D warnings; else echo "test: clippy not installed; lint skipped" >&2; fi
 cargo test --workspace

@@ -6,6 +6,10 @@
 //! stage named before `=` reaches its `n`th item (frame or candidate, from 0), the
 //! fault fires: `error` fails the stage, `panic` panics it, `gone` makes a camera's
 //! source report itself disconnected from then on (with a 30 s backoff).
+//!
+//! Named protocol points ([`point`]: `spool-image-synced`, `spool-committed`,
+//! `upload-confirmed`, …) take `stop`: the process stops itself (SIGSTOP) the `n`th time
+//! it passes there, so the power-cut tests can cut the power at that exact point.
 
 use std::time::Duration;
 
@@ -21,6 +25,7 @@ pub(crate) enum Fault {
     Error,
     Panic,
     Gone,
+    Stop,
 }
 
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
@@ -30,7 +35,7 @@ impl Fault {
         match self {
             Fault::Error => Err(StageFailure::new("injected fault")),
             Fault::Panic => panic!("injected fault"),
-            Fault::Gone => Ok(()),
+            Fault::Gone | Fault::Stop => Ok(()),
         }
     }
 
@@ -47,6 +52,7 @@ impl Fault {
             }),
             Fault::Error => Err(SourceError::Fatal("injected fault".into())),
             Fault::Panic => panic!("injected fault"),
+            Fault::Stop => _result,
         }
     }
 }
@@ -67,6 +73,7 @@ pub(crate) fn at(point: &str, n: u64) -> Option<Fault> {
                     "error" => Fault::Error,
                     "panic" => Fault::Panic,
                     "gone" => Fault::Gone,
+                    "stop" => Fault::Stop,
                     _ => return None,
                 };
                 Some((stage.to_string(), fault, at.parse().ok()?))
@@ -76,7 +83,7 @@ pub(crate) fn at(point: &str, n: u64) -> Option<Fault> {
     faults.iter().find_map(|(stage, fault, at)| {
         let due = match fault {
             Fault::Gone => n >= *at,
-            Fault::Error | Fault::Panic => n == *at,
+            Fault::Error | Fault::Panic | Fault::Stop => n == *at,
         };
         (stage == point && due).then_some(*fault)
     })
@@ -88,3 +95,37 @@ pub(crate) fn at(point: &str, n: u64) -> Option<Fault> {
 pub(crate) fn at(_point: &str, _n: u64) -> Option<Fault> {
     None
 }
+
+/// A named point of the spool or upload protocol: counts the passes and stops the
+/// process where a `stop` fault is due.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn point(name: &'static str) {
+    use std::sync::Mutex;
+    static PASSES: Mutex<Vec<(&'static str, u64)>> = Mutex::new(Vec::new());
+    let n = {
+        let mut passes = PASSES.lock().unwrap_or_else(|p| p.into_inner());
+        match passes.iter_mut().find(|(p, _)| *p == name) {
+            Some((_, count)) => {
+                *count += 1;
+                *count - 1
+            }
+            None => {
+                passes.push((name, 1));
+                0
+            }
+        }
+    };
+    if at(name, n) == Some(Fault::Stop) {
+        tracing::warn!(
+            point = name,
+            pass = n,
+            "injected fault: stopping the process"
+        );
+        let _ = signal_hook::low_level::raise(signal_hook::consts::SIGSTOP);
+    }
+}
+
+/// Without the `fault-injection` feature there are no protocol faults.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn point(_name: &'static str) {}

@@ -37,13 +37,14 @@ use crate::{
     capture::{CameraChannels, Capture, SourceError},
     codec::DEFAULT_MAX_FRAME_PIXELS,
     config::{Checker, Config},
-    infer::{Inference, ModelInfo, SharedModel},
+    infer::{Inference, SharedModel},
     keep::{
         Handoff, MAX_CAPACITY,
         keeper::{Keeper, KeeperError, Pool},
     },
     ops::metrics::{Drop, Metrics, Stage},
     policy::{KeepDecision, MinValue},
+    store::{DaemonStatus, SharedSpool, uploader::Uploader},
     supervisor::{CAPTURE_NICE, Command, ExitReport, KEEPER_NICE, Role, Supervisor},
 };
 
@@ -101,6 +102,8 @@ pub enum PipelineError {
     #[error("camera {camera}: {error}")]
     Source { camera: String, error: SourceError },
     #[error(transparent)]
+    Spool(crate::store::SpoolError),
+    #[error(transparent)]
     Keeper(#[from] KeeperError),
     #[error("camera {camera}: {reason}")]
     Inference { camera: String, reason: String },
@@ -143,6 +146,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[must_use = "a pipeline runs until finished"]
 pub struct Pipeline {
     supervisor: Supervisor,
+    spool: SharedSpool,
+    spool_dir: std::path::PathBuf,
+    /// An uploader stage runs.
+    uploading: bool,
     metrics: Arc<Metrics>,
     started: Instant,
     deadline: Option<Instant>,
@@ -170,14 +177,23 @@ impl Pipeline {
         decision: Option<DecisionFactory>,
     ) -> Result<Pipeline, PipelineError> {
         let metrics = Arc::new(Metrics::default());
-        let info = Arc::new(model.lock().unwrap_or_else(|p| p.into_inner()).info.clone());
         let mut supervisor = Supervisor::default();
         let started = Instant::now();
+        let (spool, recovery) = crate::store::open(&config.spool).map_err(PipelineError::Spool)?;
+        tracing::info!(
+            dir = %config.spool.dir.display(),
+            entries = recovery.complete,
+            removed_temp = recovery.removed_temp,
+            removed_partial = recovery.removed_partial,
+            removed_corrupt = recovery.removed_corrupt,
+            unreadable = recovery.unreadable,
+            "spool ready"
+        );
         let result = Self::start_stages(
             &mut supervisor,
             config,
+            spool.clone(),
             &model,
-            &info,
             &metrics,
             limits,
             decision,
@@ -192,6 +208,9 @@ impl Pipeline {
         }
         Ok(Pipeline {
             supervisor,
+            spool,
+            spool_dir: config.spool.dir.clone(),
+            uploading: config.upload.target.is_some(),
             metrics,
             started,
             deadline: limits.duration.map(|d| started + d),
@@ -202,12 +221,13 @@ impl Pipeline {
     fn start_stages(
         supervisor: &mut Supervisor,
         config: &Config,
+        spool: SharedSpool,
         model: &SharedModel,
-        info: &Arc<ModelInfo>,
         metrics: &Arc<Metrics>,
         limits: Limits,
         decision: Option<DecisionFactory>,
     ) -> Result<(), PipelineError> {
+        let info = &Arc::new(model.lock().unwrap_or_else(|p| p.into_inner()).info.clone());
         // The candidate pool, shared by all cameras, with room for a reload to grow it.
         let (max_w, max_h) = config
             .cameras
@@ -232,7 +252,8 @@ impl Pipeline {
             frame_size: (max_w, max_h),
             max_detections: config.model.max_detections,
         };
-        let keeper = Keeper::build(config, info.clone(), ends, pool, metrics.clone())?;
+        let uploader = Uploader::build(config, spool.clone(), metrics.clone());
+        let keeper = Keeper::build(config, info.clone(), spool, ends, pool, metrics.clone())?;
         spawn(
             supervisor,
             "keeper".into(),
@@ -240,6 +261,15 @@ impl Pipeline {
             config.pipeline.keeper_nice,
             move |ctx| keeper.run(&ctx),
         )?;
+        if let Some(uploader) = uploader {
+            spawn(
+                supervisor,
+                "uploader".into(),
+                Role::Service,
+                config.pipeline.keeper_nice,
+                move |ctx| uploader.run(&ctx),
+            )?;
+        }
 
         let epoch = Instant::now();
         let acquired = Arc::new(AtomicU64::new(0));
@@ -343,6 +373,15 @@ impl Pipeline {
         &self.metrics
     }
 
+    /// Write `<spool>/.meta/status.json`, what `framesift spool status` reports of the
+    /// running daemon.
+    pub fn write_status(&self) {
+        crate::store::write_status(
+            &self.spool_dir,
+            &DaemonStatus::from_metrics(&self.metrics, self.uploading),
+        );
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
@@ -364,7 +403,13 @@ impl Pipeline {
     /// or, when a stage failed, which one and why.
     pub fn finish(mut self) -> Result<Summary, Box<RunFailure>> {
         let stuck = self.supervisor.shut_down(SHUTDOWN_GRACE);
-        let summary = summarize(&self.metrics, self.started.elapsed());
+        self.write_status();
+        let mut summary = summarize(&self.metrics, self.started.elapsed());
+        {
+            let spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+            summary.spool = Some((spool.len(), spool.used_bytes()));
+        }
+        summary.uploading = self.uploading;
         let failure = self
             .supervisor
             .first_failure()
@@ -415,6 +460,15 @@ pub struct Summary {
     pub disconnects: u64,
     pub reconnects: u64,
     pub drops: Vec<(&'static str, u64)>,
+    /// Spool entries evicted for frames worth more.
+    pub spool_evicted: u64,
+    /// Entries and bytes left in the spool at the end (`None`: not known).
+    pub spool: Option<(usize, u64)>,
+    /// An uploader ran; what it delivered and how many attempts failed.
+    pub uploading: bool,
+    pub uploaded: u64,
+    pub uploaded_bytes: u64,
+    pub upload_failures: u64,
     /// (stage, count, median ms, p99 ms)
     pub stages: Vec<(&'static str, u64, f64, f64)>,
 }
@@ -454,6 +508,12 @@ pub fn summarize(m: &Metrics, elapsed: Duration) -> Summary {
         disconnects: m.disconnects.load(Ordering::Relaxed),
         reconnects: m.reconnects.load(Ordering::Relaxed),
         drops: Drop::ALL.iter().map(|d| (d.name(), m.drops(*d))).collect(),
+        spool_evicted: m.spool_evicted.load(Ordering::Relaxed),
+        spool: None,
+        uploading: false,
+        uploaded: m.uploaded.load(Ordering::Relaxed),
+        uploaded_bytes: m.uploaded_bytes.load(Ordering::Relaxed),
+        upload_failures: m.upload_failures.load(Ordering::Relaxed),
         stages: Stage::ALL
             .iter()
             .map(|s| {

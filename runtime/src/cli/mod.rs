@@ -3,7 +3,9 @@
 mod bench;
 mod config;
 mod run;
+mod spool;
 mod synth;
+mod upload;
 mod validate;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -40,6 +42,14 @@ enum Command {
     /// Export a labelled dataset (images, YOLO labels, perturbation tags) from the
     /// synthetic scene source.
     Synth(synth::SynthArgs),
+    /// Drain the spool to the configured [upload] destination (the daemon must not be
+    /// running); exits 0 once the spool is empty.
+    Upload(upload::UploadArgs),
+    /// Inspect the spool.
+    Spool {
+        #[command(subcommand)]
+        command: spool::SpoolCommand,
+    },
     /// Config helpers.
     Config {
         #[command(subcommand)]
@@ -102,6 +112,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Validate(args) => Ok(validate::validate(&args)),
         Command::Synth(args) => synth::synth(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Upload(args) => upload::upload(args),
+        Command::Spool { command } => spool::spool(command),
         Command::Config { command } => Ok(config::config(command)),
     }
 }
@@ -146,4 +158,9 @@ fn plural(n: usize, thing: &str) -> String {
     } else {
         format!("{n} {thing}s")
     }
+}
+
+/// Bytes as `12.3 MiB`.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }

@@ -16,7 +16,7 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 
-use super::{Inputs, load_model, plural};
+use super::{Inputs, load_model, mib, plural};
 use crate::{
     config::{Loaded, reload},
     ops::{
@@ -68,6 +68,9 @@ impl Signals {
     }
 }
 
+/// How often the daemon rewrites `<spool>/.meta/status.json`.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+
 pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut running = match args.inputs.load() {
         Ok(loaded) => loaded,
@@ -99,8 +102,13 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     systemd.ready();
     let mut watchdog = Watchdog::default();
     let mut memory = MemoryWatch::default();
+    let mut status_at = Instant::now();
     while !pipeline.is_finished() {
         pipeline.poll(Duration::from_millis(250));
+        if status_at.elapsed() >= STATUS_EVERY {
+            pipeline.write_status();
+            status_at = Instant::now();
+        }
         if signals.stop.load(Ordering::Relaxed) {
             pipeline.stop();
         }
@@ -315,6 +323,22 @@ fn print_summary(s: &Summary, spool: &std::path::Path) {
             format!(" ({})", drops.join(", "))
         }
     );
+    if let Some((entries, bytes)) = s.spool {
+        println!(
+            "  spool       {} ({}) waiting; {} evicted for frames worth more",
+            plural(entries, "frame"),
+            mib(bytes),
+            s.spool_evicted
+        );
+    }
+    if s.uploading {
+        println!(
+            "  uploaded    {} ({}), {}",
+            plural(s.uploaded as usize, "frame"),
+            mib(s.uploaded_bytes),
+            plural(s.upload_failures as usize, "failed attempt")
+        );
+    }
     if s.disconnects > 0 {
         println!(
             "  cameras     {}, {}",

@@ -58,6 +58,9 @@ const RENAMED_TABLES: [(&str, &str); 1] = [(
     "[scoring] is now [policy] (min_value, reason_level) and one [signals.<name>] table per signal (uncertainty: band, weight; margin: weight; blur: threshold, weight); `framesift config default` shows them",
 )];
 
+/// Where credentials go instead of the config.
+pub(crate) const SECRET_HINT: &str = "credentials never go in the config: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in the daemon's environment (systemd: an EnvironmentFile= in a drop-in), or put them in an AWS credentials file and name it with upload.credentials_file";
+
 /// Turn a serde message about the key at `path` into a message and a hint.
 pub(crate) fn explain(message: &str, path: &str) -> (String, Option<String>) {
     let message = message.trim();
@@ -72,8 +75,13 @@ pub(crate) fn explain(message: &str, path: &str) -> (String, Option<String>) {
             .is_none()
             .then(|| RENAMED_TABLES.iter().find(|(old, _)| *old == unknown))
             .flatten();
+        let secret = table == Some("upload")
+            && ["secret", "access_key", "password", "token", "key_id"]
+                .iter()
+                .any(|s| unknown.to_ascii_lowercase().contains(s));
         let hint = renamed
             .map(|(_, hint)| hint.to_string())
+            .or_else(|| secret.then(|| SECRET_HINT.to_string()))
             .or_else(|| closest(unknown, &expected).map(|best| format!("did you mean \"{best}\"?")))
             .or_else(|| {
                 (!expected.is_empty()).then(|| format!("valid keys here: {}", expected.join(", ")))

@@ -18,7 +18,7 @@
 //! that need a restart.
 
 mod check;
-mod diagnostics;
+pub(crate) mod diagnostics;
 mod load;
 pub(crate) mod reload;
 
@@ -35,7 +35,10 @@ use crate::{
     keep::{KeepConfig, RawKeep},
     pipeline::{PipelineConfig, RawPipeline},
     policy::{PolicyConfig, RawPolicy, signals::RawSignals},
-    store::{RawSpool, SpoolConfig},
+    store::{
+        RawSpool, SpoolConfig,
+        uploader::{RawUpload, UploadConfig},
+    },
 };
 
 /// The commented default configuration, exactly what `framesift config default` prints.
@@ -50,6 +53,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub keep: KeepConfig,
     pub spool: SpoolConfig,
+    pub upload: UploadConfig,
 }
 
 /// The file as written: one table per stage, each owned by its stage's module.
@@ -64,6 +68,7 @@ pub(crate) struct RawConfig {
     signals: RawSignals,
     keep: RawKeep,
     spool: RawSpool,
+    upload: RawUpload,
 }
 
 /// A validated config and every key's effective value (defaults included), for
@@ -155,6 +160,7 @@ impl Config {
         let policy = PolicyConfig::validate(&raw.policy, &raw.signals, &mut c);
         let keep = c.within("keep", |c| KeepConfig::validate(&raw.keep, c));
         let spool = c.within("spool", |c| SpoolConfig::validate(&raw.spool, c));
+        let upload = c.within("upload", |c| UploadConfig::validate(&raw.upload, c));
         if !c.problems.is_empty() {
             return Err(c.problems);
         }
@@ -165,6 +171,7 @@ impl Config {
             policy,
             keep,
             spool,
+            upload,
         })
     }
 }

@@ -62,6 +62,7 @@ pub(crate) fn is_live(key: &str) -> bool {
         "policy" | "signals" => true,
         "keep" => crate::keep::LIVE_KEYS.contains(&rest),
         "spool" => crate::store::LIVE_KEYS.contains(&rest),
+        "upload" => crate::store::uploader::LIVE_KEYS.contains(&rest),
         _ => false,
     }
 }
@@ -76,6 +77,7 @@ impl Config {
             policy: new.policy.clone(),
             keep: new.keep.clone(),
             spool: self.spool.with_live_changes(&new.spool),
+            upload: self.upload.with_live_changes(&new.upload),
         }
     }
 }

@@ -416,3 +416,46 @@ fn live_changes_touch_only_live_keys() {
         assert!(!reload::is_live(key), "{key}");
     }
 }
+
+#[test]
+fn upload_destinations_are_checked_and_secrets_refused_without_echoing_them() {
+    let config = Config::parse(
+        "[upload]\nurl = \"s3://fleet-frames/raw/\"\nendpoint_url = \"http://127.0.0.1:9000\"\nwindows = [\"22:00-06:00\"]\n",
+        "c.toml",
+    )
+    .expect("valid");
+    assert_eq!(
+        config.upload.target,
+        Some(crate::store::uploader::Target::S3 {
+            bucket: "fleet-frames".into(),
+            prefix: "raw".into(),
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: "us-east-1".into(),
+            path_style: true,
+            credentials_file: None,
+            profile: "default".into(),
+        })
+    );
+    let text = "[upload]\nurl = \"s3://fleet-frames\"\naws_secret_access_key = \"wJalrXUtnFEMI\"\n";
+    let message = errors(text);
+    assert!(!message.contains("wJalrXUtnFEMI"), "{message}");
+    insta::assert_snapshot!(message, @r#"error: config.toml: line 3, column 1: unknown key "aws_secret_access_key" in [upload]; credentials never go in the config: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in the daemon's environment (systemd: an EnvironmentFile= in a drop-in), or put them in an AWS credentials file and name it with upload.credentials_file"#);
+    let text = "[upload]\nurl = \"s3://fleet-frames\"\nendpoint_url = \"https://AKID:wJalrXUtnFEMI@s3.example.com\"\n";
+    let message = errors(text);
+    assert!(!message.contains("wJalrXUtnFEMI"), "{message}");
+    assert!(
+        message.contains("line 3, column 1: upload.endpoint_url holds credentials"),
+        "{message}"
+    );
+    let text = "[upload]\nurl = \"ftp://host/x\"\n\n[upload]\n";
+    assert!(
+        errors(text).contains("line 4"),
+        "a duplicate table is located"
+    );
+    let text = "[upload]\nurl = \"gs://b/x\"\nwindows = [\"22-6\"]\nretry_initial_ms = 500\nretry_max_ms = 100\n";
+    insta::assert_snapshot!(errors(text), @r#"
+    error: config.toml: line 2, column 1: upload.url = "gs://b/x" is neither s3:// nor file://; write url = "s3://bucket/prefix" for object storage or "file:///mnt/share" for a mounted directory
+    error: config.toml: line 3, column 1: upload.windows holds "22-6", which is not a time window; write windows = ["22:00-06:00"] (local time, HH:MM-HH:MM; it may wrap midnight)
+    error: config.toml: line 5, column 1: upload.retry_max_ms (100) is less than retry_initial_ms (500); make retry_max_ms at least retry_initial_ms
+    "#);
+}

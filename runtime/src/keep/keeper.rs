@@ -26,7 +26,7 @@ use crate::{
     config::Config,
     infer::ModelInfo,
     ops::metrics::{Metrics, Stage, event},
-    store::{ImageEncoding, Spool, SpoolError, sidecar::Sidecar},
+    store::{ImageEncoding, NewEntry, SharedSpool, SpoolError, sidecar::Sidecar},
     supervisor::{Command, StageContext, StageFailure, panic_message},
 };
 
@@ -53,7 +53,7 @@ pub(crate) struct Keeper {
     pub jpeg_quality: u8,
     /// The confidence threshold, for the sidecars' `below_threshold`.
     pub confidence: f32,
-    pub spool: Spool,
+    pub spool: SharedSpool,
     pub keep_rx: Receiver<Box<Candidate>>,
     pub free_tx: Sender<Box<Candidate>>,
     pub metrics: Arc<Metrics>,
@@ -69,35 +69,21 @@ pub(crate) struct Keeper {
 /// Why the keeper could not start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum KeeperError {
-    #[error(transparent)]
-    Spool(#[from] SpoolError),
     #[error("keeper: could not create the JPEG encoder: {0}")]
     Encoder(turbojpeg::Error),
 }
 
 impl Keeper {
-    /// The keeper of a run: opens (and recovers) the spool, and takes the keeper's ends
-    /// of the hand-off, whose pool holds `pool.made` candidates.
+    /// The keeper of a run: writes into `spool`, and takes the keeper's ends of the
+    /// hand-off, whose pool holds `pool.made` candidates.
     pub(crate) fn build(
         config: &Config,
         model: Arc<ModelInfo>,
+        spool: SharedSpool,
         ends: KeeperEnds,
         pool: Pool,
         metrics: Arc<Metrics>,
     ) -> Result<Keeper, KeeperError> {
-        let (spool, recovery) = Spool::open(
-            &config.spool.dir,
-            config.spool.max_bytes,
-            config.spool.device_id.as_deref(),
-        )?;
-        tracing::info!(
-            dir = %config.spool.dir.display(),
-            complete = recovery.complete,
-            removed_temp = recovery.removed_temp,
-            removed_orphans = recovery.removed_orphan_images,
-            removed_bad_sidecars = recovery.removed_bad_sidecars,
-            "spool ready"
-        );
         Ok(Keeper {
             cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
             model,
@@ -223,7 +209,10 @@ impl Keeper {
         self.window = Duration::from_secs_f64(keep.window_secs);
         self.jpeg_quality = keep.jpeg_quality;
         self.confidence = config.model.confidence_threshold;
-        self.spool.set_max_bytes(config.spool.max_bytes);
+        self.spool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_budget(config.spool.budget());
         self.pool.target = self.queue + keep.capacity + self.cameras.len();
         let mut evicted = Vec::new();
         self.buffer
@@ -307,12 +296,34 @@ impl Keeper {
         };
         let model = &self.model;
         let confidence = self.confidence;
-        let result = self.spool.write(image, encoding, |id, record| {
-            serde_json::to_vec_pretty(&Sidecar::new(id, camera, c, model, confidence, record))
-        });
+        let entry = NewEntry {
+            value: c.scores.value,
+            camera,
+            captured_unix_ms: crate::store::sidecar::unix_ms(c.frame.captured_at),
+        };
+        let result = self.spool.lock().unwrap_or_else(|p| p.into_inner()).write(
+            entry,
+            image,
+            encoding,
+            |id, record| {
+                serde_json::to_vec_pretty(&Sidecar::new(id, camera, c, model, confidence, record))
+            },
+        );
         match result {
-            Ok(path) => event::kept(&self.metrics, camera, &path, c.scores.value),
-            Err(SpoolError::Full { used, max }) => event::spool_full(&self.metrics, used, max),
+            Ok(written) => {
+                for (id, value) in &written.evicted {
+                    event::spool_evicted(&self.metrics, id, *value);
+                }
+                event::kept(
+                    &self.metrics,
+                    camera,
+                    &written.id,
+                    &written.sidecar,
+                    c.scores.value,
+                );
+            }
+            Err(e @ SpoolError::Full { .. }) => event::spool_full(&self.metrics, &e.to_string()),
+            Err(e @ SpoolError::DiskFull { .. }) => event::disk_full(&self.metrics, &e.to_string()),
             Err(e) => event::spool_write_failed(&self.metrics, &e.to_string()),
         }
     }
@@ -345,7 +356,7 @@ mod tests {
         dir: &std::path::Path,
         capacity: usize,
     ) -> (Keeper, Sender<Box<Candidate>>, Receiver<Box<Candidate>>) {
-        let (spool, _) = Spool::open(dir, u64::MAX, None).expect("spool");
+        let (spool, _) = crate::store::open(&spool_config(dir)).expect("spool");
         let (keep_tx, keep_rx) = bounded(8);
         let (free_tx, free_rx) = bounded(64);
         let keeper = Keeper {
@@ -371,6 +382,15 @@ mod tests {
             received: 0,
         };
         (keeper, keep_tx, free_rx)
+    }
+
+    fn spool_config(dir: &std::path::Path) -> crate::store::SpoolConfig {
+        crate::store::SpoolConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: u64::MAX,
+            min_free_bytes: 0,
+            device_id: None,
+        }
     }
 
     fn candidate(seq: u64, value: f32) -> Box<Candidate> {
@@ -433,9 +453,8 @@ mod tests {
             keeper.offer(c, &ctx).expect("offer");
             keeper.flush(&ctx);
         }
-        let (spool, _) = Spool::open(dir.path(), u64::MAX, None).expect("spool");
-        let entries = spool.entries().expect("entries");
-        assert_eq!(entries.len(), 3, "{entries:?}");
+        let (spool, _) = crate::store::open(&spool_config(dir.path())).expect("spool");
+        assert_eq!(spool.lock().expect("lock").len(), 3);
     }
 
     #[test]

@@ -67,12 +67,14 @@ pub enum Drop {
     KeeperQueueFull,
     /// The spool reached `max_bytes`.
     SpoolFull,
-    /// Writing to the spool failed (disk full, I/O error).
+    /// Writing to the spool failed (an I/O error).
     SpoolError,
+    /// The disk holding the spool ran out of space while writing.
+    DiskFull,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 7] = [
+    pub const ALL: [Drop; 8] = [
         Drop::QueueFull,
         Drop::BadFrame,
         Drop::FrameTooLarge,
@@ -80,6 +82,7 @@ impl Drop {
         Drop::KeeperQueueFull,
         Drop::SpoolFull,
         Drop::SpoolError,
+        Drop::DiskFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -91,6 +94,7 @@ impl Drop {
             Drop::KeeperQueueFull => "keeper_queue_full",
             Drop::SpoolFull => "spool_full",
             Drop::SpoolError => "spool_error",
+            Drop::DiskFull => "disk_full",
         }
     }
 }
@@ -175,6 +179,16 @@ pub struct Metrics {
     pub kept: AtomicU64,
     pub candidates: AtomicU64,
     pub evicted: AtomicU64,
+    /// Spool entries evicted to make room for frames worth more.
+    pub spool_evicted: AtomicU64,
+    /// Entries the uploader delivered, their bytes, and the attempts that failed.
+    pub uploaded: AtomicU64,
+    pub uploaded_bytes: AtomicU64,
+    pub upload_failures: AtomicU64,
+    /// Entries found corrupt when read for upload (and removed).
+    pub spool_corrupt: AtomicU64,
+    /// 0 idle, 1 uploading, 2 paused (window/docking), 3 failing.
+    pub upload_state: AtomicU64,
     /// Times a camera went away while streaming.
     pub disconnects: AtomicU64,
     /// Times a camera that had gone away delivered frames again.
@@ -203,6 +217,16 @@ impl Metrics {
 
     pub fn total_drops(&self) -> u64 {
         Drop::ALL.iter().map(|d| self.drops(*d)).sum()
+    }
+
+    /// The uploader's state, as `framesift spool status` shows it.
+    pub fn upload_state(&self) -> &'static str {
+        match self.upload_state.load(Relaxed) {
+            0 => "idle",
+            1 => "uploading",
+            2 => "paused",
+            _ => "failing",
+        }
     }
 
     fn count_drop(&self, reason: Drop) {
@@ -271,21 +295,92 @@ pub mod event {
         );
     }
 
-    pub fn spool_full(m: &Metrics, used: u64, max: u64) {
+    /// A kept frame the spool's budget had no room for: it was worth less than every
+    /// entry that could have been evicted.
+    pub fn spool_full(m: &Metrics, reason: &str) {
         // Log the first time only; every later one is counted.
         if m.drops(Drop::SpoolFull) == 0 {
             tracing::warn!(
-                used,
-                max,
-                "spool is full; kept frames are dropped until the uploader frees space"
+                reason,
+                "spool is full of frames worth more; lower-value frames are dropped until the uploader frees space"
             );
         }
         m.count_drop(Drop::SpoolFull);
     }
 
-    pub fn kept(m: &Metrics, camera: &str, file: &Path, value: f32) {
+    /// ENOSPC while writing: the frame is dropped, the daemon goes on.
+    pub fn disk_full(m: &Metrics, reason: &str) {
+        if m.drops(Drop::DiskFull) == 0 {
+            tracing::error!(reason, "the spool's disk is full; kept frames are dropped");
+        }
+        m.count_drop(Drop::DiskFull);
+    }
+
+    pub fn uploaded(m: &Metrics, id: &str, bytes: u64) {
+        m.uploaded.fetch_add(1, Relaxed);
+        m.uploaded_bytes.fetch_add(bytes, Relaxed);
+        m.upload_state.store(1, Relaxed);
+        tracing::debug!(id, bytes, "uploaded");
+    }
+
+    pub fn upload_idle(m: &Metrics) {
+        m.upload_state.store(0, Relaxed);
+    }
+
+    /// Uploading is not allowed now (`why`); logged when it starts being so.
+    pub fn upload_paused(m: &Metrics, why: &str) {
+        if m.upload_state.swap(2, Relaxed) != 2 {
+            tracing::info!(why, "uploads paused");
+        }
+    }
+
+    /// A failed attempt; the entry stays in the spool and is retried after `retry_in`.
+    /// Logged at the first failure of a run of them, then counted.
+    pub fn upload_failed(
+        m: &Metrics,
+        error: &dyn std::fmt::Display,
+        retry_in: Duration,
+        first: bool,
+    ) {
+        m.upload_failures.fetch_add(1, Relaxed);
+        m.upload_state.store(3, Relaxed);
+        if first {
+            tracing::warn!(
+                error = %error,
+                retry_in_ms = retry_in.as_millis() as u64,
+                "upload failed; the frames stay in the spool and are retried"
+            );
+        } else {
+            tracing::debug!(error = %error, "upload failed again");
+        }
+    }
+
+    pub fn upload_recovered(m: &Metrics) {
+        tracing::info!(
+            failures = m.upload_failures.load(Relaxed),
+            "uploads are going through again"
+        );
+    }
+
+    pub fn upload_corrupt(m: &Metrics, id: &str, reason: &str) {
+        m.spool_corrupt.fetch_add(1, Relaxed);
+        tracing::error!(
+            id,
+            reason,
+            "a spool entry no longer matches its sidecar; removed"
+        );
+    }
+
+    /// An entry left the spool to make room for a frame worth more.
+    pub fn spool_evicted(m: &Metrics, id: &str, value: f32) {
+        m.spool_evicted.fetch_add(1, Relaxed);
+        tracing::info!(id, value, "spool: evicted a lower-value entry to make room");
+    }
+
+    /// An entry is committed to the spool (`id`, its sidecar `file`).
+    pub fn kept(m: &Metrics, camera: &str, id: &str, file: &Path, value: f32) {
         m.kept.fetch_add(1, Relaxed);
-        tracing::debug!(camera, file = %file.display(), value, "kept a frame");
+        tracing::debug!(camera, id, file = %file.display(), value, "kept a frame");
     }
 }
 

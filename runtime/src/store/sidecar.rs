@@ -19,6 +19,8 @@ pub struct Sidecar<'a> {
     pub id: &'a str,
     /// Capture time, RFC 3339 UTC with milliseconds.
     pub captured_at: String,
+    /// The same, in milliseconds since 1970 (0 when the clock was unset).
+    pub captured_unix_ms: u64,
     pub camera: &'a str,
     pub seq: u64,
     /// File name for replay sources, device for cameras; empty for synthetic frames.
@@ -111,6 +113,7 @@ impl<'a> Sidecar<'a> {
             version: SIDECAR_VERSION,
             id,
             captured_at: rfc3339(c.frame.captured_at),
+            captured_unix_ms: unix_ms(c.frame.captured_at),
             camera,
             seq: c.frame.seq,
             origin: &c.frame.origin,
@@ -157,6 +160,12 @@ impl<'a> Sidecar<'a> {
             }),
         }
     }
+}
+
+/// Milliseconds since 1970 (0 for an earlier time, as an unset clock gives).
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-21T22:05:07.123Z`.

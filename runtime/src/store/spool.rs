@@ -1,7 +1,12 @@
-//! The spool: kept frames on disk, waiting for upload.
+//! The spool: kept frames on disk, waiting for upload, within a disk budget.
 //!
-//! Layout: `<dir>/<id>.jpg` + `<dir>/<id>.json` (the sidecar). Temporary files live in
-//! `<dir>/.tmp/`, the spool's identity in `<dir>/.meta/`.
+//! Layout:
+//! ```text
+//! <dir>/<id>.jpg      the frame             <dir>/.meta/device-id   this cart's id
+//! <dir>/<id>.json     its sidecar           <dir>/.meta/boot        start counter
+//! <dir>/.tmp/         files being written   <dir>/.meta/index       entry log (a cache)
+//!                                           <dir>/.meta/lock        held while open
+//! ```
 //!
 //! Entry ids are `<device>-<boot>-<seq>`: the device id (configured, or made at random
 //! once and kept in `.meta/device-id`), this start's number (`.meta/boot`, counted up
@@ -11,21 +16,34 @@
 //! restarts and, with distinct device ids, across carts.
 //!
 //! Invariants:
-//! - Only the keeper creates entries; only the uploader (and recovery) deletes them.
-//! - An entry is complete or absent. The image is written to `.tmp/`, fsynced and
-//!   renamed into place first; the sidecar — which carries the image's sha256 and byte
-//!   count — is written the same way last, so a sidecar's presence commits the entry.
-//! - Recovery ([`Spool::open`]) runs before anything else touches the spool: it deletes
-//!   `.tmp/` leftovers, images without a sidecar, and sidecars whose image is missing or
-//!   does not match the recorded checksum. No manual repair is ever needed.
+//! - Only the keeper creates entries; the uploader (after the store confirmed both
+//!   objects), the disk budget (evicting the lowest-value entry not in flight) and
+//!   recovery delete them. One process at a time: `open` takes `.meta/lock`.
+//! - An entry is committed, or absent after a crash. The image is written to `.tmp/`,
+//!   fsynced, renamed into place; the sidecar — which carries the image's sha256 and
+//!   byte count — is written the same way; then the directory is fsynced, and only then
+//!   does `write` return. A sidecar whose image is missing, or an image without its
+//!   sidecar, is a write that never finished.
+//! - Removal unlinks the sidecar first (the entry stops being one), then the image. It
+//!   is not fsynced: an entry that comes back after a power cut is delivered again to
+//!   the same keys (or evicted again), which the delivery semantics allow.
+//! - Recovery ([`Spool::open`]) lists the directory once and reads the index log, so it
+//!   is O(n) in entries and reads a sidecar only for an entry the log does not know. It
+//!   removes `.tmp/` leftovers and half-written entries and counts them; an entry whose
+//!   sidecar cannot be read (an I/O error, not corrupt contents) is left alone and
+//!   retried at the next open — a transient error never deletes a committed entry.
+//!   Image checksums are verified when an entry is read for upload.
 
 use std::{
-    fs::{self, File},
-    io::Write,
+    collections::{BTreeSet, HashMap},
+    io::ErrorKind,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
+
+use super::fs::{Fs, SyncSite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -34,8 +52,25 @@ pub enum SpoolError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("spool is full ({used} of {max} bytes); the frame was dropped")]
-    Full { used: u64, max: u64 },
+    #[error("spool {dir} is in use by another framesift (pid {pid}); one spool, one daemon")]
+    Locked { dir: PathBuf, pid: String },
+    /// The frame was worth less than every entry that could make room for it, or
+    /// nothing could be evicted (all in flight).
+    #[error(
+        "spool is full ({used} bytes of {max_bytes}, {free} free on the disk, {min_free} kept free); a frame of value {value:.3} was dropped"
+    )]
+    Full {
+        used: u64,
+        max_bytes: u64,
+        free: u64,
+        min_free: u64,
+        value: f32,
+    },
+    /// The disk ran out of space (ENOSPC) while writing; nothing was left behind.
+    #[error("the disk holding spool {dir} is full; a frame of value {value:.3} was dropped")]
+    DiskFull { dir: PathBuf, value: f32 },
+    #[error("spool entry {id}: {reason}")]
+    Corrupt { id: String, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -45,13 +80,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-/// What recovery found and removed.
+/// What recovery found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
     pub complete: usize,
     pub removed_temp: usize,
-    pub removed_orphan_images: usize,
-    pub removed_bad_sidecars: usize,
+    /// Entries whose write never finished (an image or a sidecar alone).
+    pub removed_partial: usize,
+    /// Sidecars that could not be parsed, with their images.
+    pub removed_corrupt: usize,
+    /// Entries left in place because reading them failed (retried at the next open).
+    pub unreadable: usize,
 }
 
 /// How the image in an entry was produced.
@@ -73,52 +112,164 @@ pub struct ImageRecord {
     pub encoding: ImageEncoding,
 }
 
+/// What the spool reads back from a sidecar when its index does not know the entry.
 #[derive(Deserialize)]
-struct SidecarImage {
+struct SidecarMeta {
     image: ImageRecord,
+    camera: String,
+    value: f32,
+    captured_unix_ms: u64,
 }
 
-/// A spool directory with its size accounted.
-pub struct Spool {
+/// How much the spool may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    pub max_bytes: u64,
+    /// Bytes that must stay free on the spool's filesystem.
+    pub min_free_bytes: u64,
+}
+
+/// What a new entry is, for the index.
+#[derive(Debug, Clone)]
+pub(crate) struct NewEntry<'a> {
+    pub value: f32,
+    pub camera: &'a str,
+    pub captured_unix_ms: u64,
+}
+
+/// One committed entry.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub id: String,
+    pub value: f32,
+    /// Image and sidecar together.
+    pub bytes: u64,
+    pub camera: String,
+    pub captured_unix_ms: u64,
+    /// Handed to the uploader and not yet confirmed or given back.
+    pub in_flight: bool,
+}
+
+/// A total order on values, oldest first among equals, then by id.
+type Rank = (u32, u64, String);
+
+fn rank(e: &Entry) -> Rank {
+    // f32 → u32 keeping the order (negative values below positive ones).
+    let bits = e.value.to_bits();
+    let key = if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    };
+    (key, e.captured_unix_ms, e.id.clone())
+}
+
+/// The entries in memory: by id, and by value among those not in flight.
+#[derive(Debug, Default)]
+struct Index {
+    entries: HashMap<String, Entry>,
+    waiting: BTreeSet<Rank>,
+}
+
+impl Index {
+    fn insert(&mut self, e: Entry) {
+        if !e.in_flight {
+            self.waiting.insert(rank(&e));
+        }
+        self.entries.insert(e.id.clone(), e);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Entry> {
+        let e = self.entries.remove(id)?;
+        self.waiting.remove(&rank(&e));
+        Some(e)
+    }
+}
+
+/// What a write did.
+#[derive(Debug)]
+pub(crate) struct Written {
+    pub id: String,
+    pub sidecar: PathBuf,
+    /// Entries evicted to make room: (id, value).
+    pub evicted: Vec<(String, f32)>,
+}
+
+/// Counts since the spool was opened.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolCounters {
+    pub written: u64,
+    pub uploaded: u64,
+    pub evicted: u64,
+    pub dropped_full: u64,
+    pub disk_full: u64,
+    pub removed_corrupt: u64,
+}
+
+/// A spool directory: its entries, its identity and its budget.
+pub(crate) struct Spool {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     tmp: PathBuf,
-    max_bytes: u64,
+    meta: PathBuf,
+    budget: Budget,
     used_bytes: u64,
     device: String,
     boot: u32,
     /// Entries written since this open.
     seq: u64,
+    index: Index,
+    pub(crate) counters: SpoolCounters,
+    /// Held for the spool's life.
+    _lock: Box<dyn Send>,
 }
 
 impl Spool {
     /// Open (creating if needed) and recover the spool, writing as `device_id` (`None`:
     /// the id kept in the spool, made at random the first time).
-    pub fn open(
+    pub(crate) fn open(
+        fs: Arc<dyn Fs>,
         dir: &Path,
-        max_bytes: u64,
+        budget: Budget,
         device_id: Option<&str>,
     ) -> Result<(Spool, Recovery), SpoolError> {
         let tmp = dir.join(".tmp");
-        fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         let meta = dir.join(".meta");
-        fs::create_dir_all(&meta).map_err(io(&meta))?;
+        for d in [dir, &tmp, &meta] {
+            fs.create_dir_all(d).map_err(io(d))?;
+        }
+        let lock = fs
+            .lock(&meta.join("lock"))
+            .map_err(|error| match error.kind() {
+                ErrorKind::WouldBlock => SpoolError::Locked {
+                    dir: dir.to_path_buf(),
+                    pid: fs
+                        .read(&meta.join("lock"))
+                        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                        .unwrap_or_else(|_| "unknown".into()),
+                },
+                _ => SpoolError::Io {
+                    path: meta.join("lock"),
+                    error,
+                },
+            })?;
         let device = match device_id {
             Some(id) => id.to_string(),
-            None => stored_or(&meta.join("device-id"), &tmp, || {
+            None => stored_or(fs.as_ref(), &meta.join("device-id"), &tmp, || {
                 format!("{:016x}", random_u64())
             })?,
         };
         let boot_file = meta.join("boot");
-        let boot = match fs::read_to_string(&boot_file) {
-            Ok(text) => text
-                .trim()
-                .parse::<u32>()
-                .map_err(|e| SpoolError::Io {
-                    path: boot_file.clone(),
-                    error: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                })?
-                .wrapping_add(1),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => random_u64() as u32,
+        let boot = match fs.read(&boot_file) {
+            Ok(text) => match String::from_utf8_lossy(&text).trim().parse::<u32>() {
+                Ok(boot) => boot.wrapping_add(1),
+                // Damaged: a random start keeps ids apart as a new spool's does.
+                Err(_) => {
+                    tracing::warn!(file = %boot_file.display(), "spool: the boot counter is unreadable; starting it at random");
+                    random_u64() as u32
+                }
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => random_u64() as u32,
             Err(e) => {
                 return Err(SpoolError::Io {
                     path: boot_file,
@@ -126,18 +277,27 @@ impl Spool {
                 });
             }
         };
-        write_durably(&boot_file, &tmp, boot.to_string().as_bytes())?;
+        write_durably(fs.as_ref(), &boot_file, &tmp, boot.to_string().as_bytes())?;
         let mut spool = Spool {
+            fs,
             dir: dir.to_path_buf(),
             tmp,
-            max_bytes,
+            meta,
+            budget,
             used_bytes: 0,
             device,
             boot,
             seq: 0,
+            index: Index::default(),
+            counters: SpoolCounters::default(),
+            _lock: lock,
         };
         let recovery = spool.recover()?;
         Ok((spool, recovery))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     /// The id the next entry gets.
@@ -147,169 +307,429 @@ impl Spool {
         id
     }
 
-    /// A new size limit (a reload); entries already written stay.
-    pub fn set_max_bytes(&mut self, max_bytes: u64) {
-        self.max_bytes = max_bytes;
+    /// A new budget (a reload); entries already written stay until a write needs room.
+    pub(crate) fn set_budget(&mut self, budget: Budget) {
+        self.budget = budget;
     }
 
-    #[cfg(test)]
-    pub fn used_bytes(&self) -> u64 {
+    pub(crate) fn used_bytes(&self) -> u64 {
         self.used_bytes
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.index.entries.len()
+    }
+
+    /// The entries, in no particular order.
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.index.entries.values()
+    }
+
     fn recover(&mut self) -> Result<Recovery, SpoolError> {
+        let fs = self.fs.clone();
         let mut rec = Recovery::default();
-        for entry in fs::read_dir(&self.tmp).map_err(io(&self.tmp))?.flatten() {
-            if fs::remove_file(entry.path()).is_ok() {
+        for name in fs.list(&self.tmp).map_err(io(&self.tmp))? {
+            if fs.remove(&self.tmp.join(&name)).is_ok() {
                 rec.removed_temp += 1;
             }
         }
-        let mut used = 0u64;
-        let entries: Vec<PathBuf> = fs::read_dir(&self.dir)
-            .map_err(io(&self.dir))?
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        // Sidecars first: each one names (and vouches for) its image.
-        let mut vouched: Vec<PathBuf> = Vec::new();
-        for path in entries
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        {
-            match check_entry(path) {
-                Some((image, bytes)) => {
-                    used += bytes + fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-                    vouched.push(image);
-                    rec.complete += 1;
-                }
-                None => {
-                    let _ = fs::remove_file(path);
-                    rec.removed_bad_sidecars += 1;
-                }
-            }
+        let scan = scan(fs.as_ref(), &self.dir)?;
+        for id in &scan.partial {
+            self.remove_files(id);
         }
-        for path in entries
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        {
-            if !vouched.contains(path) && fs::remove_file(path).is_ok() {
-                rec.removed_orphan_images += 1;
-            }
+        for (id, reason) in &scan.corrupt {
+            tracing::warn!(
+                id,
+                reason,
+                "spool: removed an entry whose sidecar is corrupt"
+            );
+            self.remove_files(id);
         }
-        self.used_bytes = used;
-        if rec.removed_temp + rec.removed_orphan_images + rec.removed_bad_sidecars > 0 {
-            sync_dir(&self.dir);
+        rec.removed_partial = scan.partial.len();
+        rec.removed_corrupt = scan.corrupt.len();
+        rec.unreadable = scan.unreadable;
+        rec.complete = scan.complete.len();
+        for e in scan.complete {
+            self.used_bytes += e.bytes;
+            self.index.insert(e);
         }
+        self.counters.removed_corrupt = rec.removed_corrupt as u64;
+        self.rewrite_index()?;
         Ok(rec)
     }
 
-    /// Write one entry atomically under a new id: the image, then the sidecar built by
-    /// `sidecar` from the entry id and the image record. Returns the sidecar's path.
-    pub fn write(
+    /// Replace the index log with one line per entry (it is a cache: the directory and
+    /// the sidecars are the truth, so it needs no fsync).
+    fn rewrite_index(&self) -> Result<(), SpoolError> {
+        let mut text = String::new();
+        for e in self.index.entries.values() {
+            text.push_str(&index_line(e));
+        }
+        let file = self.meta.join("index");
+        let staged = self.tmp.join("index");
+        self.fs
+            .write(&staged, text.as_bytes())
+            .map_err(io(&staged))?;
+        self.fs.rename(&staged, &file).map_err(io(&file))
+    }
+
+    /// Unlink an entry's sidecar, then its image (each may already be gone).
+    fn remove_files(&self, id: &str) {
+        let _ = self.fs.remove(&self.path(&format!("{id}.json")));
+        crate::faults::point("spool-sidecar-removed");
+        let _ = self.fs.remove(&self.path(&format!("{id}.jpg")));
+    }
+
+    /// Remove an entry (uploaded, evicted or corrupt) from disk and index.
+    fn delete(&mut self, id: &str) -> Option<Entry> {
+        let e = self.index.remove(id)?;
+        self.remove_files(id);
+        self.used_bytes = self.used_bytes.saturating_sub(e.bytes);
+        let _ = self
+            .fs
+            .append(&self.meta.join("index"), format!("-\t{id}\n").as_bytes());
+        Some(e)
+    }
+
+    /// Write one entry under a new id: the image, then the sidecar built by `sidecar`
+    /// from the id and the image record, making room within the budget by evicting
+    /// lower-value entries first.
+    pub(crate) fn write(
         &mut self,
+        entry: NewEntry<'_>,
         image: &[u8],
         encoding: ImageEncoding,
         sidecar: impl FnOnce(&str, &ImageRecord) -> Result<Vec<u8>, serde_json::Error>,
-    ) -> Result<PathBuf, SpoolError> {
-        let needed = image.len() as u64 + 4096;
-        if self.used_bytes + needed > self.max_bytes {
-            return Err(SpoolError::Full {
-                used: self.used_bytes,
-                max: self.max_bytes,
-            });
-        }
-        let name = self.next_id();
-        let image_name = format!("{name}.jpg");
+    ) -> Result<Written, SpoolError> {
+        let id = self.next_id();
+        let image_name = format!("{id}.jpg");
         let record = ImageRecord {
             file: image_name.clone(),
             bytes: image.len() as u64,
             sha256: crate::digest::sha256_hex(image),
             encoding,
         };
-        let json = sidecar(&name, &record).map_err(|e| SpoolError::Io {
-            path: self.dir.join(format!("{name}.json")),
+        let json = sidecar(&id, &record).map_err(|e| SpoolError::Io {
+            path: self.path(&format!("{id}.json")),
             error: e.into(),
         })?;
-
-        let image_path = self.dir.join(&image_name);
-        let sidecar_path = self.dir.join(format!("{name}.json"));
-        let result = self
-            .place(&image_name, image, &image_path)
-            .and_then(|()| self.place(&format!("{name}.json"), &json, &sidecar_path));
-        match result {
-            Ok(()) => {
-                sync_dir(&self.dir);
-                self.used_bytes += image.len() as u64 + json.len() as u64;
-                Ok(sidecar_path)
+        let bytes = image.len() as u64 + json.len() as u64;
+        let evicted = self.make_room(bytes, entry.value)?;
+        match self.place(&id, &image_name, image, &json) {
+            Ok(sidecar) => {
+                let e = Entry {
+                    id: id.clone(),
+                    value: entry.value,
+                    bytes,
+                    camera: entry.camera.to_string(),
+                    captured_unix_ms: entry.captured_unix_ms,
+                    in_flight: false,
+                };
+                let _ = self
+                    .fs
+                    .append(&self.meta.join("index"), index_line(&e).as_bytes());
+                self.used_bytes += bytes;
+                self.index.insert(e);
+                self.counters.written += 1;
+                Ok(Written {
+                    id,
+                    sidecar,
+                    evicted,
+                })
             }
-            Err(e) => {
-                // Leave nothing half-written: no sidecar means the image must go too.
-                let _ = fs::remove_file(&sidecar_path);
-                let _ = fs::remove_file(&image_path);
-                Err(e)
+            Err(SpoolError::Io { error, .. }) if is_disk_full(&error) => {
+                self.counters.disk_full += 1;
+                Err(SpoolError::DiskFull {
+                    dir: self.dir.clone(),
+                    value: entry.value,
+                })
             }
+            Err(e) => Err(e),
         }
     }
 
-    /// Write `bytes` to `.tmp/<file>`, fsync, rename to `dest`.
-    fn place(&self, file: &str, bytes: &[u8], dest: &Path) -> Result<(), SpoolError> {
-        let tmp = self.tmp.join(file);
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dest)
-        };
-        write().map_err(|error| {
-            let _ = fs::remove_file(&tmp);
-            SpoolError::Io {
-                path: dest.to_path_buf(),
-                error,
+    /// Evict the lowest-value entries not in flight (oldest first among equals) until
+    /// `bytes` more fit. When evicting every entry worth no more than the new frame
+    /// would not make room, nothing is evicted and the new frame is refused.
+    fn make_room(&mut self, bytes: u64, value: f32) -> Result<Vec<(String, f32)>, SpoolError> {
+        let free = self.fs.free_bytes(&self.dir).unwrap_or(u64::MAX);
+        // Bytes to give back for the budget and for the free-space floor.
+        let over_budget = (self.used_bytes + bytes).saturating_sub(self.budget.max_bytes);
+        let under_floor = bytes
+            .saturating_add(self.budget.min_free_bytes)
+            .saturating_sub(free);
+        let needed = over_budget.max(under_floor);
+        let mut victims = Vec::new();
+        let mut freed = 0;
+        for (_, _, id) in &self.index.waiting {
+            if freed >= needed {
+                break;
             }
-        })
+            let Some(e) = self.index.entries.get(id) else {
+                continue;
+            };
+            if e.value > value {
+                break;
+            }
+            freed += e.bytes;
+            victims.push((e.id.clone(), e.value));
+        }
+        if freed < needed {
+            self.counters.dropped_full += 1;
+            return Err(SpoolError::Full {
+                used: self.used_bytes,
+                max_bytes: self.budget.max_bytes,
+                free,
+                min_free: self.budget.min_free_bytes,
+                value,
+            });
+        }
+        for (id, _) in &victims {
+            crate::faults::point("spool-evicting");
+            self.delete(id);
+            self.counters.evicted += 1;
+        }
+        Ok(victims)
     }
 
-    /// Complete entries, oldest name first: (sidecar path, image path).
-    #[cfg(test)]
-    pub fn entries(&self) -> Result<Vec<(PathBuf, PathBuf)>, SpoolError> {
-        let mut out: Vec<(PathBuf, PathBuf)> = fs::read_dir(&self.dir)
-            .map_err(io(&self.dir))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .filter_map(|p| {
-                let image = p.with_extension("jpg");
-                image.is_file().then_some((p, image))
-            })
-            .collect();
-        out.sort();
-        Ok(out)
+    /// Image to `.tmp/`, fsync, rename; sidecar the same; fsync the directory. On any
+    /// error nothing of the entry is left.
+    fn place(
+        &self,
+        id: &str,
+        image_name: &str,
+        image: &[u8],
+        json: &[u8],
+    ) -> Result<PathBuf, SpoolError> {
+        let fs = self.fs.as_ref();
+        let sidecar_name = format!("{id}.json");
+        let (image_tmp, sidecar_tmp) = (self.tmp.join(image_name), self.tmp.join(&sidecar_name));
+        let (image_path, sidecar_path) = (self.path(image_name), self.path(&sidecar_name));
+        let result = (|| -> Result<(), SpoolError> {
+            fs.write(&image_tmp, image).map_err(io(&image_tmp))?;
+            fs.sync_file(&image_tmp, SyncSite::ImageData)
+                .map_err(io(&image_tmp))?;
+            crate::faults::point("spool-image-synced");
+            fs.rename(&image_tmp, &image_path)
+                .map_err(io(&image_path))?;
+            crate::faults::point("spool-image-renamed");
+            fs.write(&sidecar_tmp, json).map_err(io(&sidecar_tmp))?;
+            fs.sync_file(&sidecar_tmp, SyncSite::SidecarData)
+                .map_err(io(&sidecar_tmp))?;
+            fs.rename(&sidecar_tmp, &sidecar_path)
+                .map_err(io(&sidecar_path))?;
+            crate::faults::point("spool-sidecar-renamed");
+            fs.sync_dir(&self.dir, SyncSite::EntryDir)
+                .map_err(io(&self.dir))?;
+            crate::faults::point("spool-committed");
+            Ok(())
+        })();
+        if result.is_err() {
+            // Leave nothing half-written: without its sidecar the image must go too.
+            for p in [&sidecar_path, &image_path, &sidecar_tmp, &image_tmp] {
+                let _ = fs.remove(p);
+            }
+        }
+        result.map(|()| sidecar_path)
+    }
+
+    /// Hand the highest-value entry not in flight to the uploader.
+    pub(crate) fn take_for_upload(&mut self) -> Option<Entry> {
+        let (_, _, id) = self.index.waiting.last()?.clone();
+        let mut e = self.index.remove(&id)?;
+        e.in_flight = true;
+        self.index.insert(e.clone());
+        Some(e)
+    }
+
+    /// An entry the uploader could not deliver goes back to waiting.
+    pub(crate) fn give_back(&mut self, id: &str) {
+        if let Some(mut e) = self.index.remove(id) {
+            e.in_flight = false;
+            self.index.insert(e);
+        }
+    }
+
+    /// The store confirmed both objects: the entry leaves the spool.
+    pub(crate) fn uploaded(&mut self, id: &str) {
+        if self.delete(id).is_some() {
+            self.counters.uploaded += 1;
+        }
+    }
+
+    /// Read an entry's image and sidecar, checking the image against the sidecar's
+    /// checksum. A mismatch removes the entry (it can never be delivered intact).
+    pub(crate) fn read(&mut self, id: &str) -> Result<(Vec<u8>, Vec<u8>), SpoolError> {
+        let sidecar_path = self.path(&format!("{id}.json"));
+        let image_path = self.path(&format!("{id}.jpg"));
+        let sidecar = self.fs.read(&sidecar_path).map_err(io(&sidecar_path))?;
+        let image = self.fs.read(&image_path).map_err(io(&image_path))?;
+        let record: Result<ImageRecord, String> = serde_json::from_slice::<SidecarMeta>(&sidecar)
+            .map(|m| m.image)
+            .map_err(|e| format!("sidecar: {e}"));
+        let problem = match record {
+            Err(reason) => Some(reason),
+            Ok(r)
+                if r.bytes != image.len() as u64
+                    || r.sha256 != crate::digest::sha256_hex(&image) =>
+            {
+                Some("the image does not match its sidecar's sha256".to_string())
+            }
+            Ok(_) => None,
+        };
+        if let Some(reason) = problem {
+            self.delete(id);
+            self.counters.removed_corrupt += 1;
+            return Err(SpoolError::Corrupt {
+                id: id.to_string(),
+                reason,
+            });
+        }
+        Ok((image, sidecar))
     }
 }
 
-/// A sidecar's image, if the sidecar parses and the image matches its record.
-fn check_entry(sidecar: &Path) -> Option<(PathBuf, u64)> {
-    let text = fs::read(sidecar).ok()?;
-    let parsed: SidecarImage = serde_json::from_slice(&text).ok()?;
-    let image = sidecar.with_file_name(&parsed.image.file);
-    let bytes = fs::read(&image).ok()?;
-    (bytes.len() as u64 == parsed.image.bytes
-        && crate::digest::sha256_hex(&bytes) == parsed.image.sha256)
-        .then_some((image, parsed.image.bytes))
+/// What a spool directory holds, read without changing anything.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    pub complete: Vec<Entry>,
+    /// Ids of writes that never finished (an image or a sidecar alone).
+    pub partial: Vec<String>,
+    /// Ids whose sidecar cannot be parsed, with why.
+    pub corrupt: Vec<(String, String)>,
+    /// Entries whose sidecar could not be read (an I/O error).
+    pub unreadable: usize,
+}
+
+/// List `dir` once and read the index log: O(n) in entries; a sidecar is read only for
+/// an entry the log does not know.
+pub(crate) fn scan(fs: &dyn Fs, dir: &Path) -> Result<Scan, SpoolError> {
+    let names = fs.list(dir).map_err(io(dir))?;
+    let ids = |ext: &str| -> BTreeSet<String> {
+        names
+            .iter()
+            .filter_map(|n| n.strip_suffix(ext).map(str::to_string))
+            .collect()
+    };
+    let (sidecars, images) = (ids(".json"), ids(".jpg"));
+    let known = read_index(fs, &dir.join(".meta").join("index"));
+    let mut out = Scan::default();
+    for id in &sidecars {
+        if !images.contains(id) {
+            // The sidecar's rename reached the disk, the image's did not: the write
+            // never returned.
+            out.partial.push(id.clone());
+            continue;
+        }
+        let entry = match known.get(id) {
+            Some(e) => Ok(e.clone()),
+            None => entry_from_sidecar(fs, dir, id),
+        };
+        match entry {
+            Ok(e) => out.complete.push(e),
+            Err(SpoolError::Corrupt { id, reason }) => out.corrupt.push((id, reason)),
+            Err(e) => {
+                tracing::warn!(error = %e, "spool: could not read an entry; leaving it for the next start");
+                out.unreadable += 1;
+            }
+        }
+    }
+    out.partial.extend(images.difference(&sidecars).cloned());
+    Ok(out)
+}
+
+fn entry_from_sidecar(fs: &dyn Fs, dir: &Path, id: &str) -> Result<Entry, SpoolError> {
+    let path = dir.join(format!("{id}.json"));
+    let text = fs.read(&path).map_err(io(&path))?;
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        id: id.to_string(),
+        reason,
+    };
+    let meta: SidecarMeta =
+        serde_json::from_slice(&text).map_err(|e| corrupt(format!("sidecar: {e}")))?;
+    let image = dir.join(&meta.image.file);
+    let len = fs.len(&image).map_err(io(&image))?;
+    if len != meta.image.bytes {
+        return Err(corrupt(format!(
+            "the image holds {len} bytes, its sidecar says {}",
+            meta.image.bytes
+        )));
+    }
+    Ok(Entry {
+        id: id.to_string(),
+        value: meta.value,
+        bytes: len + text.len() as u64,
+        camera: meta.camera,
+        captured_unix_ms: meta.captured_unix_ms,
+        in_flight: false,
+    })
+}
+
+fn index_line(e: &Entry) -> String {
+    format!(
+        "+\t{}\t{}\t{}\t{}\t{}\n",
+        e.id, e.value, e.bytes, e.captured_unix_ms, e.camera
+    )
+}
+
+/// The entries the index log knows (a torn or garbled line is skipped: the sidecar of
+/// such an entry is read instead).
+fn read_index(fs: &dyn Fs, file: &Path) -> HashMap<String, Entry> {
+    let mut out = HashMap::new();
+    let Ok(bytes) = fs.read(file) else {
+        return out;
+    };
+    for line in String::from_utf8_lossy(&bytes).lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f.as_slice() {
+            ["+", id, value, bytes, ms, camera] => {
+                if let (Ok(value), Ok(bytes), Ok(ms)) = (value.parse(), bytes.parse(), ms.parse()) {
+                    out.insert(
+                        id.to_string(),
+                        Entry {
+                            id: id.to_string(),
+                            value,
+                            bytes,
+                            camera: camera.to_string(),
+                            captured_unix_ms: ms,
+                            in_flight: false,
+                        },
+                    );
+                }
+            }
+            ["-", id] => {
+                out.remove(*id);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC)
 }
 
 /// The first line of `file`, or `make()` written there durably when there is none.
-fn stored_or(file: &Path, tmp: &Path, make: impl FnOnce() -> String) -> Result<String, SpoolError> {
-    match fs::read_to_string(file) {
-        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+fn stored_or(
+    fs: &dyn Fs,
+    file: &Path,
+    tmp: &Path,
+    make: impl FnOnce() -> String,
+) -> Result<String, SpoolError> {
+    match fs.read(file) {
+        Ok(text) if !String::from_utf8_lossy(&text).trim().is_empty() => {
+            Ok(String::from_utf8_lossy(&text).trim().to_string())
+        }
         Ok(_) => {
             let value = make();
-            write_durably(file, tmp, value.as_bytes())?;
+            write_durably(fs, file, tmp, value.as_bytes())?;
             Ok(value)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
             let value = make();
-            write_durably(file, tmp, value.as_bytes())?;
+            write_durably(fs, file, tmp, value.as_bytes())?;
             Ok(value)
         }
         Err(e) => Err(SpoolError::Io {
@@ -321,20 +741,18 @@ fn stored_or(file: &Path, tmp: &Path, make: impl FnOnce() -> String) -> Result<S
 
 /// Replace `file` with `bytes`: a temp file in `tmp`, fsync, rename, fsync of the
 /// directory. A crash leaves the old contents or the new, never a mix.
-fn write_durably(file: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
-    let name = file.file_name().unwrap_or_default();
-    let staged = tmp.join(name);
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&staged)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&staged, file)?;
-        if let Some(dir) = file.parent() {
-            File::open(dir)?.sync_all()?;
+fn write_durably(fs: &dyn Fs, file: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let staged = tmp.join(file.file_name().unwrap_or_default());
+    let result = (|| {
+        fs.write(&staged, bytes)?;
+        fs.sync_file(&staged, SyncSite::Meta)?;
+        fs.rename(&staged, file)?;
+        match file.parent() {
+            Some(dir) => fs.sync_dir(dir, SyncSite::Meta),
+            None => Ok(()),
         }
-        Ok(())
-    };
-    write().map_err(|error| SpoolError::Io {
+    })();
+    result.map_err(|error| SpoolError::Io {
         path: file.to_path_buf(),
         error,
     })
@@ -343,7 +761,7 @@ fn write_durably(file: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), SpoolError
 /// 64 random bits from the kernel (`/dev/urandom`), else from the clock and pid.
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
-    if File::open("/dev/urandom")
+    if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .is_ok()
     {
@@ -355,173 +773,304 @@ fn random_u64() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
-fn sync_dir(dir: &Path) {
-    // Persist the renames; best effort (not every filesystem supports it).
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
+    use crate::store::{fs::OsFs, sim::SimFs};
+
+    const ROOMY: Budget = Budget {
+        max_bytes: 1 << 30,
+        min_free_bytes: 0,
+    };
 
     fn sidecar(id: &str, record: &ImageRecord) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(&serde_json::json!({ "id": id, "camera": "cam0", "image": record }))
+        serde_json::to_vec(&serde_json::json!({
+            "id": id, "camera": "cam0", "value": 0.5, "captured_unix_ms": 1, "image": record
+        }))
     }
 
-    fn open(dir: &Path, max_bytes: u64) -> Spool {
-        Spool::open(dir, max_bytes, Some("cart7")).expect("open").0
+    fn open_in(fs: Arc<dyn Fs>, dir: &Path, budget: Budget, device: Option<&str>) -> Spool {
+        Spool::open(fs, dir, budget, device).expect("open").0
+    }
+
+    /// Write an entry of `bytes` image bytes at `value`, captured at `ms`.
+    fn put(spool: &mut Spool, value: f32, ms: u64, bytes: usize) -> Result<Written, SpoolError> {
+        let entry = NewEntry {
+            value,
+            camera: "cam0",
+            captured_unix_ms: ms,
+        };
+        spool.write(entry, &vec![7u8; bytes], ImageEncoding::Encoded, sidecar)
+    }
+
+    fn ids(spool: &Spool) -> BTreeSet<String> {
+        spool.entries().map(|e| e.id.clone()).collect()
     }
 
     #[test]
-    fn write_creates_image_and_sidecar() {
+    fn a_write_commits_image_and_sidecar_and_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut spool, rec) = Spool::open(dir.path(), 1 << 20, Some("cart7")).expect("open");
-        assert_eq!(rec, Recovery::default());
-        let path = spool
-            .write(b"jpegbytes", ImageEncoding::Original, sidecar)
-            .expect("write");
-        assert!(path.is_file());
-        assert!(path.with_extension("jpg").is_file());
-        let stem = path
-            .file_stem()
-            .expect("stem")
-            .to_string_lossy()
-            .into_owned();
+        let mut spool = open_in(Arc::new(OsFs), dir.path(), ROOMY, Some("cart7"));
+        let w = put(&mut spool, 0.5, 1, 100).expect("write");
         assert!(
-            stem.starts_with("cart7-") && stem.ends_with("-00000000"),
-            "{stem}"
+            w.id.starts_with("cart7-") && w.id.ends_with("-00000000"),
+            "{}",
+            w.id
         );
-        let written: serde_json::Value =
-            serde_json::from_slice(&fs::read(&path).expect("read")).expect("json");
-        assert_eq!(written["id"], stem.as_str());
-        assert_eq!(spool.entries().expect("entries").len(), 1);
-        assert!(spool.used_bytes() > 9);
+        assert!(dir.path().join(format!("{}.jpg", w.id)).is_file());
+        let json: serde_json::Value =
+            serde_json::from_slice(&fs::read(&w.sidecar).expect("read")).expect("json");
+        assert_eq!(json["image"]["bytes"], 100);
         assert_eq!(
             fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(),
             0
         );
+        let (image, _) = spool.read(&w.id).expect("read back");
+        assert_eq!(image, vec![7u8; 100]);
     }
 
     #[test]
-    fn ids_are_unique_across_opens_and_devices() {
+    fn a_second_daemon_cannot_open_a_spool_in_use() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut ids = std::collections::BTreeSet::new();
+        let first = open_in(Arc::new(OsFs), dir.path(), ROOMY, None);
+        let Err(e) = Spool::open(Arc::new(OsFs), dir.path(), ROOMY, None) else {
+            panic!("opened twice")
+        };
+        let message = e.to_string();
+        assert!(matches!(e, SpoolError::Locked { .. }), "{message}");
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        drop(first);
+        open_in(Arc::new(OsFs), dir.path(), ROOMY, None);
+    }
+
+    #[test]
+    fn ids_are_unique_across_restarts_and_spools() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut seen = BTreeSet::new();
         for _ in 0..3 {
-            // No configured id: the one made at the first open is kept.
-            let (mut spool, _) = Spool::open(dir.path(), 1 << 20, None).expect("open");
+            // No configured device id: the one made at the first open is kept.
+            let mut spool = open_in(Arc::new(OsFs), dir.path(), ROOMY, None);
             for _ in 0..2 {
-                let path = spool
-                    .write(b"x", ImageEncoding::Original, sidecar)
-                    .expect("write");
-                ids.insert(
-                    path.file_stem()
-                        .expect("stem")
-                        .to_string_lossy()
-                        .into_owned(),
-                );
+                assert!(seen.insert(put(&mut spool, 0.5, 1, 10).expect("write").id));
             }
         }
-        assert_eq!(ids.len(), 6, "{ids:?}");
-        let devices: std::collections::BTreeSet<&str> = ids
+        let devices: BTreeSet<String> = seen
             .iter()
-            .map(|id| id.split('-').next().expect("device"))
+            .map(|id| id.rsplitn(3, '-').nth(2).expect("device").to_string())
             .collect();
-        assert_eq!(devices.len(), 1, "one generated device id: {devices:?}");
-        // Another spool (a wiped one, or another cart) starts at another boot number.
+        assert_eq!(devices.len(), 1, "{seen:?}");
+        // A wiped spool, or another cart's, starts at another boot number.
         let other = tempfile::tempdir().expect("tempdir");
-        let (mut spool, _) = Spool::open(other.path(), 1 << 20, None).expect("open");
-        let path = spool
-            .write(b"x", ImageEncoding::Original, sidecar)
-            .expect("write");
-        let id = path
-            .file_stem()
-            .expect("stem")
-            .to_string_lossy()
-            .into_owned();
-        assert!(!ids.contains(&id), "{id}");
+        let mut spool = open_in(Arc::new(OsFs), other.path(), ROOMY, None);
+        assert!(!seen.contains(&put(&mut spool, 0.5, 1, 10).expect("write").id));
+        // A damaged boot counter starts at random rather than failing or reusing ids.
+        drop(spool);
+        fs::write(other.path().join(".meta/boot"), "garbage").expect("damage");
+        let mut spool = open_in(Arc::new(OsFs), other.path(), ROOMY, None);
+        assert!(!seen.contains(&put(&mut spool, 0.5, 1, 10).expect("write").id));
     }
 
     #[test]
-    fn recovery_removes_partial_entries_and_keeps_complete_ones() {
+    fn recovery_removes_half_written_entries_and_keeps_committed_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (good, corrupted) = {
-            let mut spool = open(dir.path(), 1 << 20);
-            let good = spool
-                .write(b"good", ImageEncoding::Original, sidecar)
-                .expect("write");
-            let corrupted = spool
-                .write(b"corrupted later", ImageEncoding::Original, sidecar)
-                .expect("write");
-            (good, corrupted)
+        let (good, torn) = {
+            let mut spool = open_in(Arc::new(OsFs), dir.path(), ROOMY, Some("c"));
+            let good = put(&mut spool, 0.5, 1, 10).expect("write").id;
+            let torn = put(&mut spool, 0.5, 2, 10).expect("write").id;
+            (good, torn)
         };
-        // A crash mid-write leaves: a temp file, an image with no sidecar, a sidecar whose
-        // image was truncated, and a sidecar that is not JSON.
-        fs::write(dir.path().join(".tmp/3-cam0-2.jpg"), b"partial").expect("tmp");
-        fs::write(dir.path().join("4-cam0-3.jpg"), b"orphan").expect("orphan");
-        fs::write(corrupted.with_extension("jpg"), b"corr").expect("truncate");
-        fs::write(dir.path().join("5-cam0-4.json"), b"{\"image\": ").expect("bad json");
-
-        let (spool, rec) = Spool::open(dir.path(), 1 << 20, Some("cart7")).expect("reopen");
+        let p = |name: &str| dir.path().join(name);
+        // What a crash mid-write leaves: a temporary file, an image alone, a sidecar
+        // alone; and a sidecar that is not JSON (its index line lost too).
+        fs::write(p(".tmp/c-00000009-00000000.jpg"), b"partial").expect("tmp");
+        fs::write(p("c-00000009-00000001.jpg"), b"orphan").expect("orphan");
+        fs::write(p("c-00000009-00000002.json"), b"{}").expect("lonely sidecar");
+        fs::remove_file(p(&format!("{torn}.json"))).expect("tear");
+        fs::write(p("c-00000009-00000003.jpg"), b"img").expect("img");
+        fs::write(p("c-00000009-00000003.json"), b"{\"image\": ").expect("bad json");
+        let (spool, rec) =
+            Spool::open(Arc::new(OsFs), dir.path(), ROOMY, Some("c")).expect("reopen");
         assert_eq!(
             rec,
             Recovery {
                 complete: 1,
                 removed_temp: 1,
-                removed_orphan_images: 2,
-                removed_bad_sidecars: 2
+                removed_partial: 3,
+                removed_corrupt: 1,
+                unreadable: 0,
             }
         );
-        let entries = spool.entries().expect("entries");
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].0, good);
+        assert_eq!(ids(&spool), BTreeSet::from([good.clone()]));
         let mut names: Vec<String> = fs::read_dir(dir.path())
             .expect("dir")
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        let stem = good
-            .file_stem()
-            .expect("stem")
-            .to_string_lossy()
-            .into_owned();
         assert_eq!(
             names,
             [
                 ".meta".to_string(),
                 ".tmp".into(),
-                format!("{stem}.jpg"),
-                format!("{stem}.json")
+                format!("{good}.jpg"),
+                format!("{good}.json")
             ]
         );
     }
 
     #[test]
-    fn full_spool_refuses_and_writes_nothing() {
+    fn the_budget_evicts_the_lowest_value_oldest_first_and_drops_a_frame_worth_less() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut spool = open(dir.path(), 5000);
-        let err = spool
-            .write(&[0u8; 2000], ImageEncoding::Encoded, sidecar)
-            .expect_err("full");
-        assert!(matches!(err, SpoolError::Full { .. }));
-        assert!(spool.entries().expect("entries").is_empty());
+        let mut spool = open_in(Arc::new(OsFs), dir.path(), ROOMY, Some("c"));
+        let a = put(&mut spool, 0.3, 10, 1000).expect("a").id;
+        let b = put(&mut spool, 0.3, 20, 1000).expect("b").id;
+        let c = put(&mut spool, 0.9, 5, 1000).expect("c").id;
+        let d = put(&mut spool, 0.6, 30, 1000).expect("d").id;
+        // Room for three entries from now on.
+        let per_entry = spool.used_bytes() / 4;
+        spool.set_budget(Budget {
+            max_bytes: 3 * per_entry + per_entry / 2,
+            min_free_bytes: 0,
+        });
+        let e = put(&mut spool, 0.5, 40, 1000).expect("e");
+        // Two of value 0.3: the older (a) goes first, then b, for e.
+        assert_eq!(e.evicted, [(a.clone(), 0.3), (b.clone(), 0.3)]);
+        assert_eq!(
+            ids(&spool),
+            BTreeSet::from([c.clone(), d.clone(), e.id.clone()])
+        );
+        // A frame worth less than everything is the one dropped; nothing is evicted.
+        let Err(SpoolError::Full { value, .. }) = put(&mut spool, 0.1, 50, 1000) else {
+            panic!("a low-value frame must be refused")
+        };
+        assert_eq!(value, 0.1);
+        assert_eq!(ids(&spool).len(), 3);
+        assert_eq!(
+            (spool.counters.evicted, spool.counters.dropped_full),
+            (2, 1)
+        );
+        // An entry in flight to the store is never evicted: c (0.9) is taken, so a
+        // frame of 0.95 evicts e (0.5), the lowest of the rest.
+        let taken = spool.take_for_upload().expect("take");
+        assert_eq!(taken.id, c);
+        let f = put(&mut spool, 0.95, 60, 1000).expect("f");
+        assert_eq!(f.evicted, [(e.id.clone(), 0.5)]);
+        assert!(ids(&spool).contains(&c));
+        // A frame that needs the room of two entries when only one (d) is worth less:
+        // refused, and d is not evicted for nothing.
+        assert!(matches!(
+            put(&mut spool, 0.7, 70, 2500),
+            Err(SpoolError::Full { .. })
+        ));
+        assert_eq!(ids(&spool), BTreeSet::from([c, d, f.id]));
     }
 
     #[test]
-    fn failed_write_leaves_nothing_behind() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut spool = open(dir.path(), 1 << 20);
-        // A directory where the sidecar should go makes the final rename fail.
-        let id = format!("cart7-{:08x}-00000000", spool.boot);
-        fs::create_dir(dir.path().join(format!("{id}.json"))).expect("blocker");
-        let err = spool.write(b"img", ImageEncoding::Original, sidecar);
-        assert!(err.is_err());
-        assert!(!dir.path().join(format!("{id}.jpg")).exists());
-        assert_eq!(
-            fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(),
-            0
+    fn the_free_space_floor_evicts_like_the_budget() {
+        let fs = Arc::new(SimFs::new());
+        let budget = Budget {
+            max_bytes: u64::MAX,
+            min_free_bytes: 10_000,
+        };
+        let mut spool = open_in(fs.clone(), Path::new("/s"), budget, Some("c"));
+        let low = put(&mut spool, 0.2, 1, 3000).expect("low").id;
+        put(&mut spool, 0.8, 2, 3000).expect("high");
+        // The disk now has room for about one more entry above the floor.
+        let used = u64::MAX / 2 - fs.free_bytes(Path::new("/s")).expect("free");
+        fs.set_free(used + 10_000 + 5_000);
+        put(&mut spool, 0.5, 3, 3000).expect("fits");
+        let w = put(&mut spool, 0.6, 4, 3000).expect("evicts");
+        assert_eq!(w.evicted, [(low, 0.2)]);
+    }
+
+    #[test]
+    fn a_failing_fsync_drops_the_frame_and_leaves_nothing() {
+        let fs = Arc::new(SimFs::new());
+        let mut spool = open_in(fs.clone(), Path::new("/s"), ROOMY, Some("c"));
+        let kept = put(&mut spool, 0.5, 1, 100).expect("write").id;
+        let files = |fs: &SimFs| {
+            let mut n = fs.list(Path::new("/s")).expect("list");
+            n.extend(fs.list(Path::new("/s/.tmp")).expect("list"));
+            n.sort();
+            n
+        };
+        let before = files(&fs);
+        for site in [
+            SyncSite::ImageData,
+            SyncSite::SidecarData,
+            SyncSite::EntryDir,
+        ] {
+            fs.fail_next_sync(site);
+            let err = put(&mut spool, 0.9, 3, 100).expect_err("EIO");
+            assert!(
+                err.to_string().contains("Input/output error"),
+                "{site:?}: {err}"
+            );
+            assert_eq!(files(&fs), before, "{site:?}");
+        }
+        assert_eq!(ids(&spool), BTreeSet::from([kept]));
+        put(&mut spool, 0.9, 4, 100).expect("the spool goes on");
+    }
+
+    #[test]
+    fn enospc_is_its_own_counted_error() {
+        // statvfs says there is room; the write still hits ENOSPC.
+        struct NoSpace(SimFs);
+        impl Fs for NoSpace {
+            fn create_dir_all(&self, d: &Path) -> std::io::Result<()> {
+                self.0.create_dir_all(d)
+            }
+            fn write(&self, f: &Path, b: &[u8]) -> std::io::Result<()> {
+                if f.extension().is_some_and(|e| e == "json") && f.starts_with("/s/.tmp") {
+                    return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+                self.0.write(f, b)
+            }
+            fn append(&self, f: &Path, b: &[u8]) -> std::io::Result<()> {
+                self.0.append(f, b)
+            }
+            fn read(&self, f: &Path) -> std::io::Result<Vec<u8>> {
+                self.0.read(f)
+            }
+            fn sync_file(&self, f: &Path, s: SyncSite) -> std::io::Result<()> {
+                self.0.sync_file(f, s)
+            }
+            fn sync_dir(&self, d: &Path, s: SyncSite) -> std::io::Result<()> {
+                self.0.sync_dir(d, s)
+            }
+            fn rename(&self, a: &Path, b: &Path) -> std::io::Result<()> {
+                self.0.rename(a, b)
+            }
+            fn remove(&self, f: &Path) -> std::io::Result<()> {
+                self.0.remove(f)
+            }
+            fn list(&self, d: &Path) -> std::io::Result<Vec<String>> {
+                self.0.list(d)
+            }
+            fn free_bytes(&self, d: &Path) -> std::io::Result<u64> {
+                self.0.free_bytes(d)
+            }
+            fn len(&self, f: &Path) -> std::io::Result<u64> {
+                self.0.len(f)
+            }
+            fn lock(&self, f: &Path) -> std::io::Result<Box<dyn Send>> {
+                self.0.lock(f)
+            }
+        }
+        let fs = Arc::new(NoSpace(SimFs::new()));
+        let mut spool = open_in(fs.clone(), Path::new("/s"), ROOMY, Some("c"));
+        let err = put(&mut spool, 0.9, 1, 100).expect_err("disk full");
+        assert!(matches!(err, SpoolError::DiskFull { .. }), "{err}");
+        assert_eq!(spool.counters.disk_full, 1);
+        assert_eq!(spool.len(), 0);
+        assert!(
+            fs.list(Path::new("/s")).expect("list").is_empty(),
+            "the image went too"
         );
     }
 }

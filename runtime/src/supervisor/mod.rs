@@ -126,6 +126,9 @@ pub(crate) enum Role {
     Source,
     /// Consumes an upstream channel and ends when it closes.
     Downstream,
+    /// Works beside the data flow (the uploader): told to stop with the sources, and
+    /// when every other stage has ended.
+    Service,
 }
 
 /// What a stage's body receives: its name, its command channel and its heartbeat.
@@ -279,6 +282,16 @@ impl Supervisor {
             tracing::error!("{report}");
         }
         self.exits.push(report.clone());
+        let flow_done = self
+            .stages
+            .iter()
+            .filter(|s| s.role != Role::Service)
+            .all(|s| self.exits.iter().any(|r| r.stage == s.name));
+        if flow_done {
+            for stage in self.stages.iter().filter(|s| s.role == Role::Service) {
+                stage.send(Command::Shutdown);
+            }
+        }
         Some(report)
     }
 
@@ -314,7 +327,11 @@ impl Supervisor {
             return;
         }
         self.stopping_since = Some(Instant::now());
-        for stage in self.stages.iter().filter(|s| s.role == Role::Source) {
+        for stage in self
+            .stages
+            .iter()
+            .filter(|s| matches!(s.role, Role::Source | Role::Service))
+        {
             stage.send(Command::Shutdown);
         }
     }

@@ -1,0 +1,265 @@
+//! An S3-compatible bucket as a [`Destination`]: requests signed with SigV4 by
+//! `rusty-s3` (which does no I/O) and sent by `ureq` (blocking HTTP, TLS through rustls)
+//! on the uploader's thread.
+//!
+//! A PUT carries `If-None-Match: *`, so the store refuses to replace an object that is
+//! there (412): the object is then fetched and compared, and the same bytes count as
+//! delivered. Signed URLs carry a signature and the access key id; no message built here
+//! contains one.
+
+use std::{io::Read, path::Path, time::Duration};
+
+use rusty_s3::{
+    Bucket, Credentials, S3Action, UrlStyle,
+    actions::{GetObject, PutObject},
+};
+
+use super::{
+    upload::{DeliveryError, Destination, Stored},
+    uploader::{Target, UploadConfig},
+};
+
+/// How long a signed URL stays valid: long enough for a slow request, short enough to
+/// be useless if it leaks.
+const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
+
+pub(crate) struct S3Destination {
+    bucket: Bucket,
+    credentials: Credentials,
+    agent: ureq::Agent,
+    /// `s3://bucket/prefix at endpoint`, for logs.
+    name: String,
+}
+
+/// Credentials from the environment, else from the AWS credentials file.
+fn credentials(file: Option<&Path>, profile: &str) -> Result<Credentials, DeliveryError> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let (Some(key), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        return Ok(match env("AWS_SESSION_TOKEN") {
+            Some(token) => Credentials::new_with_token(key, secret, token),
+            None => Credentials::new(key, secret),
+        });
+    }
+    let Some(file) = file else {
+        return Err(DeliveryError::Refused(
+            "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, or name an AWS credentials file with [upload] credentials_file".into(),
+        ));
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        DeliveryError::Refused(format!(
+            "cannot read credentials file {}: {e}",
+            file.display()
+        ))
+    })?;
+    let values = ini_section(&text, profile);
+    let get = |k: &str| {
+        values
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    match (get("aws_access_key_id"), get("aws_secret_access_key")) {
+        (Some(key), Some(secret)) => Ok(match get("aws_session_token") {
+            Some(token) => Credentials::new_with_token(key, secret, token),
+            None => Credentials::new(key, secret),
+        }),
+        _ => Err(DeliveryError::Refused(format!(
+            "credentials file {} has no aws_access_key_id and aws_secret_access_key in [{profile}]",
+            file.display()
+        ))),
+    }
+}
+
+/// The `key = value` pairs of `[section]` in an INI text.
+fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim();
+            inside = name == section || name == format!("profile {section}");
+            continue;
+        }
+        if inside && let Some((k, v)) = line.split_once('=') {
+            out.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// The S3 error code in a response body (`<Code>SignatureDoesNotMatch</Code>`).
+fn error_code(body: &str) -> Option<&str> {
+    let start = body.find("<Code>")? + "<Code>".len();
+    let end = body[start..].find("</Code>")? + start;
+    Some(&body[start..end])
+}
+
+impl S3Destination {
+    pub(crate) fn new(
+        target: &Target,
+        config: &UploadConfig,
+    ) -> Result<S3Destination, DeliveryError> {
+        let Target::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            path_style,
+            credentials_file,
+            profile,
+        } = target
+        else {
+            return Err(DeliveryError::Refused("not an s3:// target".into()));
+        };
+        let endpoint = endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let url = endpoint
+            .parse()
+            .map_err(|e| DeliveryError::Refused(format!("endpoint {endpoint}: {e}")))?;
+        let style = if *path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket_handle = Bucket::new(url, style, bucket.clone(), region.clone())
+            .map_err(|e| DeliveryError::Refused(format!("bucket {bucket} at {endpoint}: {e}")))?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(config.request_timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(S3Destination {
+            bucket: bucket_handle,
+            credentials: credentials(credentials_file.as_deref(), profile)?,
+            agent,
+            name: format!("s3://{bucket}/{prefix} at {endpoint}"),
+        })
+    }
+
+    /// A failure of the request for `key`, without the signed URL.
+    fn unreachable(&self, key: &str, e: &ureq::Error) -> DeliveryError {
+        let what = match e {
+            ureq::Error::Timeout(_) => "timed out".to_string(),
+            ureq::Error::Io(io) => io.to_string(),
+            ureq::Error::HostNotFound => "host not found".to_string(),
+            ureq::Error::ConnectionFailed => "connection failed".to_string(),
+            other => {
+                let text = other.to_string();
+                // Keep any URL in the message to its path.
+                text.split('?').next().unwrap_or_default().to_string()
+            }
+        };
+        DeliveryError::Unavailable(format!("{key} on {}: {what}", self.name))
+    }
+
+    fn refused(&self, key: &str, status: u16, body: &str) -> DeliveryError {
+        let code = error_code(body).unwrap_or("");
+        let message = format!("{key} on {}: HTTP {status} {code}", self.name);
+        if status >= 500 || status == 429 {
+            DeliveryError::Unavailable(message)
+        } else if matches!(status, 401 | 403)
+            || matches!(
+                code,
+                "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied"
+            )
+        {
+            DeliveryError::Refused(format!(
+                "{message}: the store refused the credentials; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the credentials file)"
+            ))
+        } else {
+            DeliveryError::Refused(message)
+        }
+    }
+
+    /// The object at `key`, if there is one.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, DeliveryError> {
+        let url = GetObject::new(&self.bucket, Some(&self.credentials), key).sign(SIGNED_FOR);
+        let response = self
+            .agent
+            .get(url.as_str())
+            .call()
+            .map_err(|e| self.unreachable(key, &e))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .read_to_end(&mut body)
+            .map_err(|e| DeliveryError::Unavailable(format!("{key} on {}: {e}", self.name)))?;
+        match status {
+            200 => Ok(Some(body)),
+            404 => Ok(None),
+            _ => Err(self.refused(key, status, &String::from_utf8_lossy(&body))),
+        }
+    }
+}
+
+impl Destination for S3Destination {
+    fn put(
+        &mut self,
+        key: &str,
+        bytes: &[u8],
+        content_type: &str,
+    ) -> Result<Stored, DeliveryError> {
+        let url = PutObject::new(&self.bucket, Some(&self.credentials), key).sign(SIGNED_FOR);
+        let response = self
+            .agent
+            .put(url.as_str())
+            .header("Content-Type", content_type)
+            .header("If-None-Match", "*")
+            .send(bytes)
+            .map_err(|e| self.unreachable(key, &e))?;
+        let status = response.status().as_u16();
+        let body = response.into_body().read_to_string().unwrap_or_default();
+        match status {
+            200..=299 => Ok(Stored::New),
+            // Something is at the key: ours from an earlier attempt, or a collision.
+            412 => match self.get(key)? {
+                Some(existing) if existing == bytes => Ok(Stored::Existing),
+                Some(_) => Err(DeliveryError::Conflict(format!(
+                    "{key} on {} exists with other contents",
+                    self.name
+                ))),
+                None => Err(DeliveryError::Unavailable(format!(
+                    "{key} on {}: refused as existing, then not found",
+                    self.name
+                ))),
+            },
+            _ => Err(self.refused(key, status, &body)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_files_are_read_by_profile() {
+        let text = "# comment\n[default]\naws_access_key_id = AKID1\naws_secret_access_key = s1\n\n[profile cart]\nAWS_ACCESS_KEY_ID=AKID2\naws_secret_access_key=s2\naws_session_token = t2\n";
+        assert_eq!(
+            ini_section(text, "default"),
+            [
+                ("aws_access_key_id".to_string(), "AKID1".to_string()),
+                ("aws_secret_access_key".into(), "s1".into())
+            ]
+        );
+        assert_eq!(ini_section(text, "cart").len(), 3);
+        assert!(ini_section(text, "other").is_empty());
+    }
+
+    #[test]
+    fn error_codes_come_from_the_xml_body() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>…</Message></Error>";
+        assert_eq!(error_code(body), Some("SignatureDoesNotMatch"));
+        assert_eq!(error_code("nothing"), None);
+    }
+}

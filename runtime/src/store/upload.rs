@@ -1,0 +1,227 @@
+//! Delivery: moving spool entries to object storage, highest value first.
+//!
+//! Keys are deterministic per entry: `<prefix>/<device>/<yyyy-mm-dd>/<id>.jpg`, then
+//! `.json` — the image first, the sidecar last, so a sidecar in the bucket means its
+//! image is there too. An entry leaves the spool only after the store has confirmed
+//! both objects.
+//!
+//! Delivery is at-least-once with idempotent keys: a crash between the store's
+//! confirmation and the local delete uploads the same entry again to the same keys.
+//! Every PUT is conditional (`If-None-Match: *`): the store refuses to replace an
+//! object that is there, so a repeat never makes a second object nor a new version
+//! of one; an object found there with the same bytes counts as delivered, one with
+//! other bytes is an error (a key collision, which ids unique per device make
+//! impossible short of a misconfigured fleet).
+
+use std::time::{Duration, SystemTime};
+
+use super::{SharedSpool, SpoolError, sidecar::rfc3339};
+
+/// What a destination did with one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// The object was created.
+    New,
+    /// An object with these bytes was there already (a repeat after a crash).
+    Existing,
+}
+
+/// Why an object could not be stored. Every failure is retried (with backoff) while
+/// the entry is in the spool; the kind decides only how it is reported.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DeliveryError {
+    /// The store could not be reached or answered with a server error or not in time.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store refused the credentials or the request (4xx).
+    #[error("{0}")]
+    Refused(String),
+    /// An object with other bytes is at the key.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Where entries go: an S3-compatible bucket, or a directory (a mounted share).
+pub(crate) trait Destination: Send {
+    /// Store `bytes` at `key` unless an object is there; an existing object with the
+    /// same bytes is [`Stored::Existing`].
+    fn put(&mut self, key: &str, bytes: &[u8], content_type: &str)
+    -> Result<Stored, DeliveryError>;
+    /// For logs: `s3://bucket/prefix at http://…`, `file:///mnt/share`.
+    fn describe(&self) -> String;
+}
+
+/// The object key of an entry's file with extension `ext`.
+pub(crate) fn object_key(prefix: &str, id: &str, captured_unix_ms: u64, ext: &str) -> String {
+    // The device is the id without its boot and sequence parts.
+    let device = id.rsplitn(3, '-').nth(2).unwrap_or(id);
+    let date = &rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(captured_unix_ms))[..10];
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        format!("{device}/{date}/{id}.{ext}")
+    } else {
+        format!("{prefix}/{device}/{date}/{id}.{ext}")
+    }
+}
+
+/// One delivery attempt's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Nothing is waiting.
+    Empty,
+    /// Both objects are stored and the entry left the spool.
+    Delivered { id: String, bytes: u64 },
+    /// The entry was corrupt (its image no longer matches its sidecar) and was removed.
+    Corrupt { id: String, reason: String },
+}
+
+fn lock(s: &SharedSpool) -> std::sync::MutexGuard<'_, super::Spool> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Deliver the highest-value waiting entry. On failure the entry goes back to waiting.
+pub(crate) fn deliver_one(
+    spool: &SharedSpool,
+    destination: &mut dyn Destination,
+    prefix: &str,
+) -> Result<Delivery, DeliveryError> {
+    let Some(entry) = lock(spool).take_for_upload() else {
+        return Ok(Delivery::Empty);
+    };
+    let read = lock(spool).read(&entry.id);
+    let (image, sidecar) = match read {
+        Ok(files) => files,
+        Err(SpoolError::Corrupt { id, reason }) => return Ok(Delivery::Corrupt { id, reason }),
+        Err(e) => {
+            lock(spool).give_back(&entry.id);
+            return Err(DeliveryError::Unavailable(format!(
+                "reading the spool: {e}"
+            )));
+        }
+    };
+    let key = |ext| object_key(prefix, &entry.id, entry.captured_unix_ms, ext);
+    let stored = destination
+        .put(&key("jpg"), &image, "image/jpeg")
+        .and_then(|_| destination.put(&key("json"), &sidecar, "application/json"));
+    match stored {
+        Ok(_) => {
+            crate::faults::point("upload-confirmed");
+            lock(spool).uploaded(&entry.id);
+            Ok(Delivery::Delivered {
+                id: entry.id,
+                bytes: (image.len() + sidecar.len()) as u64,
+            })
+        }
+        Err(e) => {
+            lock(spool).give_back(&entry.id);
+            Err(e)
+        }
+    }
+}
+
+/// A directory as the destination (`file:///mnt/share`): each object is written to a
+/// temporary name, fsynced and renamed into place, so a reader of the share never sees
+/// half an object.
+pub(crate) struct FileDestination {
+    root: std::path::PathBuf,
+}
+
+impl FileDestination {
+    pub(crate) fn new(root: std::path::PathBuf) -> Self {
+        FileDestination { root }
+    }
+}
+
+impl Destination for FileDestination {
+    fn put(
+        &mut self,
+        key: &str,
+        bytes: &[u8],
+        _content_type: &str,
+    ) -> Result<Stored, DeliveryError> {
+        use std::io::Write;
+        let unavailable = |what: &str, e: std::io::Error| {
+            DeliveryError::Unavailable(format!("{what} {}: {e}", self.root.display()))
+        };
+        let path = self.root.join(key);
+        match std::fs::read(&path) {
+            Ok(existing) if existing == bytes => return Ok(Stored::Existing),
+            Ok(_) => {
+                return Err(DeliveryError::Conflict(format!(
+                    "{} exists with other contents",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unavailable("reading", e)),
+        }
+        let dir = path.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(dir).map_err(|e| unavailable("creating a directory in", e))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            unavailable("writing to", e)
+        })?;
+        Ok(Stored::New)
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefix_device_date_and_id() {
+        // 2026-11-21T22:05:07Z
+        let ms = 1_795_298_707_123;
+        assert_eq!(
+            object_key("fleet/raw/", "cart-42-0001a2b3-00000007", ms, "jpg"),
+            "fleet/raw/cart-42/2026-11-21/cart-42-0001a2b3-00000007.jpg"
+        );
+        assert_eq!(
+            object_key("", "3f9a2c-00000001-00000000", 0, "json"),
+            "3f9a2c/1970-01-01/3f9a2c-00000001-00000000.json"
+        );
+    }
+
+    #[test]
+    fn a_directory_destination_stores_once_and_recognises_a_repeat() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut d = FileDestination::new(dir.path().to_path_buf());
+        assert_eq!(d.put("a/b/c.jpg", b"one", "image/jpeg"), Ok(Stored::New));
+        assert_eq!(
+            d.put("a/b/c.jpg", b"one", "image/jpeg"),
+            Ok(Stored::Existing)
+        );
+        assert!(matches!(
+            d.put("a/b/c.jpg", b"two", "image/jpeg"),
+            Err(DeliveryError::Conflict(_))
+        ));
+        assert_eq!(
+            std::fs::read(dir.path().join("a/b/c.jpg")).expect("read"),
+            b"one"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("a/b"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    }
+}
