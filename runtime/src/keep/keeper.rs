@@ -301,19 +301,17 @@ impl Keeper {
             camera,
             captured_unix_ms: crate::store::sidecar::unix_ms(c.frame.captured_at),
         };
-        let result = self.spool.lock().unwrap_or_else(|p| p.into_inner()).write(
-            entry,
-            image,
-            encoding,
-            |id, record| {
-                serde_json::to_vec_pretty(&Sidecar::new(id, camera, c, model, confidence, record))
-            },
-        );
+        let mut spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+        let evicted_before = spool.counters.evicted;
+        let result = spool.write(entry, image, encoding, |id, record| {
+            serde_json::to_vec_pretty(&Sidecar::new(id, camera, c, model, confidence, record))
+        });
+        // Evictions happen before the new entry is placed, so a write that fails may
+        // have made some too.
+        event::spool_evicted(&self.metrics, spool.counters.evicted - evicted_before);
+        drop(spool);
         match result {
             Ok(written) => {
-                for (id, value) in &written.evicted {
-                    event::spool_evicted(&self.metrics, id, *value);
-                }
                 event::kept(
                     &self.metrics,
                     camera,

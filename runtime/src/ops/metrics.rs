@@ -371,10 +371,10 @@ pub mod event {
         );
     }
 
-    /// An entry left the spool to make room for a frame worth more.
-    pub fn spool_evicted(m: &Metrics, id: &str, value: f32) {
-        m.spool_evicted.fetch_add(1, Relaxed);
-        tracing::info!(id, value, "spool: evicted a lower-value entry to make room");
+    /// `n` entries left the spool to make room for a frame worth more (the spool logs
+    /// each, with its value).
+    pub fn spool_evicted(m: &Metrics, n: u64) {
+        m.spool_evicted.fetch_add(n, Relaxed);
     }
 
     /// An entry is committed to the spool (`id`, its sidecar `file`).

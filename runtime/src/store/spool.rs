@@ -191,7 +191,9 @@ impl Index {
 pub(crate) struct Written {
     pub id: String,
     pub sidecar: PathBuf,
-    /// Entries evicted to make room: (id, value).
+    /// Entries evicted to make room: (id, value). Each was logged as it went, and
+    /// `counters.evicted` counts them (also for a write that then failed).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub evicted: Vec<(String, f32)>,
 }
 
@@ -485,7 +487,10 @@ impl Spool {
                 value,
             });
         }
-        for (id, _) in &victims {
+        for (id, value) in &victims {
+            // Logged before the unlink, so no entry leaves without a trace, even when
+            // the process dies in the write that follows.
+            tracing::info!(id, value, "spool: evicted a lower-value entry to make room");
             crate::faults::point("spool-evicting");
             self.delete(id);
             self.counters.evicted += 1;
