@@ -5,8 +5,11 @@
 //! a plain `cargo test` in the workspace.
 
 mod cli;
+mod delivery;
 mod models;
+mod power_cut;
 mod run;
+mod servers;
 mod stages;
 
 use std::{
