@@ -15,7 +15,13 @@
 //! - `capture_1s_p99_ratio`: with 1 s keep windows, so the keeper encodes and writes its
 //!   best frames every second (a stress case), against a run capturing nothing. This
 //!   one needs separate runs: a flush started in a capturing block would go on into the
-//!   next block.
+//!   next block;
+//! - `upload_fps_ratio` / `upload_p99_ratio`: steady fps and inference p99 while the
+//!   uploader stage drains a large spool (topped up before every such run, so it never
+//!   runs dry) to the destination, ÷ the same in runs with no uploader; capture is off
+//!   in both, so the uploader is the only difference. The destination is a scratch
+//!   directory (`file://`) unless `--upload-config` names an `[upload]` table, e.g. an
+//!   S3-protocol server on loopback (`benches/upload-phase.sh`).
 
 use std::{
     sync::Arc,
@@ -138,7 +144,13 @@ pub struct BenchOptions {
     /// Frames per phase, split over the rounds.
     pub frames: u64,
     pub rounds: u32,
+    /// Where the upload phase delivers; `None`: a scratch directory.
+    pub upload: Option<crate::store::uploader::UploadConfig>,
 }
+
+/// At most this many entries in the upload phase's first spool; doubled for the next
+/// rounds whenever the uploader emptied it during a run.
+const UPLOAD_SPOOL_ENTRIES: usize = 400;
 
 /// Facts about the board and the run, printed as the table header.
 #[derive(Debug, Clone, Serialize)]
@@ -211,6 +223,21 @@ pub struct BenchReport {
     /// Resident set growth from the end of the first round to the end of the last.
     pub rss_growth_kib: i64,
     pub dropped: u64,
+    /// Where the upload phase delivered (`file://…`, `s3://… at …`).
+    pub upload_destination: String,
+    /// Median over rounds of steady fps uploading ÷ not uploading (capture off in both).
+    pub upload_fps_ratio: f64,
+    pub upload_fps_ratio_rounds: Vec<f64>,
+    pub upload_on_inference_p99_ms: f64,
+    pub upload_off_inference_p99_ms: f64,
+    pub upload_p99_ratio: f64,
+    /// What the uploader delivered during the uploading runs, and its failed attempts.
+    pub upload_delivered: u64,
+    pub upload_delivered_mib: f64,
+    pub upload_failures: u64,
+    /// Uploading runs in which the spool ran dry before the run ended (the uploader
+    /// then idles, so the ratio understates its cost; the next round has more).
+    pub upload_runs_dry: u32,
 }
 
 pub fn run(
@@ -247,6 +274,24 @@ pub fn run(
     capture_1s.keep.window_secs = BENCH_WINDOW_SECS;
     let mut capture_off = base.clone();
     capture_off.policy.min_value = f32::INFINITY;
+
+    // Upload on / off: capture off in both; "on" adds the uploader and a full spool.
+    let upload_spool = spool.join("upload-spool");
+    let mut upload_off = capture_off.clone();
+    upload_off.spool.dir = upload_spool.clone();
+    let mut upload_on = upload_off.clone();
+    upload_on.spool.max_bytes = u64::MAX / 4;
+    upload_on.upload = match &opts.upload {
+        Some(u) => u.clone(),
+        None => crate::store::uploader::UploadConfig::to_dir(spool.join("upload-destination")),
+    };
+    let upload_image = bench_jpeg(&base)?;
+    // About two entries per frame to start with, so a short run fills little.
+    let mut upload_entries = (2 * per_round as usize).clamp(16, UPLOAD_SPOOL_ENTRIES);
+    let upload_hist = [Histogram::default(), Histogram::default()];
+    let mut upload_rounds = Vec::with_capacity(opts.rounds as usize);
+    let (mut upload_delivered, mut upload_bytes, mut upload_failures, mut upload_dry) =
+        (0u64, 0u64, 0u64, 0u32);
 
     // Pre-made input tensors for the bare loop: the first frames of the same source.
     let tensors = premade_tensors(&base, &model, per_round.min(32) as usize)?;
@@ -389,6 +434,41 @@ pub fn run(
                 capture_dropped += m.total_drops();
             }
         }
+
+        // The upload pair, in turn like the others.
+        let mut fps = [0.0f64; 2];
+        for uploading in [round % 2 == 0, round % 2 == 1] {
+            let config = if uploading {
+                let added = fill_spool(&upload_on, &upload_image, upload_entries)?;
+                progress(&format!(
+                    "round {}/{}: uploader draining a spool of {upload_entries} frames ({added} added)",
+                    round + 1,
+                    opts.rounds
+                ));
+                &upload_on
+            } else {
+                progress(&format!("round {}/{}: no uploader", round + 1, opts.rounds));
+                &upload_off
+            };
+            let (m, summary) = run_pipeline(config, &model, per_round)?;
+            let steady = summary
+                .inference_elapsed
+                .saturating_sub(summary.first_inference);
+            fps[usize::from(uploading)] =
+                summary.inferred.saturating_sub(1) as f64 / steady.as_secs_f64().max(1e-9);
+            upload_hist[usize::from(uploading)].merge(m.stage(Stage::Inference));
+            if uploading {
+                upload_delivered += summary.uploaded;
+                upload_bytes += summary.uploaded_bytes;
+                upload_failures += summary.upload_failures;
+                if summary.spool.is_some_and(|(n, _)| n == 0) {
+                    upload_dry += 1;
+                    upload_entries *= 2;
+                }
+            }
+        }
+        upload_rounds.push(fps[1] / fps[0].max(1e-9));
+
         if round == 0 {
             rss_after_first = crate::ops::metrics::rss_kib();
         }
@@ -398,6 +478,9 @@ pub fn run(
     let pipeline_fps = pipeline_frames as f64 / pipeline_time.as_secs_f64().max(1e-9);
     let bare_fps = bare_frames as f64 / bare_time.as_secs_f64().max(1e-9);
     let p99_ms = |blocks: &[Vec<u32>]| p99_us(&mut blocks.concat()).unwrap_or(0.0) / 1e3;
+    let [upload_off_p99, upload_on_p99] = upload_hist.map(|h| h.quantile_ms(0.99));
+    let upload_destination =
+        crate::store::uploader::describe(upload_on.upload.target.as_ref().expect("upload target"));
     let (on_p99, off_p99) = (p99_ms(&on_blocks), p99_ms(&off_blocks));
     Ok(BenchReport {
         board: Board {
@@ -452,6 +535,16 @@ pub fn run(
         peak_rss_mib: crate::ops::metrics::peak_rss_kib() as f64 / 1024.0,
         rss_growth_kib: crate::ops::metrics::rss_kib() - rss_after_first,
         dropped,
+        upload_destination,
+        upload_fps_ratio: median(&mut upload_rounds.clone()),
+        upload_fps_ratio_rounds: upload_rounds,
+        upload_on_inference_p99_ms: upload_on_p99,
+        upload_off_inference_p99_ms: upload_off_p99,
+        upload_p99_ratio: upload_on_p99 / upload_off_p99.max(1e-9),
+        upload_delivered,
+        upload_delivered_mib: upload_bytes as f64 / (1024.0 * 1024.0),
+        upload_failures,
+        upload_runs_dry: upload_dry,
     })
 }
 
@@ -570,6 +663,118 @@ fn median(values: &mut [f64]) -> f64 {
         _ if n % 2 == 1 => values[n / 2],
         _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
+}
+
+/// One kept-frame-sized JPEG: the source's first frame, encoded as the keeper would.
+fn bench_jpeg(config: &Config) -> anyhow::Result<Vec<u8>> {
+    let camera = config
+        .cameras
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no camera configured"))?;
+    let (w, h) = camera.source.frame_size();
+    let mut source = camera
+        .source
+        .build((w, h), config.pipeline.max_frame_pixels)?;
+    let mut frame = crate::frame::Frame::with_capacity(w, h);
+    for _ in 0..100 {
+        if let Ok(Next::Frame) = source.next_frame(&mut frame) {
+            let mut out = Vec::new();
+            crate::codec::encode_jpeg(&frame.rgb, frame.width, frame.height, 90, &mut out)?;
+            return Ok(out);
+        }
+    }
+    anyhow::bail!("the source gave no usable frame")
+}
+
+/// Write entries of `image` into `config`'s spool until it holds `until`; returns how
+/// many were written. Values are spread over 0..1 so the uploader's order is exercised.
+fn fill_spool(config: &Config, image: &[u8], until: usize) -> anyhow::Result<usize> {
+    use crate::store::spool::{ImageEncoding, NewEntry};
+    let (spool, _) = crate::store::open(&config.spool)?;
+    let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+    let ms = crate::store::sidecar::unix_ms(std::time::SystemTime::now());
+    let mut added = 0;
+    while spool.len() < until {
+        let value = ((spool.len() * 7919) % 1000) as f32 / 1000.0;
+        let entry = NewEntry {
+            value,
+            camera: "bench",
+            captured_unix_ms: ms,
+        };
+        spool.write(entry, image, ImageEncoding::Encoded, |id, record| {
+            serde_json::to_vec(&serde_json::json!({
+                "id": id, "camera": "bench", "value": value,
+                "captured_unix_ms": ms, "image": record,
+            }))
+        })?;
+        added += 1;
+    }
+    Ok(added)
+}
+
+/// How long opening (and recovering) a spool of many entries takes.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpoolOpenReport {
+    pub entries: usize,
+    /// The first open, with no index log: every sidecar is read.
+    pub without_index_secs: f64,
+    /// The next open, from the index log the first one wrote.
+    pub with_index_secs: f64,
+}
+
+/// Make a spool of `entries` small entries in a scratch directory (files written
+/// directly, as the spool lays them out) and time two opens: without and with the
+/// index log. The page cache is warm, as on a cart restarted by its service manager.
+pub fn spool_open(
+    entries: usize,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<SpoolOpenReport> {
+    use crate::store::spool::{ImageEncoding, ImageRecord};
+    let dir = tempdir()?.join("spool-open");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    progress(&format!("writing {entries} spool entries"));
+    let image = vec![0xa5u8; 4096];
+    let sha256 = crate::digest::sha256_hex(&image);
+    for i in 0..entries {
+        let id = format!("benchspool-00000001-{i:08}");
+        let file = format!("{id}.jpg");
+        std::fs::write(dir.join(&file), &image)?;
+        let record = ImageRecord {
+            file,
+            bytes: image.len() as u64,
+            sha256: sha256.clone(),
+            encoding: ImageEncoding::Encoded,
+        };
+        let sidecar = serde_json::to_vec(&serde_json::json!({
+            "id": id, "camera": "bench", "value": (i % 1000) as f32 / 1000.0,
+            "captured_unix_ms": 1_795_298_707_123u64 + i as u64, "image": record,
+        }))?;
+        std::fs::write(dir.join(format!("{id}.json")), sidecar)?;
+    }
+    let mut config = Config::default().spool;
+    config.dir = dir.clone();
+    config.max_bytes = u64::MAX / 4;
+    let mut time_open = |what: &str| -> anyhow::Result<f64> {
+        progress(what);
+        let t0 = Instant::now();
+        let (spool, recovery) = crate::store::open(&config)?;
+        let secs = t0.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            recovery.complete == entries && spool.lock().map(|s| s.len()).unwrap_or(0) == entries,
+            "the spool opened with {} of {entries} entries",
+            recovery.complete
+        );
+        Ok(secs)
+    };
+    let without_index_secs = time_open("opening the spool (no index yet)")?;
+    let with_index_secs = time_open("opening the spool again (from its index)")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(SpoolOpenReport {
+        entries,
+        without_index_secs,
+        with_index_secs,
+    })
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {
@@ -708,6 +913,28 @@ impl BenchReport {
             self.capture_none_inference_p99_ms,
             self.capture_1s_written,
             self.capture_dropped
+        );
+        let (lo, hi) = self
+            .upload_fps_ratio_rounds
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let _ = writeln!(
+            s,
+            "  upload_fps_ratio   {:8.3}       (uploader draining a spool to {} ÷ none, capture off in both; median of {} rounds, range {lo:.3}–{hi:.3}; {} frames ({:.1} MiB) delivered, {} failed attempts, {} runs ran dry)",
+            self.upload_fps_ratio,
+            self.upload_destination,
+            self.upload_fps_ratio_rounds.len(),
+            self.upload_delivered,
+            self.upload_delivered_mib,
+            self.upload_failures,
+            self.upload_runs_dry
+        );
+        let _ = writeln!(
+            s,
+            "  upload_p99_ratio   {:8.3}       (inference p99 {:.3} ms uploading / {:.3} ms not)",
+            self.upload_p99_ratio,
+            self.upload_on_inference_p99_ms,
+            self.upload_off_inference_p99_ms
         );
         let _ = writeln!(
             s,

@@ -45,7 +45,7 @@ use crate::{
     ops::metrics::{Drop, Metrics, Stage},
     policy::{KeepDecision, MinValue},
     store::{DaemonStatus, SharedSpool, uploader::Uploader},
-    supervisor::{CAPTURE_NICE, Command, ExitReport, KEEPER_NICE, Role, Supervisor},
+    supervisor::{CAPTURE_NICE, Command, ExitReport, KEEPER_NICE, Role, Supervisor, UPLOADER_NICE},
 };
 
 /// `[pipeline]` as written: how the stages are connected and scheduled.
@@ -56,6 +56,7 @@ pub(crate) struct RawPipeline {
     keeper_queue: i64,
     capture_nice: i64,
     keeper_nice: i64,
+    uploader_nice: i64,
     max_frame_pixels: i64,
 }
 
@@ -66,6 +67,7 @@ impl Default for RawPipeline {
             keeper_queue: 16,
             capture_nice: CAPTURE_NICE as i64,
             keeper_nice: KEEPER_NICE as i64,
+            uploader_nice: UPLOADER_NICE as i64,
             max_frame_pixels: DEFAULT_MAX_FRAME_PIXELS as i64,
         }
     }
@@ -80,6 +82,8 @@ pub struct PipelineConfig {
     pub capture_nice: i32,
     /// Nice steps the keeper runs below inference.
     pub keeper_nice: i32,
+    /// Nice steps the uploader runs below inference.
+    pub uploader_nice: i32,
     /// Frames with more pixels are refused before anything is allocated for them.
     pub max_frame_pixels: u64,
 }
@@ -91,6 +95,7 @@ impl PipelineConfig {
             keeper_queue: c.int("keeper_queue", p.keeper_queue, 1, 1024) as usize,
             capture_nice: c.int("capture_nice", p.capture_nice, 0, 19) as i32,
             keeper_nice: c.int("keeper_nice", p.keeper_nice, 0, 19) as i32,
+            uploader_nice: c.int("uploader_nice", p.uploader_nice, 0, 19) as i32,
             max_frame_pixels: c.int("max_frame_pixels", p.max_frame_pixels, 64 * 64, 8192 * 8192)
                 as u64,
         }
@@ -266,7 +271,7 @@ impl Pipeline {
                 supervisor,
                 "uploader".into(),
                 Role::Service,
-                config.pipeline.keeper_nice,
+                config.pipeline.uploader_nice,
                 move |ctx| uploader.run(&ctx),
             )?;
         }

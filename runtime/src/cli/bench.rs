@@ -19,12 +19,33 @@ pub(super) struct BenchArgs {
     /// of the per-round ratios.
     #[arg(long, default_value_t = 5)]
     rounds: u32,
+    /// A TOML file whose [upload] table is where the upload phase delivers (default: a
+    /// scratch directory). Not the cart's production config: the phase uploads
+    /// hundreds of bench frames.
+    #[arg(long)]
+    upload_config: Option<std::path::PathBuf>,
+    /// Only measure how long a spool of this many entries takes to open (recovery
+    /// included), without and with its index log; no pipeline phases.
+    #[arg(long, value_name = "ENTRIES")]
+    spool_open: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
 }
 
 pub(super) fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(entries) = args.spool_open {
+        let report = crate::bench::spool_open(entries, |phase| tracing::info!("bench: {phase}"))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "spool open, {} entries (page cache warm)\n  first open, no index (reads every sidecar)  {:8.3} s\n  open from the index log                     {:8.3} s",
+                report.entries, report.without_index_secs, report.with_index_secs
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let replay = args.inputs.replay.is_some();
     let mut config = match args.inputs.load() {
         Ok(loaded) => loaded.config,
@@ -39,9 +60,27 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     config.cameras.truncate(1);
     let model = std::sync::Arc::new(std::sync::Mutex::new(load_model(&config)?));
+    let upload = match &args.upload_config {
+        None => None,
+        Some(file) => match crate::config::Config::load(std::slice::from_ref(file)) {
+            Ok(loaded) if loaded.config.upload.target.is_some() => Some(loaded.config.upload),
+            Ok(_) => {
+                eprintln!(
+                    "error: {} has no [upload] url; write url = \"s3://bucket/prefix\" (and endpoint_url) there",
+                    file.display()
+                );
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+    };
     let opts = crate::bench::BenchOptions {
         frames: args.frames,
         rounds: args.rounds,
+        upload,
     };
     let report = crate::bench::run(&config, model, &opts, |phase| {
         tracing::info!("bench: {phase}")

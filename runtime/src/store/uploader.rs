@@ -253,6 +253,13 @@ impl UploadConfig {
         }
     }
 
+    /// The defaults, delivering to the directory `root`.
+    pub(crate) fn to_dir(root: PathBuf) -> UploadConfig {
+        let mut config = crate::config::Config::default().upload;
+        config.target = Some(Target::Dir(root));
+        config
+    }
+
     /// This config with the live keys of `new` ([`LIVE_KEYS`]).
     pub(crate) fn with_live_changes(&self, new: &UploadConfig) -> UploadConfig {
         UploadConfig {
@@ -289,6 +296,22 @@ pub(crate) fn destination(
     match target {
         Target::Dir(root) => Ok(Box::new(FileDestination::new(root.clone()))),
         Target::S3 { .. } => Ok(Box::new(super::s3::S3Destination::new(target, config)?)),
+    }
+}
+
+/// A target for logs and reports, without credentials.
+pub(crate) fn describe(target: &Target) -> String {
+    match target {
+        Target::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            ..
+        } => match endpoint {
+            Some(e) => format!("s3://{bucket}/{prefix} at {e}"),
+            None => format!("s3://{bucket}/{prefix}"),
+        },
+        Target::Dir(root) => format!("file://{}", root.display()),
     }
 }
 

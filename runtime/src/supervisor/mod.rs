@@ -21,7 +21,7 @@
 
 mod priority;
 
-pub(crate) use priority::{CAPTURE_NICE, KEEPER_NICE};
+pub(crate) use priority::{CAPTURE_NICE, KEEPER_NICE, UPLOADER_NICE};
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},

@@ -6,7 +6,7 @@
 //! down they run in the gaps ORT leaves between operators (and whenever inference
 //! waits for a frame), and inference keeps its cores.
 
-// The two defaults below are `[pipeline] capture_nice` and `keeper_nice` in the config.
+// The defaults below are `[pipeline] capture_nice`, `keeper_nice` and `uploader_nice`.
 
 /// How far below inference the capture thread runs (Linux nice steps). At 10 its CFS
 /// weight is a tenth of an inference thread's: it still gets whole cores whenever ORT
@@ -17,6 +17,10 @@ pub const CAPTURE_NICE: i32 = 10;
 /// at 19 a soak run beside a busy compiler starved the keeper's window flush for
 /// seconds and the hand-off dropped candidates.
 pub const KEEPER_NICE: i32 = 10;
+/// How far below inference the uploader runs: as far as Linux goes. Nothing waits on
+/// it but the bucket, and a drain at loopback speed otherwise takes frames from a
+/// 2-core board's detector (`framesift bench`: `upload_fps_ratio`).
+pub const UPLOADER_NICE: i32 = 19;
 
 /// Lower the calling thread's priority by `steps` nice steps (capped at 19). Linux
 /// keeps a nice value per thread, so this leaves the rest of the process alone.

@@ -234,6 +234,24 @@ fn bench_reports_ratios_measured_in_one_run() {
             >= 2,
         "{report}"
     );
+    // The upload phase: an uploader draining a full spool beside runs without one.
+    for key in ["upload_fps_ratio", "upload_p99_ratio"] {
+        let v = report[key].as_f64().expect(key);
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert_eq!(numbers("upload_fps_ratio_rounds").len(), 2, "{report}");
+    assert!(
+        report["upload_destination"]
+            .as_str()
+            .expect("destination")
+            .starts_with("file://"),
+        "{report}"
+    );
+    assert!(
+        report["upload_delivered"].as_u64().expect("delivered") >= 1,
+        "{report}"
+    );
+    assert_eq!(report["upload_failures"], 0, "{report}");
     assert_eq!(report["board"]["intra_threads"], 2);
     // An old x86-64 CPU may have none of the listed extensions; aarch64 always NEON.
     let features = report["board"]["cpu_features"]
