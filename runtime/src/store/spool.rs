@@ -66,7 +66,9 @@ pub enum SpoolError {
         min_free: u64,
         value: f32,
     },
-    /// The disk ran out of space (ENOSPC) while writing; nothing was left behind.
+    /// The disk has no room: less than `min_free_bytes` would be left even after
+    /// evicting every entry worth less, or it ran out of space (ENOSPC) while writing
+    /// (nothing was left behind).
     #[error("the disk holding spool {dir} is full; a frame of value {value:.3} was dropped")]
     DiskFull { dir: PathBuf, value: f32 },
     #[error("spool entry {id}: {reason}")]
@@ -478,6 +480,14 @@ impl Spool {
             victims.push((e.id.clone(), e.value));
         }
         if freed < needed {
+            if under_floor > over_budget {
+                // The disk, not the budget, has no room (another program filled it).
+                self.counters.disk_full += 1;
+                return Err(SpoolError::DiskFull {
+                    dir: self.dir.clone(),
+                    value,
+                });
+            }
             self.counters.dropped_full += 1;
             return Err(SpoolError::Full {
                 used: self.used_bytes,
@@ -991,6 +1001,13 @@ mod tests {
         put(&mut spool, 0.5, 3, 3000).expect("fits");
         let w = put(&mut spool, 0.6, 4, 3000).expect("evicts");
         assert_eq!(w.evicted, [(low, 0.2)]);
+        // A frame worth less than everything, on a disk at its floor: the disk is full.
+        let full = put(&mut spool, 0.1, 5, 3000);
+        assert!(matches!(full, Err(SpoolError::DiskFull { .. })), "{full:?}");
+        assert_eq!(
+            (spool.counters.disk_full, spool.counters.dropped_full),
+            (1, 0)
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     env, fmt,
     fs::{self, File},
+    io::Write,
     os::unix::{io::AsRawFd, process::ExitStatusExt},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -139,6 +140,125 @@ fn power_cuts_in_a_private_mount_namespace() {
         "power cuts in total: {} in {:.1} s",
         total,
         started.elapsed().as_secs_f64()
+    );
+    a_disk_that_fills_up_under_the_daemon(&tools, work.path());
+}
+
+/// Another program fills the spool's disk while the daemon keeps frames: the daemon
+/// goes on, drops or evicts (each counted in its summary), leaves no half-written
+/// entry, and what it kept is delivered intact once there is room again.
+fn a_disk_that_fills_up_under_the_daemon(tools: &Tools, work: &Path) {
+    let ctx = "full disk";
+    let dir = work.join("full-disk");
+    fs::create_dir_all(&dir).expect("create the full-disk dir");
+    let disk = LoopMount::create_sized(tools, FsKind::Ext4, &dir, 48 << 20);
+    let spool = disk.point.join("spool");
+    let dest = dir.join("dest");
+    let config = dir.join("full.toml");
+    fs::write(
+        &config,
+        "[policy]\nmin_value = 0.0\n[keep]\nwindow_secs = 0.5\ncapacity = 16\n\
+         [spool]\nmin_free_bytes = 0\n",
+    )
+    .expect("write the config");
+    let log = dir.join("daemon.log");
+    let child = framesift(&[
+        "run",
+        "--config",
+        utf8(&config),
+        "--spool-dir",
+        utf8(&spool),
+        "--max-frames",
+        "400",
+    ])
+    .env("FRAMESIFT_LOG", "warn,framesift=debug")
+    .env("NO_COLOR", "1")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(File::create(&log).expect("create the log"))
+    .spawn()
+    .expect("spawn framesift run");
+    let start = Instant::now();
+    while ids_logged(&fs::read(&log).unwrap_or_default(), KEPT).is_empty() {
+        assert!(start.elapsed() < WAIT, "{ctx}: nothing kept in {WAIT:?}");
+        sleep(Duration::from_millis(20));
+    }
+    // Fill every block that is left, as root (the reserve too).
+    let filler = disk.point.join("filler");
+    let mut file = File::create(&filler).expect("create the filler");
+    let chunk = vec![0x5au8; 64 << 10];
+    let mut filled = 0u64;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => filled += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("{ctx}: filling the disk: {e}"),
+        }
+    }
+    let _ = file.sync_all();
+    drop(file);
+    let out = child.wait_with_output().expect("wait for framesift run");
+    let summary = text(&out.stdout);
+    let log_text = text(&fs::read(&log).unwrap_or_default());
+    assert!(
+        out.status.success(),
+        "{ctx}: the daemon did not survive the full disk ({}):\n{summary}\n{}",
+        out.status,
+        tail(log_text.as_bytes())
+    );
+    assert!(
+        summary.contains("400 acquired, 400 inferred"),
+        "{ctx}: {summary}"
+    );
+    let dropped_line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("dropped"))
+        .unwrap_or_else(|| panic!("{ctx}: no dropped line: {summary}"));
+    let evicted_line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("spool "))
+        .unwrap_or_else(|| panic!("{ctx}: no spool line: {summary}"));
+    assert!(
+        dropped_line.contains("disk_full"),
+        "{ctx}: a disk filled by another program drops frames, counted as disk_full:\n{summary}"
+    );
+    // Room again: every entry in the spool is whole, and is delivered.
+    fs::remove_file(&filler).expect("remove the filler");
+    let kept_there = entries_in(&spool);
+    assert!(!kept_there.is_empty(), "{ctx}: the spool is empty");
+    let drain_config = dir.join("drain.toml");
+    fs::write(
+        &drain_config,
+        format!("[upload]\nurl = \"file://{}\"\n", dest.display()),
+    )
+    .expect("write the drain config");
+    let drained = drain(&drain_config, &spool, ctx);
+    assert_eq!(
+        drained.recovered.half_written + drained.recovered.corrupt,
+        0,
+        "{ctx}: a full disk left a half-written or corrupt entry"
+    );
+    let delivered = ids_in(&dest);
+    assert_eq!(
+        delivered, kept_there,
+        "{ctx}: every entry in the spool was delivered"
+    );
+    for path in files_under(&dest) {
+        if path.extension().is_some_and(|e| e == "json") {
+            let id = path
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            check_sidecar(&path, &id, ctx);
+        }
+    }
+    eprintln!(
+        "full disk: {} MiB filled by another file while the daemon ran; {}; {}; {} entries delivered intact afterwards",
+        filled >> 20,
+        dropped_line.trim(),
+        evicted_line.trim(),
+        delivered.len()
     );
 }
 
@@ -981,9 +1101,14 @@ struct LoopMount {
 impl LoopMount {
     /// A fresh sparse image of `kind` in `dir`, mounted.
     fn create(tools: &Tools, kind: FsKind, dir: &Path) -> LoopMount {
+        LoopMount::create_sized(tools, kind, dir, IMAGE_BYTES)
+    }
+
+    /// The same, of `bytes`.
+    fn create_sized(tools: &Tools, kind: FsKind, dir: &Path, bytes: u64) -> LoopMount {
         let image = dir.join(format!("{}.img", kind.name()));
         File::create(&image)
-            .and_then(|f| f.set_len(IMAGE_BYTES))
+            .and_then(|f| f.set_len(bytes))
             .expect("create a sparse image");
         run_tool(&mut kind.mkfs(tools, &image));
         let point = dir.join("mnt");
