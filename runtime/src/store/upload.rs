@@ -200,6 +200,76 @@ mod tests {
         );
     }
 
+    /// Records what it is given.
+    struct Recorder(Vec<String>);
+
+    impl Destination for Recorder {
+        fn put(&mut self, key: &str, _: &[u8], _: &str) -> Result<Stored, DeliveryError> {
+            self.0.push(key.to_string());
+            Ok(Stored::New)
+        }
+        fn describe(&self) -> String {
+            "recorder".into()
+        }
+    }
+
+    #[test]
+    fn entries_go_highest_value_first_image_before_sidecar_and_leave_the_spool() {
+        use crate::store::{
+            fs::OsFs,
+            spool::{Budget, ImageEncoding, NewEntry, Spool},
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let budget = Budget {
+            max_bytes: 1 << 30,
+            min_free_bytes: 0,
+        };
+        let (spool, _) =
+            Spool::open(std::sync::Arc::new(OsFs), dir.path(), budget, Some("cart")).expect("open");
+        let spool: SharedSpool = std::sync::Arc::new(std::sync::Mutex::new(spool));
+        let mut ids = Vec::new();
+        for (n, value) in [0.2f32, 0.9, 0.5, 0.7].into_iter().enumerate() {
+            let entry = NewEntry {
+                value,
+                camera: "cam0",
+                captured_unix_ms: 1_795_298_707_123 + n as u64,
+            };
+            let written = lock(&spool)
+                .write(entry, b"jpeg", ImageEncoding::Encoded, |id, record| {
+                    serde_json::to_vec(&serde_json::json!({
+                        "id": id, "camera": "cam0", "value": value,
+                        "captured_unix_ms": 1_795_298_707_123 + n as u64, "image": record,
+                    }))
+                })
+                .expect("write");
+            ids.push(written.id);
+        }
+        let mut recorder = Recorder(Vec::new());
+        let mut delivered = Vec::new();
+        while let Delivery::Delivered { id, .. } =
+            deliver_one(&spool, &mut recorder, "p").expect("deliver")
+        {
+            delivered.push(id);
+        }
+        assert_eq!(
+            delivered,
+            [
+                ids[1].clone(),
+                ids[3].clone(),
+                ids[2].clone(),
+                ids[0].clone()
+            ],
+            "by value: 0.9, 0.7, 0.5, 0.2"
+        );
+        let first = &recorder.0[..2];
+        assert!(
+            first[0].ends_with(&format!("{}.jpg", ids[1]))
+                && first[1].ends_with(&format!("{}.json", ids[1])),
+            "{first:?}"
+        );
+        assert_eq!(lock(&spool).len(), 0);
+    }
+
     #[test]
     fn a_directory_destination_stores_once_and_recognises_a_repeat() {
         let dir = tempfile::tempdir().expect("tempdir");
