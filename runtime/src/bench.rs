@@ -362,10 +362,7 @@ pub fn run(
             // Steady state: from the end of the first inference to the end of the last,
             // so a round's start-up (buffers, threads, first frame) is reported, not
             // averaged into the fps — a camera pipeline starts once and runs for hours.
-            let frames = summary.inferred.saturating_sub(1);
-            let steady = summary
-                .inference_elapsed
-                .saturating_sub(summary.first_inference);
+            let (frames, steady) = steady_state(&summary);
             pipeline_frames += frames;
             pipeline_time += steady;
             pipeline_fps = frames as f64 / steady.as_secs_f64().max(1e-9);
@@ -451,11 +448,8 @@ pub fn run(
                 &upload_off
             };
             let (m, summary) = run_pipeline(config, &model, per_round)?;
-            let steady = summary
-                .inference_elapsed
-                .saturating_sub(summary.first_inference);
-            fps[usize::from(uploading)] =
-                summary.inferred.saturating_sub(1) as f64 / steady.as_secs_f64().max(1e-9);
+            let (frames, steady) = steady_state(&summary);
+            fps[usize::from(uploading)] = frames as f64 / steady.as_secs_f64().max(1e-9);
             upload_hist[usize::from(uploading)].merge(m.stage(Stage::Inference));
             if uploading {
                 upload_delivered += summary.uploaded;
@@ -568,6 +562,17 @@ fn source_name(config: &Config) -> String {
     }
 }
 
+/// A run's frames and time from the end of its first inference to the end of its
+/// last: its start-up is reported apart, not averaged into its fps.
+fn steady_state(summary: &crate::pipeline::Summary) -> (u64, Duration) {
+    (
+        summary.inferred.saturating_sub(1),
+        summary
+            .inference_elapsed
+            .saturating_sub(summary.first_inference),
+    )
+}
+
 /// Run the pipeline for `frames` frames; returns its metrics and summary.
 fn run_pipeline(
     config: &Config,
@@ -655,6 +660,13 @@ fn p99_ratio_interval(on: &[Vec<u32>], off: &[Vec<u32>], resamples: usize) -> Op
 }
 
 /// Median of a non-empty sample (mean of the middle two for an even count).
+/// The smallest and largest of `values`.
+fn range(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)))
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -883,10 +895,7 @@ impl BenchReport {
             "  bare session.run   {:8.1} fps   (CPU {:.2} cores, p50 {:.3} ms)",
             self.bare_fps, self.bare_cpu_cores_used, self.bare_p50_ms
         );
-        let (lo, hi) = self
-            .pipeline_vs_bare_rounds
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let (lo, hi) = range(&self.pipeline_vs_bare_rounds);
         let _ = writeln!(
             s,
             "  pipeline_vs_bare   {:8.3}       (median of {} rounds, each pipeline ÷ bare in turn; range {lo:.3}–{hi:.3})",
@@ -914,10 +923,7 @@ impl BenchReport {
             self.capture_1s_written,
             self.capture_dropped
         );
-        let (lo, hi) = self
-            .upload_fps_ratio_rounds
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let (lo, hi) = range(&self.upload_fps_ratio_rounds);
         let _ = writeln!(
             s,
             "  upload_fps_ratio   {:8.3}       (uploader draining a spool to {} ÷ none, capture off in both; median of {} rounds, range {lo:.3}–{hi:.3}; {} frames ({:.1} MiB) delivered, {} failed attempts, {} runs ran dry)",

@@ -104,19 +104,17 @@ impl S3Destination {
     ) -> Result<S3Destination, DeliveryError> {
         let Target::S3 {
             bucket,
-            prefix,
             endpoint,
             region,
             path_style,
             credentials_file,
             profile,
+            ..
         } = target
         else {
             return Err(DeliveryError::Refused("not an s3:// target".into()));
         };
-        let endpoint = endpoint
-            .clone()
-            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let endpoint = super::uploader::endpoint_url(endpoint, region);
         let url = endpoint
             .parse()
             .map_err(|e| DeliveryError::Refused(format!("endpoint {endpoint}: {e}")))?;
@@ -136,7 +134,7 @@ impl S3Destination {
             bucket: bucket_handle,
             credentials: credentials(credentials_file.as_deref(), profile)?,
             agent,
-            name: format!("s3://{bucket}/{prefix} at {endpoint}"),
+            name: super::uploader::describe(target),
         })
     }
 

@@ -168,6 +168,16 @@ impl SimFs {
         Ok(())
     }
 
+    /// The common part of an fsync at `site`: counts as a step, fails once with EIO
+    /// where told to, and makes nothing durable where the site's fsync is skipped.
+    fn sync_takes_effect(s: &mut State, site: SyncSite) -> io::Result<bool> {
+        Self::step(s)?;
+        if s.failing_sync.take_if(|f| *f == site).is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(!s.skipped.contains(&site))
+    }
+
     fn inode(s: &State, path: &Path) -> io::Result<u64> {
         let (dir, name) = split(path);
         s.dirs
@@ -260,11 +270,7 @@ impl Fs for SimFs {
 
     fn sync_file(&self, file: &Path, site: SyncSite) -> io::Result<()> {
         self.with(|s| {
-            Self::step(s)?;
-            if s.failing_sync.take_if(|f| *f == site).is_some() {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            if s.skipped.contains(&site) {
+            if !Self::sync_takes_effect(s, site)? {
                 return Ok(());
             }
             let inode = Self::inode(s, file)?;
@@ -277,11 +283,7 @@ impl Fs for SimFs {
 
     fn sync_dir(&self, dir: &Path, site: SyncSite) -> io::Result<()> {
         self.with(|s| {
-            Self::step(s)?;
-            if s.failing_sync.take_if(|f| *f == site).is_some() {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-            if s.skipped.contains(&site) {
+            if !Self::sync_takes_effect(s, site)? {
                 return Ok(());
             }
             let d = s.dirs.get_mut(dir).ok_or(io::ErrorKind::NotFound)?;

@@ -178,7 +178,7 @@ impl Destination for FileDestination {
     }
 
     fn describe(&self) -> String {
-        format!("file://{}", self.root.display())
+        super::uploader::describe(&super::uploader::Target::Dir(self.root.clone()))
     }
 }
 

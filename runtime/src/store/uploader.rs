@@ -299,6 +299,13 @@ pub(crate) fn destination(
     }
 }
 
+/// The endpoint a bucket is reached at: the configured one, else AWS's for the region.
+pub(crate) fn endpoint_url(endpoint: &Option<String>, region: &str) -> String {
+    endpoint
+        .clone()
+        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"))
+}
+
 /// A target for logs and reports, without credentials.
 pub(crate) fn describe(target: &Target) -> String {
     match target {
@@ -306,11 +313,12 @@ pub(crate) fn describe(target: &Target) -> String {
             bucket,
             prefix,
             endpoint,
+            region,
             ..
-        } => match endpoint {
-            Some(e) => format!("s3://{bucket}/{prefix} at {e}"),
-            None => format!("s3://{bucket}/{prefix}"),
-        },
+        } => format!(
+            "s3://{bucket}/{prefix} at {}",
+            endpoint_url(endpoint, region)
+        ),
         Target::Dir(root) => format!("file://{}", root.display()),
     }
 }
