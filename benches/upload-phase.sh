@@ -6,8 +6,9 @@
 #
 # FRAMESIFT (default target/release/framesift) is the binary measured; s3s-fs comes from
 # scripts/setup-test-servers.sh. On a cart the store is across the network; here the
-# server shares the bench's cores, so it runs at nice 19 to take as little from the
-# detector as a loopback server can (what it still takes counts against the uploader).
+# server shares the bench's cores, so it runs in the idle scheduling class, as the
+# uploader does, to take as little from the detector as a loopback server can (what it
+# still takes counts against the uploader).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -19,7 +20,7 @@ work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/data/bench"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-nice -n 19 target/test-servers/bin/s3s-fs --host 127.0.0.1 --port "$port" \
+chrt --idle 0 target/test-servers/bin/s3s-fs --host 127.0.0.1 --port "$port" \
   --access-key bench-key --secret-key bench-secret "$work/data" >"$work/s3s.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do

@@ -598,16 +598,8 @@ fn premade_tensors(
     count: usize,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let info = model.lock().unwrap_or_else(|p| p.into_inner()).info.clone();
-    let camera = config
-        .cameras
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("no camera configured"))?;
-    let mut source = camera.source.build(
-        (info.input_width, info.input_height),
-        config.pipeline.max_frame_pixels,
-    )?;
+    let (mut source, (w, h)) = crate::capture::open_first_camera(config, &info)?;
     let mut preparer = Preparer::new(&info);
-    let (w, h) = camera.source.frame_size();
     let mut slot = Slot::new(w, h, 3 * (info.input_width * info.input_height) as usize);
     let mut out = Vec::with_capacity(count);
     while out.len() < count {

@@ -19,8 +19,11 @@ pub mod ops;
 pub mod policy;
 
 pub(crate) mod bench;
+pub(crate) mod calibrate;
 pub(crate) mod dataset;
 mod digest;
+pub(crate) mod drift;
+pub(crate) mod drift_bench;
 mod faults;
 pub(crate) mod pipeline;
 mod simd;

@@ -37,7 +37,8 @@ use crate::{
     capture::{CameraChannels, Capture, SourceError},
     codec::DEFAULT_MAX_FRAME_PIXELS,
     config::{Checker, Config},
-    infer::{Inference, SharedModel},
+    drift::{CameraDrift, DriftError, DriftStage, DriftStatus, LoadedReference},
+    infer::{DriftTap, Inference, SharedModel},
     keep::{
         Handoff, MAX_CAPACITY,
         keeper::{Keeper, KeeperError, Pool},
@@ -45,7 +46,9 @@ use crate::{
     ops::metrics::{Drop, Metrics, Stage},
     policy::{KeepDecision, MinValue},
     store::{DaemonStatus, SharedSpool, uploader::Uploader},
-    supervisor::{CAPTURE_NICE, Command, ExitReport, KEEPER_NICE, Role, Supervisor, UPLOADER_NICE},
+    supervisor::{
+        CAPTURE_NICE, Command, ExitReport, KEEPER_NICE, Priority, Role, Supervisor, UPLOADER_NICE,
+    },
 };
 
 /// `[pipeline]` as written: how the stages are connected and scheduled.
@@ -56,7 +59,7 @@ pub(crate) struct RawPipeline {
     keeper_queue: i64,
     capture_nice: i64,
     keeper_nice: i64,
-    uploader_nice: i64,
+    uploader_idle: bool,
     max_frame_pixels: i64,
 }
 
@@ -67,7 +70,7 @@ impl Default for RawPipeline {
             keeper_queue: 16,
             capture_nice: CAPTURE_NICE as i64,
             keeper_nice: KEEPER_NICE as i64,
-            uploader_nice: UPLOADER_NICE as i64,
+            uploader_idle: true,
             max_frame_pixels: DEFAULT_MAX_FRAME_PIXELS as i64,
         }
     }
@@ -82,8 +85,8 @@ pub struct PipelineConfig {
     pub capture_nice: i32,
     /// Nice steps the keeper runs below inference.
     pub keeper_nice: i32,
-    /// Nice steps the uploader runs below inference.
-    pub uploader_nice: i32,
+    /// The uploader's scheduling: the idle class, or nice 19 below inference.
+    pub uploader: Priority,
     /// Frames with more pixels are refused before anything is allocated for them.
     pub max_frame_pixels: u64,
 }
@@ -95,7 +98,11 @@ impl PipelineConfig {
             keeper_queue: c.int("keeper_queue", p.keeper_queue, 1, 1024) as usize,
             capture_nice: c.int("capture_nice", p.capture_nice, 0, 19) as i32,
             keeper_nice: c.int("keeper_nice", p.keeper_nice, 0, 19) as i32,
-            uploader_nice: c.int("uploader_nice", p.uploader_nice, 0, 19) as i32,
+            uploader: if p.uploader_idle {
+                Priority::Idle
+            } else {
+                Priority::Nice(UPLOADER_NICE)
+            },
             max_frame_pixels: c.int("max_frame_pixels", p.max_frame_pixels, 64 * 64, 8192 * 8192)
                 as u64,
         }
@@ -114,6 +121,8 @@ pub enum PipelineError {
     Inference { camera: String, reason: String },
     #[error("could not start thread {name}: {error}")]
     Spawn { name: String, error: std::io::Error },
+    #[error(transparent)]
+    Drift(#[from] DriftError),
 }
 
 /// A run that ended because a stage failed: the failure, and what the run did.
@@ -155,6 +164,8 @@ pub struct Pipeline {
     spool_dir: std::path::PathBuf,
     /// An uploader stage runs.
     uploading: bool,
+    /// The drift monitor's verdicts, when one runs.
+    drift: Option<Arc<DriftStatus>>,
     metrics: Arc<Metrics>,
     started: Instant,
     deadline: Option<Instant>,
@@ -203,19 +214,23 @@ impl Pipeline {
             limits,
             decision,
         );
-        if let Err(e) = result {
-            // Stop what was started; the keeper flushes whatever it was given.
-            let stuck = supervisor.shut_down(SHUTDOWN_GRACE);
-            if !stuck.is_empty() {
-                tracing::error!(stages = %stuck.join(", "), "stages did not stop after a failed start");
+        let drift = match result {
+            Ok(drift) => drift,
+            Err(e) => {
+                // Stop what was started; the keeper flushes whatever it was given.
+                let stuck = supervisor.shut_down(SHUTDOWN_GRACE);
+                if !stuck.is_empty() {
+                    tracing::error!(stages = %stuck.join(", "), "stages did not stop after a failed start");
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         Ok(Pipeline {
             supervisor,
             spool,
             spool_dir: config.spool.dir.clone(),
             uploading: config.upload.target.is_some(),
+            drift,
             metrics,
             started,
             deadline: limits.duration.map(|d| started + d),
@@ -231,7 +246,7 @@ impl Pipeline {
         metrics: &Arc<Metrics>,
         limits: Limits,
         decision: Option<DecisionFactory>,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<Option<Arc<DriftStatus>>, PipelineError> {
         let info = &Arc::new(model.lock().unwrap_or_else(|p| p.into_inner()).info.clone());
         // The candidate pool, shared by all cameras, with room for a reload to grow it.
         let (max_w, max_h) = config
@@ -263,7 +278,7 @@ impl Pipeline {
             supervisor,
             "keeper".into(),
             Role::Downstream,
-            config.pipeline.keeper_nice,
+            Priority::Nice(config.pipeline.keeper_nice),
             move |ctx| keeper.run(&ctx),
         )?;
         if let Some(uploader) = uploader {
@@ -271,9 +286,41 @@ impl Pipeline {
                 supervisor,
                 "uploader".into(),
                 Role::Service,
-                config.pipeline.uploader_nice,
+                config.pipeline.uploader,
                 move |ctx| uploader.run(&ctx),
             )?;
+        }
+
+        let mut drift = None;
+        if let Some(path) = &config.drift.reference {
+            let reference = LoadedReference::load(&config.drift, info)?;
+            let bands = reference.bands().unwrap_or_default();
+            tracing::info!(
+                reference = %path.display(),
+                window_frames = config.drift.window_frames,
+                js_moderate = bands.js_moderate,
+                js_significant = bands.js_significant,
+                "drift monitor ready"
+            );
+            let names: Vec<String> = config.cameras.iter().map(|c| c.name.clone()).collect();
+            let status = DriftStatus::new(&names, config.drift.window_frames);
+            let (samples_tx, samples_rx) = bounded(crate::drift::QUEUE);
+            let stage = DriftStage::new(
+                &config.drift,
+                names,
+                reference,
+                samples_rx,
+                status.clone(),
+                metrics.clone(),
+            );
+            spawn(
+                supervisor,
+                "drift".into(),
+                Role::Downstream,
+                Priority::Nice(config.pipeline.keeper_nice),
+                move |ctx| stage.run(&ctx),
+            )?;
+            drift = Some((samples_tx, status));
         }
 
         let epoch = Instant::now();
@@ -305,6 +352,11 @@ impl Pipeline {
                 channels.work_rx,
                 channels.slot_tx,
                 handoff.clone(),
+                drift.as_ref().map(|(samples, status)| DriftTap {
+                    samples: samples.clone(),
+                    status: status.clone(),
+                    boost: config.drift.boost,
+                }),
                 metrics.clone(),
                 epoch,
             )
@@ -316,18 +368,19 @@ impl Pipeline {
                 supervisor,
                 cam.infer_stage(),
                 Role::Downstream,
-                0,
+                Priority::Nice(0),
                 move |ctx| inference.run(&ctx),
             )?;
             spawn(
                 supervisor,
                 cam.capture_stage(),
                 Role::Source,
-                config.pipeline.capture_nice,
+                Priority::Nice(config.pipeline.capture_nice),
                 move |ctx| capture.run(&ctx),
             )?;
         }
-        Ok(())
+        // The inference stages hold the only senders now: the drift stage ends when they do.
+        Ok(drift.map(|(_, status)| status))
     }
 
     /// Wait up to `timeout` for the next stage to end. Stops the run when its time
@@ -415,6 +468,11 @@ impl Pipeline {
             summary.spool = Some((spool.len(), spool.used_bytes()));
         }
         summary.uploading = self.uploading;
+        summary.drift = self
+            .drift
+            .as_ref()
+            .map(|d| d.snapshot())
+            .unwrap_or_default();
         let failure = self
             .supervisor
             .first_failure()
@@ -439,13 +497,13 @@ fn spawn(
     supervisor: &mut Supervisor,
     name: String,
     role: Role,
-    nice: i32,
+    priority: Priority,
     body: impl FnOnce(crate::supervisor::StageContext) -> Result<(), crate::supervisor::StageFailure>
     + Send
     + 'static,
 ) -> Result<(), PipelineError> {
     supervisor
-        .spawn(name.clone(), role, nice, body)
+        .spawn(name.clone(), role, priority, body)
         .map_err(|error| PipelineError::Spawn { name, error })
 }
 
@@ -476,6 +534,8 @@ pub struct Summary {
     pub upload_failures: u64,
     /// (stage, count, median ms, p99 ms)
     pub stages: Vec<(&'static str, u64, f64, f64)>,
+    /// Each camera's drift at the end, when a drift monitor ran.
+    pub drift: Vec<CameraDrift>,
 }
 
 impl Summary {
@@ -526,6 +586,7 @@ pub fn summarize(m: &Metrics, elapsed: Duration) -> Summary {
                 (s.name(), h.count(), h.quantile_ms(0.5), h.quantile_ms(0.99))
             })
             .collect(),
+        drift: Vec::new(),
     }
 }
 

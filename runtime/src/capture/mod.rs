@@ -112,6 +112,26 @@ impl Preparer {
     }
 }
 
+/// A source opened for the calling thread, and the frame size to make buffers for.
+pub(crate) type OpenedSource = (Box<dyn FrameSource>, (u32, u32));
+
+/// The first configured camera's source, opened for a model with `info`'s input (tools
+/// that run one camera on the calling thread).
+pub(crate) fn open_first_camera(
+    config: &crate::config::Config,
+    info: &ModelInfo,
+) -> Result<OpenedSource, SourceError> {
+    let camera = config
+        .cameras
+        .first()
+        .ok_or_else(|| SourceError::Fatal("no camera configured".into()))?;
+    let source = camera.source.build(
+        (info.input_width, info.input_height),
+        config.pipeline.max_frame_pixels,
+    )?;
+    Ok((source, camera.source.frame_size()))
+}
+
 /// What a command means to a capture stage.
 enum Heard {
     Stop,

@@ -415,7 +415,18 @@ pub struct FrameStats {
     pub luma_std: f32,
     /// Variance of the 4-neighbour Laplacian of the downscaled luma; low = blurred.
     pub blur: f32,
+    /// Fractions of the downscaled luma at or below [`DARK_CLIP`] and at or above
+    /// [`BRIGHT_CLIP`]: crushed shadows and blown highlights.
+    pub dark_clip: f32,
+    pub bright_clip: f32,
+    /// Mean red, green and blue, 0..255 (white balance, tinted light).
+    pub mean_rgb: [f32; 3],
 }
+
+/// Luma at or below this counts as clipped dark, at or above [`BRIGHT_CLIP`] as clipped
+/// bright (of 4×4 block averages, so one hot pixel does not count).
+pub const DARK_CLIP: f32 = 8.0;
+pub const BRIGHT_CLIP: f32 = 247.0;
 
 /// Downscale factor for the statistics: blur on a 4× smaller luma separates motion
 /// blur as well as full resolution at a sixteenth of the cost.
@@ -455,6 +466,7 @@ impl FrameMeter {
             0.587 / (k * k) as f32,
             0.114 / (k * k) as f32,
         ];
+        let mut channels = [0u64; 3];
         for sy in 0..sh {
             self.rows.fill(0);
             for dy in 0..k {
@@ -474,9 +486,18 @@ impl FrameMeter {
                 *o = weight[0] * rgb[0] as f32
                     + weight[1] * rgb[1] as f32
                     + weight[2] * rgb[2] as f32;
+                for (total, v) in channels.iter_mut().zip(rgb) {
+                    *total += u64::from(v);
+                }
             }
         }
-        luma_stats(&self.luma, sw, sh)
+        let pixels = (sw * sh * k * k) as f64;
+        luma_stats(
+            &self.luma,
+            sw,
+            sh,
+            channels.map(|c| (c as f64 / pixels) as f32),
+        )
     }
 
     /// The same statistics read from a letterboxed tensor whose content is already the
@@ -509,6 +530,7 @@ impl FrameMeter {
         let a: [f32; 3] = std::array::from_fn(|c| w[c] / pre.scale[c]);
         let b: f32 = (0..3).map(|c| -a[c] * pre.offset[c]).sum();
         self.luma.clear();
+        let mut channels = [0.0f64; 3];
         for y in 0..ch {
             let start = (py + y) * iw + px;
             let (r, g, bl) = (
@@ -516,6 +538,9 @@ impl FrameMeter {
                 &tensor[plane + start..plane + start + cw],
                 &tensor[2 * plane + start..2 * plane + start + cw],
             );
+            for (total, row) in channels.iter_mut().zip([r, g, bl]) {
+                *total += sums(row).0;
+            }
             self.luma.extend(
                 r.iter()
                     .zip(g)
@@ -523,21 +548,40 @@ impl FrameMeter {
                     .map(|((r, g), bl)| a[0] * r + a[1] * g + a[2] * bl + b),
             );
         }
-        Some(luma_stats(&self.luma, cw, ch))
+        let n = (cw * ch) as f64;
+        let mean_rgb = std::array::from_fn(|c| {
+            ((channels[c] / n - f64::from(pre.offset[c])) / f64::from(pre.scale[c])) as f32
+        });
+        Some(luma_stats(&self.luma, cw, ch, mean_rgb))
     }
 }
 
-/// Mean, contrast and blur of a `w × h` luma image.
-fn luma_stats(luma: &[f32], w: usize, h: usize) -> FrameStats {
+/// Mean, contrast, blur and clipping of a `w × h` luma image, with the frame's channel
+/// means.
+fn luma_stats(luma: &[f32], w: usize, h: usize, mean_rgb: [f32; 3]) -> FrameStats {
     let n = (w * h) as f64;
     let (sum, sum_sq) = sums(luma);
     let mean = sum / n;
     let var = (sum_sq / n - mean * mean).max(0.0);
+    let (dark, bright) = clipped(luma);
     FrameStats {
         luma_mean: mean as f32,
         luma_std: var.sqrt() as f32,
         blur: laplacian_variance(luma, w, h),
+        dark_clip: (dark as f64 / n) as f32,
+        bright_clip: (bright as f64 / n) as f32,
+        mean_rgb,
     }
+}
+
+/// How many values are at or below [`DARK_CLIP`] and at or above [`BRIGHT_CLIP`].
+fn clipped(luma: &[f32]) -> (u32, u32) {
+    luma.iter().fold((0, 0), |(dark, bright), &v| {
+        (
+            dark + u32::from(v <= DARK_CLIP),
+            bright + u32::from(v >= BRIGHT_CLIP),
+        )
+    })
 }
 
 /// Lanes of the f32 accumulators below: independent sums, so the loops vectorise.

@@ -28,6 +28,12 @@ pub(super) struct BenchArgs {
     /// included), without and with its index log; no pipeline phases.
     #[arg(long, value_name = "ENTRIES")]
     spool_open: Option<usize>,
+    /// Only the drift benchmark: calibrate studio and store references (2000 frames
+    /// each), then count the frames until the monitor notices a lighting shift, a
+    /// camera-angle change and a change of split, and its false alarms on 100,000
+    /// stationary frames. [drift] of --config sets the window and bands.
+    #[arg(long)]
+    drift: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -60,6 +66,24 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     config.cameras.truncate(1);
     let model = std::sync::Arc::new(std::sync::Mutex::new(load_model(&config)?));
+    if args.drift {
+        let opts = crate::drift_bench::DriftBenchOptions {
+            reference: 2000,
+            before: 1000,
+            after: 1000,
+            stationary: 100_000,
+            stationary_fresh: 3000,
+        };
+        let report = crate::drift_bench::run(&config, &model, &opts, |phase| {
+            tracing::info!("bench --drift: {phase}")
+        })?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let upload = match &args.upload_config {
         None => None,
         Some(file) => match crate::config::Config::load(std::slice::from_ref(file)) {

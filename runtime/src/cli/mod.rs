@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand.
 
 mod bench;
+mod calibrate;
 mod config;
 mod run;
 mod spool;
@@ -39,6 +40,9 @@ enum Command {
     /// Benchmark the real pipeline against bare `session.run` and with capture on/off,
     /// interleaved in one run; prints a table (or JSON).
     Bench(bench::BenchArgs),
+    /// Build a drift reference (histograms, alert bands, value thresholds) from a
+    /// sample of frames, for [drift] reference.
+    Calibrate(calibrate::CalibrateArgs),
     /// Export a labelled dataset (images, YOLO labels, perturbation tags) from the
     /// synthetic scene source.
     Synth(synth::SynthArgs),
@@ -76,13 +80,7 @@ impl Inputs {
     /// The config files (or the defaults), validated; an invalid config is printed and
     /// becomes exit code 2.
     fn load(&self) -> Result<Loaded, ExitCode> {
-        if self.config.is_empty() {
-            return Ok(Loaded::defaults());
-        }
-        Config::load(&self.config).map_err(|e| {
-            eprintln!("{e}");
-            ExitCode::from(2)
-        })
+        load_files(&self.config)
     }
 
     /// Apply the command-line overrides.
@@ -112,6 +110,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Validate(args) => Ok(validate::validate(&args)),
         Command::Synth(args) => synth::synth(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Upload(args) => upload::upload(args),
         Command::Spool { command } => spool::spool(command),
         Command::Config { command } => Ok(config::config(command)),
@@ -126,6 +125,18 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// The config `files` (or the defaults when there are none), validated; an invalid
+/// config is printed and becomes exit code 2.
+fn load_files(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
+    if files.is_empty() {
+        return Ok(Loaded::defaults());
+    }
+    Config::load(files).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
 }
 
 /// Load ONNX Runtime and the model named by the config (or the embedded one).

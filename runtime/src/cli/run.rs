@@ -346,6 +346,25 @@ fn print_summary(s: &Summary, spool: &std::path::Path) {
             plural(s.reconnects as usize, "reconnect")
         );
     }
+    for d in &s.drift {
+        match &d.worst {
+            Some(worst) => println!(
+                "  drift       {}: {} over its last {} frames (worst {worst}: JS {:.3}, moderate from {:.3}, PSI {:.3}; largest PSI {:.3}; {})",
+                d.camera,
+                d.band,
+                d.frames.min(d.window as u64),
+                d.js,
+                d.js_moderate,
+                d.psi,
+                d.max_psi,
+                plural(d.band_changes as usize, "band change")
+            ),
+            None => println!(
+                "  drift       {}: no verdict ({} frames, fewer than [drift] min_frames)",
+                d.camera, d.frames
+            ),
+        }
+    }
     println!("  stage              count   median ms     p99 ms");
     for (name, count, p50, p99) in &s.stages {
         if *count > 0 {

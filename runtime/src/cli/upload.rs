@@ -15,7 +15,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{mib, plural};
 use crate::{
-    config::Config,
     ops::metrics::Metrics,
     store::{
         self, DaemonStatus,
@@ -42,16 +41,9 @@ pub(super) struct UploadArgs {
 }
 
 pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
-    let mut config = if args.config.is_empty() {
-        Config::default()
-    } else {
-        match Config::load(&args.config) {
-            Ok(loaded) => loaded.config,
-            Err(e) => {
-                eprintln!("{e}");
-                return Ok(ExitCode::from(2));
-            }
-        }
+    let mut config = match super::load_files(&args.config) {
+        Ok(loaded) => loaded.config,
+        Err(code) => return Ok(code),
     };
     if let Some(dir) = args.spool_dir {
         config.spool.dir = dir;

@@ -31,6 +31,7 @@ pub use diagnostics::{ConfigError, Diagnostic};
 
 use crate::{
     capture::{self, CameraConfig, RawCamera},
+    drift::{DriftConfig, RawDrift},
     infer::{ModelConfig, RawModel},
     keep::{KeepConfig, RawKeep},
     pipeline::{PipelineConfig, RawPipeline},
@@ -54,6 +55,7 @@ pub struct Config {
     pub keep: KeepConfig,
     pub spool: SpoolConfig,
     pub upload: UploadConfig,
+    pub drift: DriftConfig,
 }
 
 /// The file as written: one table per stage, each owned by its stage's module.
@@ -69,6 +71,7 @@ pub(crate) struct RawConfig {
     keep: RawKeep,
     spool: RawSpool,
     upload: RawUpload,
+    drift: RawDrift,
 }
 
 /// A validated config and every key's effective value (defaults included), for
@@ -161,6 +164,7 @@ impl Config {
         let keep = c.within("keep", |c| KeepConfig::validate(&raw.keep, c));
         let spool = c.within("spool", |c| SpoolConfig::validate(&raw.spool, c));
         let upload = c.within("upload", |c| UploadConfig::validate(&raw.upload, c));
+        let drift = c.within("drift", |c| DriftConfig::validate(&raw.drift, c));
         if !c.problems.is_empty() {
             return Err(c.problems);
         }
@@ -172,6 +176,7 @@ impl Config {
             keep,
             spool,
             upload,
+            drift,
         })
     }
 }

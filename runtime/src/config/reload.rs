@@ -78,6 +78,7 @@ impl Config {
             keep: new.keep.clone(),
             spool: self.spool.with_live_changes(&new.spool),
             upload: self.upload.with_live_changes(&new.upload),
+            drift: self.drift.clone(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub use model::{Model, ModelError, ModelFile, ModelInfo, Runner};
 use crate::{
     capture::Slot,
     config::{Checker, Config},
+    drift::{DriftStatus, stats::Sample},
     keep::Handoff,
     ops::metrics::{Metrics, Stage},
     policy::{FrameFacts, KeepDecision, Policy, Scored},
@@ -260,7 +261,17 @@ pub(crate) struct Inference {
     work_rx: Receiver<Box<Slot>>,
     slot_tx: Sender<Box<Slot>>,
     handoff: Handoff,
+    drift: Option<DriftTap>,
     metrics: Arc<Metrics>,
+}
+
+/// The inference side of the drift monitor: where each frame's sample goes, and the
+/// camera's band for the capture boost.
+pub(crate) struct DriftTap {
+    pub samples: Sender<Sample>,
+    pub status: Arc<DriftStatus>,
+    /// `[drift] boost`.
+    pub boost: f32,
 }
 
 impl Inference {
@@ -275,6 +286,7 @@ impl Inference {
         work_rx: Receiver<Box<Slot>>,
         slot_tx: Sender<Box<Slot>>,
         handoff: Handoff,
+        drift: Option<DriftTap>,
         metrics: Arc<Metrics>,
         epoch: Instant,
     ) -> Result<Inference, ModelError> {
@@ -294,6 +306,7 @@ impl Inference {
             work_rx,
             slot_tx,
             handoff,
+            drift,
             metrics,
         })
     }
@@ -342,7 +355,24 @@ impl Inference {
                 );
             }
             let t0 = Instant::now();
-            let scores = self.policy.score(&self.inferer.facts(&slot));
+            let mut scores = self.policy.score(&self.inferer.facts(&slot));
+            if let Some(drift) = &self.drift {
+                let sample = Sample::new(
+                    self.camera_index as u16,
+                    &slot.stats,
+                    self.inferer.detections(),
+                    self.inferer.confidence,
+                );
+                if drift.samples.try_send(sample).is_err() {
+                    crate::ops::metrics::event::dropped(
+                        &self.metrics,
+                        crate::ops::metrics::Drop::DriftBehind,
+                    );
+                }
+                if drift.status.drifted(self.camera_index) {
+                    scores.value *= drift.boost;
+                }
+            }
             let keep = self.decision.keep(&Scored {
                 n,
                 scores: &scores,

@@ -71,10 +71,12 @@ pub enum Drop {
     SpoolError,
     /// The disk holding the spool ran out of space while writing.
     DiskFull,
+    /// The drift monitor's queue was full: the frame's statistics were not counted.
+    DriftBehind,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 8] = [
+    pub const ALL: [Drop; 9] = [
         Drop::QueueFull,
         Drop::BadFrame,
         Drop::FrameTooLarge,
@@ -83,6 +85,7 @@ impl Drop {
         Drop::SpoolFull,
         Drop::SpoolError,
         Drop::DiskFull,
+        Drop::DriftBehind,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +98,7 @@ impl Drop {
             Drop::SpoolFull => "spool_full",
             Drop::SpoolError => "spool_error",
             Drop::DiskFull => "disk_full",
+            Drop::DriftBehind => "drift_behind",
         }
     }
 }
@@ -189,6 +193,8 @@ pub struct Metrics {
     pub spool_corrupt: AtomicU64,
     /// 0 idle, 1 uploading, 2 paused (window/docking), 3 failing.
     pub upload_state: AtomicU64,
+    /// Times a camera's drift band changed.
+    pub drift_changes: AtomicU64,
     /// Times a camera went away while streaming.
     pub disconnects: AtomicU64,
     /// Times a camera that had gone away delivered frames again.
@@ -321,6 +327,25 @@ pub mod event {
         m.uploaded_bytes.fetch_add(bytes, Relaxed);
         m.upload_state.store(1, Relaxed);
         tracing::debug!(id, bytes, "uploaded");
+    }
+
+    /// A camera's drift band changed: logged once per change, counted.
+    pub fn drift_changed(
+        m: &Metrics,
+        camera: &str,
+        from: calibration::Band,
+        to: calibration::Band,
+        worst: &str,
+        js: f64,
+        psi: f64,
+    ) {
+        m.drift_changes.fetch_add(1, Relaxed);
+        let (from, to) = (from.to_string(), to.to_string());
+        if to == "stable" {
+            tracing::info!(camera, %from, %to, worst, js, psi, "drift band changed");
+        } else {
+            tracing::warn!(camera, %from, %to, worst, js, psi, "drift band changed");
+        }
     }
 
     pub fn upload_idle(m: &Metrics) {

@@ -219,6 +219,7 @@ pub(crate) mod tests {
             luma_mean: 100.0,
             luma_std: 40.0,
             blur: 500.0,
+            ..FrameStats::default()
         }
     }
 

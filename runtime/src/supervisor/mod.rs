@@ -21,7 +21,7 @@
 
 mod priority;
 
-pub(crate) use priority::{CAPTURE_NICE, KEEPER_NICE, UPLOADER_NICE};
+pub(crate) use priority::{CAPTURE_NICE, KEEPER_NICE, Priority, UPLOADER_NICE};
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -225,12 +225,12 @@ impl Default for Supervisor {
 }
 
 impl Supervisor {
-    /// Start `body` on a thread named `name`, `nice` steps below the caller's priority.
+    /// Start `body` on a thread named `name`, scheduled at `priority`.
     pub(crate) fn spawn<F>(
         &mut self,
         name: String,
         role: Role,
-        nice: i32,
+        priority: Priority,
         body: F,
     ) -> Result<(), std::io::Error>
     where
@@ -248,11 +248,10 @@ impl Supervisor {
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                if nice > 0
-                    && std::env::var_os("FRAMESIFT_NO_NICE").is_none()
-                    && let Err(e) = priority::lower_current_thread(nice)
+                if std::env::var_os("FRAMESIFT_NO_NICE").is_none()
+                    && let Err(e) = priority.apply()
                 {
-                    tracing::warn!(%stage, nice, "could not lower thread priority: {e}");
+                    tracing::warn!(%stage, ?priority, "could not lower thread priority: {e}");
                 }
                 let exit = match catch_unwind(AssertUnwindSafe(|| body(context))) {
                     Ok(Ok(())) => Exit::Clean,
@@ -465,15 +464,26 @@ mod tests {
     #[test]
     fn exits_are_reported_clean_failed_or_panicked() {
         let mut sup = Supervisor::default();
-        sup.spawn("sv-clean".into(), Role::Downstream, 0, |_| Ok(()))
-            .expect("spawn");
-        sup.spawn("sv-failed".into(), Role::Downstream, 0, |_| {
-            Err(StageFailure::new("disk on fire"))
-        })
+        sup.spawn(
+            "sv-clean".into(),
+            Role::Downstream,
+            Priority::Nice(0),
+            |_| Ok(()),
+        )
         .expect("spawn");
-        sup.spawn("sv-panic".into(), Role::Downstream, 0, |_| {
-            panic!("index out of bounds")
-        })
+        sup.spawn(
+            "sv-failed".into(),
+            Role::Downstream,
+            Priority::Nice(0),
+            |_| Err(StageFailure::new("disk on fire")),
+        )
+        .expect("spawn");
+        sup.spawn(
+            "sv-panic".into(),
+            Role::Downstream,
+            Priority::Nice(0),
+            |_| panic!("index out of bounds"),
+        )
         .expect("spawn");
         let mut reports = Vec::new();
         while reports.len() < 3 {
@@ -511,29 +521,39 @@ mod tests {
         let mut sup = Supervisor::default();
         let (tx, rx) = crossbeam_channel::bounded::<u32>(4);
         let drained = Arc::new(AtomicU64::new(0));
-        sup.spawn("sv-source".into(), Role::Source, 0, move |ctx| {
-            let mut n = 0;
-            loop {
-                if let Ok(Command::Shutdown) = ctx.commands.try_recv() {
-                    return Ok(());
+        sup.spawn(
+            "sv-source".into(),
+            Role::Source,
+            Priority::Nice(0),
+            move |ctx| {
+                let mut n = 0;
+                loop {
+                    if let Ok(Command::Shutdown) = ctx.commands.try_recv() {
+                        return Ok(());
+                    }
+                    crossbeam_channel::select! {
+                        send(tx, n) -> r => { r.map_err(|_| StageFailure::new("closed"))?; n += 1; }
+                        recv(ctx.commands) -> _ => return Ok(()),
+                    }
                 }
-                crossbeam_channel::select! {
-                    send(tx, n) -> r => { r.map_err(|_| StageFailure::new("closed"))?; n += 1; }
-                    recv(ctx.commands) -> _ => return Ok(()),
-                }
-            }
-        })
+            },
+        )
         .expect("spawn");
         let count = drained.clone();
-        sup.spawn("sv-sink".into(), Role::Downstream, 0, move |ctx| {
-            // Ignores Shutdown: ends only when the source's channel closes.
-            let _keep = ctx.commands;
-            while rx.recv().is_ok() {
-                count.fetch_add(1, Relaxed);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Ok(())
-        })
+        sup.spawn(
+            "sv-sink".into(),
+            Role::Downstream,
+            Priority::Nice(0),
+            move |ctx| {
+                // Ignores Shutdown: ends only when the source's channel closes.
+                let _keep = ctx.commands;
+                while rx.recv().is_ok() {
+                    count.fetch_add(1, Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(())
+            },
+        )
         .expect("spawn");
         std::thread::sleep(Duration::from_millis(50));
         let stuck = sup.shut_down(Duration::from_secs(10));
@@ -547,13 +567,18 @@ mod tests {
     fn a_stage_that_ignores_the_ordered_shutdown_is_told_directly() {
         let mut sup = Supervisor::default();
         let (_tx, rx) = crossbeam_channel::bounded::<u32>(1);
-        sup.spawn("sv-deaf".into(), Role::Downstream, 0, move |ctx| {
-            // Waits on an input that never closes, but obeys a direct Shutdown.
-            crossbeam_channel::select! {
-                recv(rx) -> _ => Ok(()),
-                recv(ctx.commands) -> _ => Ok(()),
-            }
-        })
+        sup.spawn(
+            "sv-deaf".into(),
+            Role::Downstream,
+            Priority::Nice(0),
+            move |ctx| {
+                // Waits on an input that never closes, but obeys a direct Shutdown.
+                crossbeam_channel::select! {
+                    recv(rx) -> _ => Ok(()),
+                    recv(ctx.commands) -> _ => Ok(()),
+                }
+            },
+        )
         .expect("spawn");
         let t0 = Instant::now();
         let stuck = sup.shut_down(Duration::from_millis(200));
@@ -565,10 +590,15 @@ mod tests {
     #[test]
     fn dropping_a_handle_shuts_the_stage_down() {
         let mut sup = Supervisor::default();
-        sup.spawn("sv-dropped".into(), Role::Source, 0, |ctx| {
-            let _ = ctx.commands.recv();
-            Ok(())
-        })
+        sup.spawn(
+            "sv-dropped".into(),
+            Role::Source,
+            Priority::Nice(0),
+            |ctx| {
+                let _ = ctx.commands.recv();
+                Ok(())
+            },
+        )
         .expect("spawn");
         let until = Instant::now() + Duration::from_secs(5);
         while !live_threads().iter().any(|t| t == "sv-dropped") && Instant::now() < until {

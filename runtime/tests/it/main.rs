@@ -6,6 +6,7 @@
 
 mod cli;
 mod delivery;
+mod drift;
 mod models;
 mod power_cut;
 mod run;

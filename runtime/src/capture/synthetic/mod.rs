@@ -197,6 +197,13 @@ impl SyntheticSource {
         source
     }
 
+    /// The same source, delivering frames from `index` on: the same cart (its seed
+    /// draws the basket and background) seeing scenes it has not shown yet.
+    pub(crate) fn starting_at(mut self, index: u64) -> Self {
+        self.next_index = index;
+        self
+    }
+
     /// Render frame `index` into `rgb` (packed RGB8, `width * height * 3` bytes) and its
     /// ground truth into `truth` (cleared first; its allocation is reused).
     ///

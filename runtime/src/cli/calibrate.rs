@@ -1,0 +1,174 @@
+//! `framesift calibrate`.
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::load_model;
+use crate::{
+    calibrate::{CalibrateOptions, describe_source, signal_key},
+    capture::{
+        CameraConfig, SourceConfig,
+        replay::ReplayConfig,
+        synthetic::{Split, SyntheticConfig},
+    },
+};
+
+#[derive(Parser)]
+pub(super) struct CalibrateArgs {
+    /// A directory of reference frames (JPEG/PNG, e.g. a known-good week of a store);
+    /// with --synthetic, the number of synthetic frames.
+    #[arg(long, value_name = "DIR|N")]
+    frames: String,
+    /// Calibrate on the synthetic scene source instead of a directory: `studio` (what
+    /// the shipped model was trained on) or `store`.
+    #[arg(long, value_parser = ["studio", "store"])]
+    synthetic: Option<String>,
+    /// Seed of the synthetic frames.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Config file(s) for the model, the signals and [drift] (window, bands); repeat to
+    /// overlay, as `run` does.
+    #[arg(long, short)]
+    config: Vec<PathBuf>,
+    /// Model file (.onnx), overriding [model] path.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The share of reference frames the chosen thresholds keep.
+    #[arg(long, default_value_t = 0.02)]
+    target_rate: f64,
+    /// Where to write the reference (TOML), for [drift] reference.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write PNG plots of every histogram and a summary.md here.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+}
+
+pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.target_rate > 0.0 && args.target_rate <= 1.0,
+        "--target-rate must be above 0 and at most 1, e.g. 0.02"
+    );
+    let mut config = match super::load_files(&args.config) {
+        Ok(loaded) => loaded.config,
+        Err(code) => return Ok(code),
+    };
+    if let Some(model) = &args.model {
+        config.model.path = Some(model.clone());
+    }
+    let (source, frames) = match &args.synthetic {
+        Some(split) => {
+            let n: u64 = args.frames.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "with --synthetic, --frames is a number of frames (e.g. --frames 3000), not {:?}",
+                    args.frames
+                )
+            })?;
+            anyhow::ensure!(n > 0, "--frames must be at least 1");
+            let split = if split == "studio" {
+                Split::Studio
+            } else {
+                Split::Store
+            };
+            let source = SourceConfig::Synthetic(SyntheticConfig {
+                split,
+                seed: args.seed,
+                ..SyntheticConfig::default()
+            });
+            (source, Some(n))
+        }
+        None => {
+            let dir = PathBuf::from(&args.frames);
+            anyhow::ensure!(
+                dir.is_dir(),
+                "--frames {}: not a directory of frames (for synthetic frames write --synthetic store --frames N)",
+                dir.display()
+            );
+            let source = SourceConfig::Replay(ReplayConfig {
+                dir,
+                fps: 0.0,
+                looping: false,
+            });
+            (source, None)
+        }
+    };
+    let describe = describe_source(&source);
+    config.cameras = vec![CameraConfig {
+        name: "reference".into(),
+        source,
+    }];
+    let model = std::sync::Arc::new(std::sync::Mutex::new(load_model(&config)?));
+    let bar = progress_bar(frames);
+    let opts = CalibrateOptions {
+        frames,
+        target_rate: args.target_rate,
+        describe,
+    };
+    let cal = crate::calibrate::calibrate(&config, &model, &opts, |done| bar.set_position(done));
+    bar.finish_and_clear();
+    let cal = cal?;
+    let text = cal.reference.to_toml();
+    let tmp = args.out.with_extension("toml.tmp");
+    std::fs::write(&tmp, &text)
+        .and_then(|()| std::fs::rename(&tmp, &args.out))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display()))?;
+    if let Some(dir) = &args.report {
+        crate::calibrate::write_report(dir, &cal, &config, args.target_rate)?;
+    }
+    let r = &cal.reference;
+    println!(
+        "calibrated on {} frames ({}; {} skipped) with model {}",
+        r.frames, r.source, cal.skipped, r.model.id
+    );
+    if let Some(t) = r.thresholds.get("min_value") {
+        println!(
+            "  keep {:.1} %       [policy] min_value = {t:.4}",
+            100.0 * args.target_rate
+        );
+    }
+    for name in crate::policy::signals::NAMES {
+        if let Some(t) = r.thresholds.get(&signal_key(name)) {
+            println!(
+                "  {name:<16} alone keeps {:.1} % at {t:.4}",
+                100.0 * args.target_rate
+            );
+        }
+    }
+    let bands = config.drift.bands(r.reference_noise, r.window_frames);
+    println!(
+        "  drift bands     JS moderate {:.4}, significant {:.4} for {}-frame windows{}",
+        bands.js_moderate,
+        bands.js_significant,
+        r.window_frames,
+        r.reference_noise
+            .map(|n| format!(" (this sample's own windows stray up to JS {n:.4})"))
+            .unwrap_or_default()
+    );
+    if bands.js_significant >= 1.0 {
+        println!(
+            "  warning: the significant band cannot be reached: this sample varies too much between windows this short; raise [drift] window_frames"
+        );
+    }
+    println!("  wrote {}", args.out.display());
+    if let Some(dir) = &args.report {
+        println!("  report {}", dir.join("summary.md").display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(total: Option<u64>) -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(total, target);
+    if let Ok(style) =
+        ProgressStyle::with_template("calibrate {bar:30} {pos}/{len} frames {per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}

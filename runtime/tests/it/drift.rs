@@ -1,0 +1,244 @@
+//! `framesift calibrate` and the drift monitor in `framesift run`, end to end.
+
+use std::path::Path;
+
+use crate::{framesift, run_ok, text};
+
+/// Calibrate on `frames` synthetic `split` frames into `dir/ref.toml` (+ a report).
+fn calibrate(dir: &Path, split: &str, frames: u32) -> std::path::PathBuf {
+    let out_file = dir.join(format!("{split}.toml"));
+    let report = dir.join(format!("{split}-report"));
+    let out = run_ok(&mut framesift(&[
+        "calibrate",
+        "--synthetic",
+        split,
+        "--frames",
+        &frames.to_string(),
+        "--out",
+        out_file.to_str().expect("utf8"),
+        "--report",
+        report.to_str().expect("utf8"),
+        "--config",
+        config(dir, "", "").to_str().expect("utf8"),
+    ]));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("calibrated on {frames} frames")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[policy] min_value = "), "{stdout}");
+    out_file
+}
+
+/// A config with a short drift window (200 frames), the given [drift] reference and
+/// camera lines.
+fn config(dir: &Path, reference: &str, camera: &str) -> std::path::PathBuf {
+    let file = dir.join(format!(
+        "c{}.toml",
+        std::fs::read_dir(dir).map_or(0, |d| d.count())
+    ));
+    let reference = if reference.is_empty() {
+        String::new()
+    } else {
+        format!("reference = \"{reference}\"\n")
+    };
+    std::fs::write(
+        &file,
+        format!(
+            "[drift]\n{reference}window_frames = 200\nmin_frames = 100\n\n[spool]\ndir = \"{}\"\n{camera}",
+            dir.join("spool").display()
+        ),
+    )
+    .expect("write config");
+    file
+}
+
+fn run(config: &Path, frames: u32) -> std::process::Output {
+    framesift(&[
+        "run",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--max-frames",
+        &frames.to_string(),
+    ])
+    .output()
+    .expect("spawn")
+}
+
+#[test]
+fn calibrate_writes_a_reference_and_a_report_and_run_reports_each_cameras_band() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = calibrate(dir.path(), "studio", 800);
+    let toml = std::fs::read_to_string(&reference).expect("reference");
+    for stat in [
+        "luma_mean",
+        "dark_clip",
+        "mean_red",
+        "blur",
+        "confidence",
+        "detections",
+    ] {
+        assert!(
+            toml.contains(&format!("name = \"{stat}\"")),
+            "{stat} in\n{toml}"
+        );
+    }
+    let report = dir.path().join("studio-report");
+    let summary = std::fs::read_to_string(report.join("summary.md")).expect("summary.md");
+    assert!(summary.contains("min_value"), "{summary}");
+    let png = std::fs::read(report.join("stat-luma_mean.png")).expect("png");
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(report.join("min_value.png").is_file());
+
+    // The same cart (seed 1: its basket and background) in the same conditions, on
+    // into scenes the reference did not see, stays stable; in the store it does not.
+    let same = config(
+        dir.path(),
+        reference.to_str().expect("utf8"),
+        "\n[[camera]]\nname = \"studio\"\ntype = \"synthetic\"\nsplit = \"studio\"\nseed = 1\n\n[[camera]]\nname = \"store\"\ntype = \"synthetic\"\nsplit = \"store\"\nseed = 1\n",
+    );
+    let out = run(&same, 2000);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let line = |camera: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(&format!("drift       {camera}:")))
+            .unwrap_or_else(|| panic!("no drift line for {camera} in\n{stdout}"))
+            .to_string()
+    };
+    // How far each camera is from the reference: its worst statistic's JS distance over
+    // the moderate threshold ("worst S: JS j, moderate from m, ...").
+    let distance = |line: &str| {
+        let number = |key: &str| -> f64 {
+            let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+            line[at..]
+                .split([',', ';', ')'])
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("a number after {key} in {line}"))
+        };
+        number("JS ") / number("moderate from ")
+    };
+    let (studio, store) = (line("studio"), line("store"));
+    assert!(studio.contains("over its last 200 frames"), "{stdout}");
+    assert!(
+        !store.contains(": stable over") && distance(&store) >= 1.0,
+        "{stdout}"
+    );
+    // Short windows are a couple of dozen scenes, so the same conditions come nearer a
+    // threshold than on a real camera; the order still holds.
+    assert!(distance(&studio) < distance(&store), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("drift band changed") && stderr.contains("store"),
+        "the change is logged: {stderr}"
+    );
+}
+
+#[test]
+fn a_reference_from_another_model_is_a_warning_or_an_error_as_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = calibrate(dir.path(), "studio", 60);
+    let text_ref = std::fs::read_to_string(&reference).expect("reference");
+    let at = text_ref.find("sha256 = \"").expect("sha256") + "sha256 = \"".len();
+    let mut other = text_ref.clone();
+    other.replace_range(at..at + 8, "00000000");
+    let other_file = dir.path().join("other.toml");
+    std::fs::write(&other_file, other).expect("write");
+    let camera = "\n[[camera]]\ntype = \"synthetic\"\n";
+    let warn = config(dir.path(), other_file.to_str().expect("utf8"), camera);
+    let out = run(&warn, 20);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("made with another model"),
+        "{}",
+        text(&out.stderr)
+    );
+    let strict = dir.path().join("strict.toml");
+    std::fs::write(
+        &strict,
+        std::fs::read_to_string(&warn)
+            .expect("read")
+            .replace("[drift]\n", "[drift]\non_model_mismatch = \"error\"\n"),
+    )
+    .expect("write");
+    let out = run(&strict, 20);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("was made with model") && stderr.contains("framesift calibrate"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_corrupt_reference_names_its_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "format = 1\nframes = \"many\"\n").expect("write");
+    let cfg = config(
+        dir.path(),
+        bad.to_str().expect("utf8"),
+        "\n[[camera]]\ntype = \"synthetic\"\n",
+    );
+    let out = run(&cfg, 5);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:2:", bad.display())),
+        "names the file and line: {stderr}"
+    );
+    let missing = config(
+        dir.path(),
+        "/nonexistent/calibration.toml",
+        "\n[[camera]]\ntype = \"synthetic\"\n",
+    );
+    let out = run(&missing, 5);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/calibration.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn the_boost_sends_more_frames_of_a_drifted_camera_to_the_keeper() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = calibrate(dir.path(), "studio", 800);
+    let candidates = |boost: &str| {
+        let cfg = config(
+            dir.path(),
+            reference.to_str().expect("utf8"),
+            "\n[policy]\nmin_value = 0.5\n\n[[camera]]\ntype = \"synthetic\"\nsplit = \"store\"\n",
+        );
+        let text_cfg = std::fs::read_to_string(&cfg).expect("read");
+        std::fs::write(
+            &cfg,
+            text_cfg.replace("[drift]\n", &format!("[drift]\nboost = {boost}\n")),
+        )
+        .expect("write");
+        let out = run(&cfg, 800);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("drift       cam0: "), "{stdout}");
+        let kept = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("kept"))
+            .expect("kept line");
+        // "kept N written to DIR (M candidates, ...)"
+        let m: u64 = kept
+            .split('(')
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("candidates in {kept:?}"));
+        m
+    };
+    let (plain, boosted) = (candidates("1.0"), candidates("10.0"));
+    assert!(
+        boosted as f64 >= 1.2 * plain as f64,
+        "boost 10: {boosted} candidates, boost 1: {plain}"
+    );
+}
