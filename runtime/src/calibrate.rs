@@ -166,14 +166,19 @@ pub(crate) fn reference_from(
     let values: Vec<f32> = scored.iter().map(|(s, _)| s.value).collect();
     let per_signal: Vec<[f32; signals::COUNT]> = scored.iter().map(|(s, _)| s.signals).collect();
     let mut thresholds = std::collections::BTreeMap::new();
-    if let Some(t) = threshold_for_rate(&values, opts.target_rate) {
-        thresholds.insert("min_value".to_string(), f64::from(t));
-    }
+    // A threshold that keeps nothing (every frame scored the same) is left out: the
+    // caller reports that no threshold reaches the rate.
+    let mut choose = |key: String, values: &[f32]| {
+        if let Some(t) = threshold_for_rate(values, opts.target_rate)
+            && kept_share(values, f64::from(t)) > 0.0
+        {
+            thresholds.insert(key, f64::from(t));
+        }
+    };
+    choose("min_value".to_string(), &values);
     for (i, name) in signals::NAMES.iter().enumerate() {
         let own: Vec<f32> = per_signal.iter().map(|s| s[i]).collect();
-        if let Some(t) = threshold_for_rate(&own, opts.target_rate) {
-            thresholds.insert(signal_key(name), f64::from(t));
-        }
+        choose(signal_key(name), &own);
     }
     let window = config.drift.window_frames;
     let series: Vec<_> = STATS
@@ -218,6 +223,15 @@ pub(crate) fn reference_from(
         skipped: 0,
         derived,
     }
+}
+
+/// The share of `values` at or above `threshold`.
+pub(crate) fn kept_share(values: &[f32], threshold: f64) -> f64 {
+    let kept = values
+        .iter()
+        .filter(|&&v| f64::from(v) >= threshold)
+        .count();
+    kept as f64 / values.len().max(1) as f64
 }
 
 /// How a source was described in the reference (`synthetic store, seed 1` or a path).
@@ -275,7 +289,6 @@ pub(crate) fn write_report(
         let Some(&t) = r.thresholds.get(key) else {
             continue;
         };
-        let kept = values.iter().filter(|&&v| f64::from(v) >= t).count();
         let file = format!("{}.png", key.replace('.', "-"));
         let hist = value_histogram(values);
         draw(
@@ -286,7 +299,7 @@ pub(crate) fn write_report(
         let _ = writeln!(
             md,
             "| `{key}` | {t:.4} | {:.2} % | [{file}]({file}) |",
-            100.0 * kept as f64 / values.len().max(1) as f64
+            100.0 * kept_share(values, t)
         );
     }
     let _ = writeln!(

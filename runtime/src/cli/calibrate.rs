@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::load_model;
 use crate::{
-    calibrate::{CalibrateOptions, describe_source, signal_key},
+    calibrate::{CalibrateOptions, describe_source, kept_share, signal_key},
     capture::{
         CameraConfig, SourceConfig,
         replay::ReplayConfig,
@@ -122,19 +122,14 @@ pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         "calibrated on {} frames ({}; {} skipped) with model {}",
         r.frames, r.source, cal.skipped, r.model.id
     );
-    if let Some(t) = r.thresholds.get("min_value") {
-        println!(
-            "  keep {:.1} %       [policy] min_value = {t:.4}",
-            100.0 * args.target_rate
-        );
-    }
-    for name in crate::policy::signals::NAMES {
-        if let Some(t) = r.thresholds.get(&signal_key(name)) {
-            println!(
-                "  {name:<16} alone keeps {:.1} % at {t:.4}",
-                100.0 * args.target_rate
-            );
-        }
+    let keeps = |key: &str, values: &[f32]| match r.thresholds.get(key) {
+        Some(&t) => format!("{t:.4} (keeps {:.1} %)", 100.0 * kept_share(values, t)),
+        None => "none: every reference frame scores the same".to_string(),
+    };
+    println!("  [policy] min_value = {}", keeps("min_value", &cal.values));
+    for (i, name) in crate::policy::signals::NAMES.iter().enumerate() {
+        let own: Vec<f32> = cal.signals.iter().map(|s| s[i]).collect();
+        println!("  {name:<16} alone: {}", keeps(&signal_key(name), &own));
     }
     let bands = config.drift.bands(r.reference_noise, r.window_frames);
     println!(
