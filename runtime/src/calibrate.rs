@@ -181,17 +181,7 @@ pub(crate) fn reference_from(
         choose(signal_key(name), &own);
     }
     let window = config.drift.window_frames;
-    let series: Vec<_> = STATS
-        .iter()
-        .zip(&sequences)
-        .map(|(stat, seq)| (stat.bins, seq.as_slice()))
-        .collect();
-    let derived = derive_bands(
-        &series,
-        window,
-        config.drift.psi_moderate,
-        config.drift.psi_significant,
-    );
+    let derived = noise_bands(config, &sequences, scored.len());
     let reference = Reference {
         format: calibration::FORMAT,
         model: ModelStamp {
@@ -222,6 +212,38 @@ pub(crate) fn reference_from(
         signals: per_signal,
         skipped: 0,
         derived,
+    }
+}
+
+/// The bands and each statistic's spread for windows of `[drift] window_frames` frames.
+/// A per-detection statistic holds several values a frame, so its windows are as many
+/// values as that many frames hold on average — a camera's window is frames, not values.
+fn noise_bands(config: &Config, sequences: &[Vec<u32>], frames: usize) -> DerivedBands {
+    let window = config.drift.window_frames;
+    let (psi_moderate, psi_significant) = (config.drift.psi_moderate, config.drift.psi_significant);
+    let (mut noise, mut windows) = (Vec::with_capacity(STATS.len()), 0);
+    for (stat, seq) in STATS.iter().zip(sequences) {
+        let values_per_frame = seq.len() as f64 / frames.max(1) as f64;
+        let stat_window = if stat.per_detection {
+            ((window as f64 * values_per_frame).round() as usize).max(1)
+        } else {
+            window
+        };
+        let one = derive_bands(
+            &[(stat.bins, seq)],
+            stat_window,
+            psi_moderate,
+            psi_significant,
+        );
+        windows += one.windows;
+        noise.push(one.reference_noise);
+    }
+    let worst = noise.iter().flatten().copied().reduce(f64::max);
+    DerivedBands {
+        bands: calibration::bands_for_noise(worst, psi_moderate, psi_significant),
+        reference_noise: worst,
+        windows,
+        noise,
     }
 }
 
@@ -403,4 +425,38 @@ fn draw(path: &Path, hist: &(f64, f64, Vec<f64>), marker: Option<f64>) -> anyhow
     }
     img.save(path)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_per_detection_statistic_is_windowed_by_frames_not_values() {
+        // 1000 frames, five detections each: a 100-frame window is 500 confidences.
+        let mut config = Config::default();
+        config.drift.window_frames = 100;
+        let mut rng = crate::capture::synthetic::Rng::new(7);
+        let per_frame: Vec<u32> = (0..1000).map(|_| rng.below(4)).collect();
+        let per_detection: Vec<u32> = (0..5000).map(|i| ((i / 700) % 3) as u32).collect();
+        let sequences: Vec<Vec<u32>> = STATS
+            .iter()
+            .map(|s| {
+                if s.per_detection {
+                    per_detection.clone()
+                } else {
+                    per_frame.clone()
+                }
+            })
+            .collect();
+        let derived = noise_bands(&config, &sequences, 1000);
+        let confidence = STATS.iter().position(|s| s.per_detection).expect("one");
+        let bins = STATS[confidence].bins;
+        let by_frames = derive_bands(&[(bins, &per_detection)], 500, 0.1, 0.25);
+        let by_values = derive_bands(&[(bins, &per_detection)], 100, 0.1, 0.25);
+        assert_eq!(derived.noise[confidence], by_frames.reference_noise);
+        assert_ne!(by_frames.reference_noise, by_values.reference_noise);
+        let luma = derive_bands(&[(STATS[0].bins, &per_frame)], 100, 0.1, 0.25);
+        assert_eq!(derived.noise[0], luma.reference_noise);
+    }
 }
