@@ -169,6 +169,7 @@ fn scoring(c: &mut Criterion) {
                 detections: black_box(&dets),
                 stats: &stats,
                 confidence: config.model.confidence_threshold,
+                class_names: &[],
             })
         })
     });
@@ -201,7 +202,15 @@ fn keep(c: &mut Criterion) {
     };
     group.bench_function("handoff_offer_and_recycle", |b| {
         b.iter(|| {
-            handoff.offer(&metrics, 0, &mut frame, black_box(&dets), stats, scores);
+            handoff.offer(
+                &metrics,
+                0,
+                &mut frame,
+                black_box(&dets),
+                stats,
+                scores,
+                false,
+            );
             let c = ends.keep_rx.try_recv().expect("candidate queued");
             ends.free_tx.try_send(c).expect("free list has room");
         })

@@ -38,7 +38,7 @@ use crate::{
     infer::{Inferer, SharedModel},
     ops::metrics::{Histogram, Metrics, Stage},
     pipeline::{Limits, Pipeline},
-    policy::{KeepDecision, Scored},
+    policy::{KeepDecision, Scored, Verdict},
 };
 
 /// Keep window of the capture stress phase: short, so spool writes overlap inference.
@@ -133,9 +133,13 @@ impl CaptureBlocks {
 struct BlockDecision(Arc<CaptureBlocks>);
 
 impl KeepDecision for BlockDecision {
-    fn keep(&mut self, frame: &Scored<'_>) -> bool {
+    fn keep(&mut self, frame: &Scored<'_>) -> Verdict {
         self.0.record(frame.n, frame.inference);
-        self.0.is_capturing(frame.n)
+        if self.0.is_capturing(frame.n) {
+            Verdict::Keep
+        } else {
+            Verdict::Skip
+        }
     }
 }
 
@@ -257,6 +261,10 @@ pub fn run(
     // The bench's configs: the user's, writing to a scratch spool.
     let mut base = config.clone();
     base.spool.dir = spool.clone();
+    // The bench cycles a few pre-rendered frames: to near-duplicate suppression they
+    // are one moment, so it would keep almost nothing and the keeper's cost would be
+    // missed.
+    base.keep.dedupe_distance = 0.0;
     // A camera delivers raw frames for the cost of a copy; the synthetic renderer costs
     // several ms a frame. Render a cycle once so the bench measures the pipeline.
     for camera in &mut base.cameras {
@@ -272,6 +280,7 @@ pub fn run(
     let mut capture_1s = base.clone();
     capture_1s.policy.min_value = 0.0;
     capture_1s.keep.window_secs = BENCH_WINDOW_SECS;
+    capture_1s.keep.target_rate = 0.0;
     let mut capture_off = base.clone();
     capture_off.policy.min_value = f32::INFINITY;
 

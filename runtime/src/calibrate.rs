@@ -39,6 +39,8 @@ pub(crate) struct Calibration {
     /// Each frame's value, and each signal's value, in frame order.
     pub values: Vec<f32>,
     pub signals: Vec<[f32; signals::COUNT]>,
+    /// Each frame's mean luma, in frame order (for the exposure signal's range).
+    pub luma_means: Vec<f32>,
     /// Frames the source could not give (corrupt files), skipped.
     pub skipped: u64,
     pub derived: DerivedBands,
@@ -57,6 +59,8 @@ pub(crate) struct Scorer {
     policy: Policy,
     metrics: Metrics,
     confidence: f32,
+    /// Time spent in each signal, when set to `Some` (zeros) by the caller.
+    pub signal_time: Option<[std::time::Duration; signals::COUNT]>,
 }
 
 impl Scorer {
@@ -85,7 +89,14 @@ impl Scorer {
             policy: Policy::new(&config.policy),
             metrics: Metrics::default(),
             confidence: config.model.confidence_threshold,
+            signal_time: None,
         })
+    }
+
+    /// The last scored frame's detections, best first (including those below the
+    /// confidence threshold a signal asked the decoder for).
+    pub(crate) fn detections(&self) -> &[crate::infer::Detection] {
+        self.inferer.detections()
     }
 
     /// Score the frame in `self.slot.frame`; `None` when it cannot be prepared.
@@ -98,7 +109,11 @@ impl Scorer {
             return Ok(None);
         }
         self.inferer.infer(model, &self.slot, &self.metrics)?;
-        let scores = self.policy.score(&self.inferer.facts(&self.slot));
+        let facts = self.inferer.facts(&self.slot);
+        let scores = match &mut self.signal_time {
+            Some(spent) => self.policy.score_timed(&facts, spent),
+            None => self.policy.score(&facts),
+        };
         let sample = Sample::new(
             0,
             &self.slot.stats,
@@ -206,9 +221,14 @@ pub(crate) fn reference_from(
             })
             .collect(),
     };
+    let luma_means = scored
+        .iter()
+        .filter_map(|(_, sample)| sample.values().next().map(|(_, v)| v as f32))
+        .collect();
     Calibration {
         reference,
         values,
+        luma_means,
         signals: per_signal,
         skipped: 0,
         derived,
@@ -245,6 +265,21 @@ fn noise_bands(config: &Config, sequences: &[Vec<u32>], frames: usize) -> Derive
         windows,
         noise,
     }
+}
+
+/// `[signals.exposure]` bounds a little outside the range the middle 99 % of a
+/// sample's mean lumas span: `(p0.5, p99.5, dark_luma, bright_luma)`.
+pub(crate) fn exposure_range(luma_means: &[f32]) -> Option<(f32, f32, f32, f32)> {
+    if luma_means.is_empty() {
+        return None;
+    }
+    let mut sorted = luma_means.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    let (lo, hi) = (at(0.005), at(0.995));
+    let dark = (0.8 * lo).clamp(1.0, 250.0);
+    let bright = (hi + 0.2 * (255.0 - hi)).clamp(dark + 1.0, 254.0);
+    Some((lo, hi, dark, bright))
 }
 
 /// The share of `values` at or above `threshold`.

@@ -24,6 +24,7 @@ pub(crate) mod dataset;
 mod digest;
 pub(crate) mod drift;
 pub(crate) mod drift_bench;
+pub(crate) mod evaluate;
 mod faults;
 pub(crate) mod pipeline;
 mod simd;

@@ -44,7 +44,7 @@ use crate::{
         keeper::{Keeper, KeeperError, Pool},
     },
     ops::metrics::{Drop, Metrics, Stage},
-    policy::{KeepDecision, MinValue},
+    policy::{KeepDecision, decide::TargetRate},
     store::{DaemonStatus, SharedSpool, uploader::Uploader},
     supervisor::{
         CAPTURE_NICE, Command, ExitReport, KEEPER_NICE, Priority, Role, Supervisor, UPLOADER_NICE,
@@ -149,7 +149,7 @@ pub struct Limits {
 }
 
 /// Makes each camera's keep decision (by camera index); the default is
-/// [`MinValue`] from `[policy] min_value`.
+/// [`TargetRate`] from `[keep] target_rate` and `[policy] min_value`.
 pub(crate) type DecisionFactory = Arc<dyn Fn(usize) -> Box<dyn KeepDecision> + Send + Sync>;
 
 /// How long an ordered shutdown may take before the remaining stages are told to stop
@@ -342,7 +342,7 @@ impl Pipeline {
             })?;
             let decision = match &decision {
                 Some(make) => make(index),
-                None => Box::new(MinValue(config.policy.min_value)),
+                None => Box::new(TargetRate::new(config, index)),
             };
             let inference = Inference::build(
                 config,

@@ -235,6 +235,7 @@ fn steady_state_per_frame_path_allocates_nothing() {
                 inferer.detections(),
                 slot.stats,
                 scores,
+                false,
             )
         });
         // The keeper's side, on its own thread in the daemon: take and recycle.

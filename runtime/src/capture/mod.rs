@@ -34,7 +34,7 @@ use crossbeam_channel::{
 
 pub use config::{CameraConfig, SourceConfig};
 pub(crate) use config::{RawCamera, check_frame_sizes, validate_cameras};
-pub use preprocess::{FrameStats, Letterbox};
+pub use preprocess::{FrameStats, Letterbox, Thumbnail};
 pub use source::{FrameSource, Next, SourceError};
 
 use crate::{

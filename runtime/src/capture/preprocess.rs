@@ -409,6 +409,10 @@ pub enum PreprocessError {
 /// Cheap per-frame statistics, computed on a downscaled luma image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct FrameStats {
+    /// The frame's luma layout in a few bytes: the embedding near-duplicate suppression
+    /// and novelty compare.
+    #[serde(skip)]
+    pub thumbnail: Thumbnail,
     /// Mean luma, 0..255.
     pub luma_mean: f32,
     /// Standard deviation of luma (contrast).
@@ -421,6 +425,65 @@ pub struct FrameStats {
     pub bright_clip: f32,
     /// Mean red, green and blue, 0..255 (white balance, tinted light).
     pub mean_rgb: [f32; 3],
+}
+
+/// A frame's luma as a [`Thumbnail::COLS`] × [`Thumbnail::ROWS`] grid of cell means,
+/// 0..255, each cell a fixed share of the frame whatever its size, so frames of one
+/// camera compare cell by cell. Two frames of one view (a few pixels of camera shake,
+/// sensor noise) differ by a level or two; a different view by tens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Thumbnail(pub [u8; Thumbnail::LEN]);
+
+impl Thumbnail {
+    pub const COLS: usize = 16;
+    pub const ROWS: usize = 12;
+    pub const LEN: usize = Self::COLS * Self::ROWS;
+
+    /// Mean absolute difference per cell, in luma levels (0..255), after removing each
+    /// thumbnail's mean: a global brightness change alone (auto-exposure) is not a new
+    /// view.
+    pub fn distance(&self, other: &Thumbnail) -> f32 {
+        let mean = |t: &Thumbnail| t.0.iter().map(|&v| u32::from(v)).sum::<u32>() as i32;
+        let offset = (mean(self) - mean(other)) as f32 / Self::LEN as f32;
+        let total: f32 = self
+            .0
+            .iter()
+            .zip(&other.0)
+            .map(|(&a, &b)| (f32::from(a) - f32::from(b) - offset).abs())
+            .sum();
+        total / Self::LEN as f32
+    }
+
+    /// The grid of a `w × h` luma image.
+    fn of(luma: &[f32], w: usize, h: usize) -> Thumbnail {
+        let mut sums = [0.0f32; Self::LEN];
+        let mut counts = [0u32; Self::LEN];
+        for (y, row) in luma.chunks_exact(w).take(h).enumerate() {
+            let cy = y * Self::ROWS / h;
+            for (x, &v) in row.iter().enumerate() {
+                let cell = cy * Self::COLS + x * Self::COLS / w;
+                sums[cell] += v;
+                counts[cell] += 1;
+            }
+        }
+        Thumbnail(std::array::from_fn(|i| {
+            (sums[i] / counts[i].max(1) as f32)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        }))
+    }
+}
+
+impl Default for Thumbnail {
+    fn default() -> Self {
+        Thumbnail([0; Self::LEN])
+    }
+}
+
+impl std::fmt::Debug for Thumbnail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Thumbnail(..)")
+    }
 }
 
 /// Luma at or below this counts as clipped dark, at or above [`BRIGHT_CLIP`] as clipped
@@ -565,6 +628,7 @@ fn luma_stats(luma: &[f32], w: usize, h: usize, mean_rgb: [f32; 3]) -> FrameStat
     let var = (sum_sq / n - mean * mean).max(0.0);
     let (dark, bright) = clipped(luma);
     FrameStats {
+        thumbnail: Thumbnail::of(luma, w, h),
         luma_mean: mean as f32,
         luma_std: var.sqrt() as f32,
         blur: laplacian_variance(luma, w, h),

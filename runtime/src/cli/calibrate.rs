@@ -131,6 +131,11 @@ pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         let own: Vec<f32> = cal.signals.iter().map(|s| s[i]).collect();
         println!("  {name:<16} alone: {}", keeps(&signal_key(name), &own));
     }
+    if let Some((lo, hi, dark, bright)) = crate::calibrate::exposure_range(&cal.luma_means) {
+        println!(
+            "  [signals.exposure] dark_luma = {dark:.0}, bright_luma = {bright:.0} (this sample's mean luma spans {lo:.1} to {hi:.1}, 0.5 to 99.5 %)"
+        );
+    }
     let bands = config.drift.bands(r.reference_noise, r.window_frames);
     println!(
         "  drift bands     JS moderate {:.4}, significant {:.4} for {}-frame windows{}",

@@ -3,6 +3,7 @@
 mod bench;
 mod calibrate;
 mod config;
+mod evaluate;
 mod run;
 mod spool;
 mod synth;
@@ -43,6 +44,10 @@ enum Command {
     /// Build a drift reference (histograms, alert bands, value thresholds) from a
     /// sample of frames, for [drift] reference.
     Calibrate(calibrate::CalibrateArgs),
+    /// Measure the capture policy on the synthetic store stream against ground truth:
+    /// errors among kept frames for the policy, random sampling, an oracle and each
+    /// signal alone, at one budget.
+    Evaluate(evaluate::EvaluateArgs),
     /// Export a labelled dataset (images, YOLO labels, perturbation tags) from the
     /// synthetic scene source.
     Synth(synth::SynthArgs),
@@ -111,6 +116,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Synth(args) => synth::synth(args),
         Command::Bench(args) => bench::bench(args),
         Command::Calibrate(args) => calibrate::calibrate(args),
+        Command::Evaluate(args) => evaluate::evaluate(args),
         Command::Upload(args) => upload::upload(args),
         Command::Spool { command } => spool::spool(command),
         Command::Config { command } => Ok(config::config(command)),

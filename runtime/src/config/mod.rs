@@ -35,7 +35,7 @@ use crate::{
     infer::{ModelConfig, RawModel},
     keep::{KeepConfig, RawKeep},
     pipeline::{PipelineConfig, RawPipeline},
-    policy::{PolicyConfig, RawPolicy, signals::RawSignals},
+    policy::{PolicyConfig, RawPolicy, signals::RawSignals, triggers::RawTrigger},
     store::{
         RawSpool, SpoolConfig,
         uploader::{RawUpload, UploadConfig},
@@ -68,6 +68,8 @@ pub(crate) struct RawConfig {
     pipeline: RawPipeline,
     policy: RawPolicy,
     signals: RawSignals,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    trigger: Vec<RawTrigger>,
     keep: RawKeep,
     spool: RawSpool,
     upload: RawUpload,
@@ -160,7 +162,7 @@ impl Config {
         let cameras = capture::validate_cameras(raw.camera.as_deref(), &mut c);
         let pipeline = c.within("pipeline", |c| PipelineConfig::validate(&raw.pipeline, c));
         capture::check_frame_sizes(&cameras, pipeline.max_frame_pixels, &mut c);
-        let policy = PolicyConfig::validate(&raw.policy, &raw.signals, &mut c);
+        let policy = PolicyConfig::validate(&raw.policy, &raw.signals, &raw.trigger, &mut c);
         let keep = c.within("keep", |c| KeepConfig::validate(&raw.keep, c));
         let spool = c.within("spool", |c| SpoolConfig::validate(&raw.spool, c));
         let upload = c.within("upload", |c| UploadConfig::validate(&raw.upload, c));

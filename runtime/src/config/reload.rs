@@ -59,7 +59,7 @@ pub(crate) fn is_live(key: &str) -> bool {
     let (table, rest) = key.split_once('.').unwrap_or((key, ""));
     match table {
         "model" => crate::infer::LIVE_KEYS.contains(&rest),
-        "policy" | "signals" => true,
+        "policy" | "signals" | "trigger" => true,
         "keep" => crate::keep::LIVE_KEYS.contains(&rest),
         "spool" => crate::store::LIVE_KEYS.contains(&rest),
         "upload" => crate::store::uploader::LIVE_KEYS.contains(&rest),

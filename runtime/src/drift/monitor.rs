@@ -193,6 +193,7 @@ mod tests {
             dark_clip: 0.01 * unit(rng),
             bright_clip: 0.01 * unit(rng),
             mean_rgb: [light, light, light],
+            ..FrameStats::default()
         };
         let dets = [
             detection(0.5 + 0.4 * unit(rng)),

@@ -28,7 +28,7 @@ use crate::{
     drift::{DriftStatus, stats::Sample},
     keep::Handoff,
     ops::metrics::{Metrics, Stage},
-    policy::{FrameFacts, KeepDecision, Policy, Scored},
+    policy::{FrameFacts, KeepDecision, Policy, Scored, Verdict},
     supervisor::{Command, StageContext, StageFailure},
 };
 
@@ -156,6 +156,7 @@ pub struct Inferer {
     detections: Vec<Detection>,
     output_shape: Vec<usize>,
     confidence: f32,
+    class_names: Vec<String>,
     /// How long the last `session.run` took.
     last_inference: Duration,
 }
@@ -170,6 +171,7 @@ impl Inferer {
             detections: Vec::with_capacity(params.max_detections),
             output_shape: info.output_shape.clone(),
             confidence: params.confidence,
+            class_names: info.names.clone(),
             last_inference: Duration::ZERO,
         })
     }
@@ -231,6 +233,7 @@ impl Inferer {
             detections: &self.detections,
             stats: &slot.stats,
             confidence: self.confidence,
+            class_names: &self.class_names,
         }
     }
 
@@ -325,7 +328,7 @@ impl Inference {
                     );
                     self.inferer.reconfigure(params);
                     self.policy.reconfigure(&config.policy);
-                    self.decision.reconfigure(&config.policy);
+                    self.decision.reconfigure(&config);
                 }
                 Ok(Command::Flush { done }) => {
                     let _ = done.send(());
@@ -373,14 +376,15 @@ impl Inference {
                     scores.value *= drift.boost;
                 }
             }
-            let keep = self.decision.keep(&Scored {
+            let verdict = self.decision.keep(&Scored {
                 n,
                 scores: &scores,
                 inference: self.inferer.last_inference(),
+                thumbnail: &slot.stats.thumbnail,
             });
             self.metrics.record(Stage::Score, t0.elapsed());
             n += 1;
-            if keep {
+            if verdict != Verdict::Skip {
                 let t0 = Instant::now();
                 self.metrics
                     .candidates
@@ -392,6 +396,7 @@ impl Inference {
                     self.inferer.detections(),
                     slot.stats,
                     scores,
+                    verdict == Verdict::Control,
                 );
                 self.metrics.record(Stage::Handoff, t0.elapsed());
             }

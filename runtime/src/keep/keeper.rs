@@ -20,15 +20,24 @@ use std::{
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use super::{Candidate, KeepBuffer, KeepConfig, KeeperEnds, Offer};
+use super::{
+    Candidate, KeepConfig, KeeperEnds,
+    select::{Released, Selector},
+};
 use crate::{
     codec::JpegEncoder,
     config::Config,
     infer::ModelInfo,
     ops::metrics::{Metrics, Stage, event},
+    policy::triggers::{Limits, Trigger},
     store::{ImageEncoding, NewEntry, SharedSpool, SpoolError, sidecar::Sidecar},
     supervisor::{Command, StageContext, StageFailure, panic_message},
 };
+
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// How many candidates exist, and how many should.
 pub(crate) struct Pool {
@@ -44,7 +53,9 @@ pub(crate) struct Pool {
 pub(crate) struct Keeper {
     pub cameras: Vec<String>,
     pub model: Arc<ModelInfo>,
-    pub buffer: KeepBuffer<Box<Candidate>>,
+    pub selector: Selector<Box<Candidate>>,
+    /// `metrics.frames` when the window began: the window's frames, for its budget.
+    pub window_frames_from: u64,
     /// The window being written out, best last (so `pop` gives the best first). Boxes:
     /// candidates move between the channels and the buffers without copying.
     #[allow(clippy::vec_box)]
@@ -64,6 +75,12 @@ pub(crate) struct Keeper {
     pub queue: usize,
     /// Candidates received, for fault injection.
     pub received: u64,
+    /// The `[[trigger]]`s and what they have used of their rate limits, saved in
+    /// `limits_dir` (the spool) after a window that used some.
+    pub triggers: Vec<Trigger>,
+    pub limits: Limits,
+    pub limits_dir: std::path::PathBuf,
+    pub limits_changed: bool,
 }
 
 /// Why the keeper could not start.
@@ -87,7 +104,8 @@ impl Keeper {
         Ok(Keeper {
             cameras: config.cameras.iter().map(|c| c.name.clone()).collect(),
             model,
-            buffer: KeepBuffer::new(config.keep.capacity, config.keep.when_full),
+            selector: Selector::new(config.keep.select()),
+            window_frames_from: 0,
             flushing: Vec::with_capacity(config.keep.capacity),
             window: Duration::from_secs_f64(config.keep.window_secs),
             jpeg_quality: config.keep.jpeg_quality,
@@ -100,6 +118,10 @@ impl Keeper {
             pool,
             queue: config.pipeline.keeper_queue,
             received: 0,
+            triggers: config.policy.triggers.clone(),
+            limits: crate::policy::triggers::load_limits(&config.spool.dir),
+            limits_dir: config.spool.dir.clone(),
+            limits_changed: false,
         })
     }
 
@@ -130,7 +152,13 @@ impl Keeper {
             let timeout = window_end.saturating_duration_since(Instant::now());
             select! {
                 recv(self.keep_rx) -> candidate => match candidate {
-                    Ok(candidate) => self.offer(candidate, ctx)?,
+                    Ok(candidate) => {
+                        self.offer(candidate, ctx)?;
+                        if self.selector.window_full(self.window_frames()) {
+                            self.end_window(ctx, false);
+                            window_end = Instant::now() + self.window;
+                        }
+                    }
                     // Every inference stage has ended: write what is held and end.
                     Err(_) => {
                         self.flush(ctx);
@@ -163,7 +191,7 @@ impl Keeper {
                 // window has really ended, so a window never yields more than capacity.
                 default(timeout) => {
                     if Instant::now() >= window_end {
-                        self.flush(ctx);
+                        self.end_window(ctx, false);
                         window_end = Instant::now() + self.window;
                     }
                 }
@@ -183,16 +211,41 @@ impl Keeper {
         Ok(())
     }
 
-    /// Into the buffer, or back to the pool if it is not good enough.
-    fn take(&mut self, candidate: Box<Candidate>) {
+    /// Into the selection, or back to the pool if it is not good enough.
+    fn take(&mut self, mut candidate: Box<Candidate>) {
         self.received += 1;
-        match self.buffer.offer(candidate) {
-            Offer::Accepted => {}
-            Offer::Evicted(c) | Offer::Rejected(c) => {
-                event::evicted(&self.metrics);
-                self.release(c);
+        // A trigger past its rate limit gives the frame no boost.
+        let now = unix_secs(candidate.frame.captured_at);
+        for (i, t) in self.triggers.iter().enumerate() {
+            let bit = 1u16 << i;
+            if candidate.scores.triggers & bit != 0 && !self.limits.allows(t, now) {
+                candidate.scores.triggers &= !bit;
+                candidate.scores.value -= t.weight;
             }
         }
+        let mut gone = Vec::new();
+        self.selector.offer(candidate, |c, why| gone.push((c, why)));
+        self.let_go(gone);
+    }
+
+    /// Count candidates selection let go and return them to the pool.
+    #[allow(clippy::vec_box)]
+    fn let_go(&mut self, gone: Vec<(Box<Candidate>, Released)>) {
+        for (c, why) in gone {
+            match why {
+                Released::Duplicate => event::duplicate(&self.metrics),
+                Released::Outranked => event::evicted(&self.metrics),
+            }
+            self.release(c);
+        }
+    }
+
+    /// Frames captured since the window began.
+    fn window_frames(&self) -> u64 {
+        self.metrics
+            .frames
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(self.window_frames_from)
     }
 
     /// Return a candidate to the free list, or let it go when the pool is above target.
@@ -206,6 +259,7 @@ impl Keeper {
 
     fn reconfigure(&mut self, config: &Config) {
         let keep: &KeepConfig = &config.keep;
+        self.triggers.clone_from(&config.policy.triggers);
         self.window = Duration::from_secs_f64(keep.window_secs);
         self.jpeg_quality = keep.jpeg_quality;
         self.confidence = config.model.confidence_threshold;
@@ -214,13 +268,10 @@ impl Keeper {
             .unwrap_or_else(|p| p.into_inner())
             .set_budget(config.spool.budget());
         self.pool.target = self.queue + keep.capacity + self.cameras.len();
-        let mut evicted = Vec::new();
-        self.buffer
-            .reconfigure(keep.capacity, keep.when_full, |c| evicted.push(c));
-        for c in evicted {
-            event::evicted(&self.metrics);
-            self.release(c);
-        }
+        let mut gone = Vec::new();
+        self.selector
+            .reconfigure(keep.select(), |c, why| gone.push((c, why)));
+        self.let_go(gone);
         while self.pool.made < self.pool.target {
             let (w, h) = self.pool.frame_size;
             let candidate = Box::new(Candidate::with_capacity(w, h, self.pool.max_detections));
@@ -231,11 +282,23 @@ impl Keeper {
         }
     }
 
-    /// Write the window's candidates to the spool, best first. Between writes, take what
-    /// inference handed over meanwhile into the emptied buffer (the next window), so a
-    /// slow disk or a busy CPU does not back the hand-off up into drops.
+    /// Write the window's selection now (told to: a flush, the end of the run).
     pub(crate) fn flush(&mut self, ctx: &StageContext) {
-        self.buffer.drain_into(&mut self.flushing);
+        self.end_window(ctx, true);
+    }
+
+    /// End the keep window: write what selection keeps, best first. Between writes,
+    /// take what inference handed over meanwhile into the next window, so a slow disk
+    /// or a busy CPU does not back the hand-off up into drops.
+    fn end_window(&mut self, ctx: &StageContext, told: bool) {
+        let frames = self.window_frames();
+        self.window_frames_from += frames;
+        let mut gone = Vec::new();
+        self.selector
+            .end_window(frames, told, &mut self.flushing, |c, why| {
+                gone.push((c, why))
+            });
+        self.let_go(gone);
         while let Some(candidate) = self.flushing.pop() {
             while let Ok(next) = self.keep_rx.try_recv() {
                 self.take(next);
@@ -247,6 +310,12 @@ impl Keeper {
             self.metrics.record(Stage::Keeper, t0.elapsed());
             self.release(candidate);
         }
+        if self.limits_changed {
+            self.limits_changed = false;
+            if let Err(e) = crate::policy::triggers::save_limits(&self.limits_dir, &self.limits) {
+                tracing::warn!("cannot save the trigger rate limits: {e}");
+            }
+        }
     }
 
     /// After a panic: write what the buffer and the window being flushed still hold,
@@ -255,7 +324,9 @@ impl Keeper {
     fn flush_after_panic(&mut self, ctx: &StageContext) -> usize {
         let mut rest: Vec<Box<Candidate>> = std::mem::take(&mut self.flushing);
         let mut held = Vec::new();
-        self.buffer.drain_into(&mut held);
+        let frames = self.window_frames();
+        self.selector
+            .end_window(frames, true, &mut held, |c, _| drop(c));
         rest.extend(held);
         rest.sort_unstable_by(|a, b| a.scores.value.total_cmp(&b.scores.value));
         let mut saved = 0;
@@ -303,8 +374,19 @@ impl Keeper {
         };
         let mut spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
         let evicted_before = spool.counters.evicted;
+        // The triggers this frame is credited to, each using one of its allowances.
+        let now = unix_secs(c.frame.captured_at);
+        let fired: Vec<&Trigger> = self
+            .triggers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| c.scores.triggers & (1 << i) != 0)
+            .map(|(_, t)| t)
+            .collect();
         let result = spool.write(entry, image, encoding, |id, record| {
-            serde_json::to_vec_pretty(&Sidecar::new(id, camera, c, model, confidence, record))
+            let mut sidecar = Sidecar::new(id, camera, c, model, confidence, record);
+            sidecar.triggers = fired.iter().map(|t| t.name.as_str()).collect();
+            serde_json::to_vec_pretty(&sidecar)
         });
         // Evictions happen before the new entry is placed, so a write that fails may
         // have made some too.
@@ -312,6 +394,10 @@ impl Keeper {
         drop(spool);
         match result {
             Ok(written) => {
+                for t in fired {
+                    self.limits.record(t, now);
+                    self.limits_changed = true;
+                }
                 event::kept(
                     &self.metrics,
                     camera,
@@ -360,7 +446,14 @@ mod tests {
         let keeper = Keeper {
             cameras: vec!["cam0".into()],
             model: Arc::new(crate::infer::test_model_info()),
-            buffer: KeepBuffer::new(capacity, WhenFull::DropLowest),
+            selector: Selector::new(super::super::select::SelectConfig {
+                capacity,
+                when_full: WhenFull::DropLowest,
+                target_rate: 0.0,
+                dedupe_distance: 0.0,
+                dedupe_secs: 0.0,
+            }),
+            window_frames_from: 0,
             flushing: Vec::new(),
             window: Duration::from_secs(3600),
             jpeg_quality: 80,
@@ -378,6 +471,10 @@ mod tests {
             },
             queue: 8,
             received: 0,
+            triggers: Vec::new(),
+            limits: Limits::default(),
+            limits_dir: dir.to_path_buf(),
+            limits_changed: false,
         };
         (keeper, keep_tx, free_rx)
     }
@@ -428,7 +525,11 @@ mod tests {
             keeper.keep_rx.is_empty(),
             "the queue was drained while writing"
         );
-        let next: Vec<u64> = keeper.buffer.drain().map(|c| c.frame.seq).collect();
+        let mut next = Vec::new();
+        keeper
+            .selector
+            .end_window(0, true, &mut next, |_, _| panic!("no budget: all kept"));
+        let next: Vec<u64> = next.iter().map(|c| c.frame.seq).collect();
         assert_eq!(
             next.len(),
             3,
@@ -494,8 +595,9 @@ mod tests {
         }
         let mut config = Config::default();
         config.keep.capacity = 2;
+        config.keep.target_rate = 0.0;
         keeper.reconfigure(&config);
-        assert_eq!(keeper.buffer.len(), 2, "the two lowest evicted at once");
+        assert_eq!(keeper.selector.len(), 2, "the two lowest evicted at once");
         assert_eq!(keeper.metrics.evicted.load(Ordering::Relaxed), 2);
         assert_eq!(keeper.pool.target, 8 + 2 + 1);
         assert_eq!(keeper.pool.made, 8 + 2 + 1, "the surplus let go");
@@ -506,6 +608,6 @@ mod tests {
             8 + 10 + 1,
             "new candidates made by the keeper"
         );
-        assert_eq!(keeper.buffer.capacity(), 10);
+        assert_eq!(keeper.selector.capacity(), 10);
     }
 }

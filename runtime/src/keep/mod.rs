@@ -10,6 +10,7 @@
 //! cameras`) and nothing on the hand-off blocks or allocates.
 
 pub(crate) mod keeper;
+pub(crate) mod select;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,10 @@ pub(crate) struct RawKeep {
     window_secs: f64,
     when_full: WhenFull,
     jpeg_quality: i64,
+    target_rate: f64,
+    control_share: f64,
+    dedupe_distance: f64,
+    dedupe_secs: f64,
 }
 
 impl Default for RawKeep {
@@ -54,12 +59,25 @@ impl Default for RawKeep {
             window_secs: 30.0,
             when_full: WhenFull::DropLowest,
             jpeg_quality: 90,
+            target_rate: 0.02,
+            control_share: 0.1,
+            dedupe_distance: 4.0,
+            dedupe_secs: 60.0,
         }
     }
 }
 
 /// `[keep]` keys that apply without a restart: all of them.
-pub(crate) const LIVE_KEYS: &[&str] = &["capacity", "window_secs", "when_full", "jpeg_quality"];
+pub(crate) const LIVE_KEYS: &[&str] = &[
+    "capacity",
+    "window_secs",
+    "when_full",
+    "jpeg_quality",
+    "target_rate",
+    "control_share",
+    "dedupe_distance",
+    "dedupe_secs",
+];
 
 /// The validated `[keep]` table.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +86,25 @@ pub struct KeepConfig {
     pub window_secs: f64,
     pub when_full: WhenFull,
     pub jpeg_quality: u8,
+    /// The share of captured frames kept; 0: every frame reaching `min_value` competes
+    /// for the buffer.
+    pub target_rate: f64,
+    /// The share of the target kept uniformly at random, tagged `control`.
+    pub control_share: f64,
+    pub dedupe_distance: f32,
+    pub dedupe_secs: f64,
+}
+
+impl KeepConfig {
+    pub(crate) fn select(&self) -> select::SelectConfig {
+        select::SelectConfig {
+            capacity: self.capacity,
+            when_full: self.when_full,
+            target_rate: self.target_rate,
+            dedupe_distance: self.dedupe_distance,
+            dedupe_secs: self.dedupe_secs,
+        }
+    }
 }
 
 impl KeepConfig {
@@ -82,6 +119,25 @@ impl KeepConfig {
             ),
             when_full: k.when_full,
             jpeg_quality: c.int("jpeg_quality", k.jpeg_quality, 1, 100) as u8,
+            target_rate: c.float(
+                "target_rate",
+                k.target_rate,
+                |v| (0.0..=1.0).contains(&v),
+                "a share of frames from 0 (no target: min_value decides) to 1, e.g. 0.02",
+            ),
+            control_share: c.unit("control_share", k.control_share, "0.1"),
+            dedupe_distance: c.float(
+                "dedupe_distance",
+                k.dedupe_distance,
+                |v| v >= 0.0,
+                "0 (off) or more luma levels per thumbnail cell, e.g. 4.0",
+            ) as f32,
+            dedupe_secs: c.float(
+                "dedupe_secs",
+                k.dedupe_secs,
+                |v| v >= 0.0,
+                "0 (off) or more seconds, e.g. 60.0",
+            ),
         }
     }
 }
@@ -95,6 +151,8 @@ pub struct Candidate {
     pub detections: Vec<Detection>,
     pub stats: FrameStats,
     pub scores: Scores,
+    /// Part of the uniform control sample ([`crate::policy::Verdict::Control`]).
+    pub control: bool,
 }
 
 impl Candidate {
@@ -107,6 +165,7 @@ impl Candidate {
             detections: Vec::with_capacity(max_detections),
             stats: FrameStats::default(),
             scores: Scores::default(),
+            control: false,
         }
     }
 }
@@ -125,6 +184,45 @@ impl Valued for Candidate {
 impl<T: Valued> Valued for Box<T> {
     fn value(&self) -> f32 {
         (**self).value()
+    }
+}
+
+impl select::Selectable for Candidate {
+    fn camera(&self) -> usize {
+        self.camera
+    }
+
+    fn thumbnail(&self) -> &crate::capture::Thumbnail {
+        &self.stats.thumbnail
+    }
+
+    fn at(&self) -> f64 {
+        self.frame
+            .captured_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    fn is_control(&self) -> bool {
+        self.control
+    }
+}
+
+impl<T: select::Selectable> select::Selectable for Box<T> {
+    fn camera(&self) -> usize {
+        (**self).camera()
+    }
+
+    fn thumbnail(&self) -> &crate::capture::Thumbnail {
+        (**self).thumbnail()
+    }
+
+    fn at(&self) -> f64 {
+        (**self).at()
+    }
+
+    fn is_control(&self) -> bool {
+        (**self).is_control()
     }
 }
 
@@ -179,12 +277,26 @@ impl<T: Valued> KeepBuffer<T> {
             .reserve(capacity.saturating_sub(self.items.len()));
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
-    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter()
+    }
+
+    /// Take out every item `pred` holds for, handing each to `out`.
+    pub(crate) fn take_if(&mut self, mut pred: impl FnMut(&T) -> bool, mut out: impl FnMut(T)) {
+        let mut i = 0;
+        while i < self.items.len() {
+            if pred(&self.items[i]) {
+                out(self.items.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -295,6 +407,7 @@ impl Handoff {
 
     /// Give a candidate to the keeper without blocking: take a free candidate, swap the
     /// frame buffers (no pixel copy), `try_send`. Every failure is counted.
+    #[allow(clippy::too_many_arguments)] // the parts of one frame, each copied once
     pub fn offer(
         &self,
         metrics: &Metrics,
@@ -303,6 +416,7 @@ impl Handoff {
         detections: &[Detection],
         stats: FrameStats,
         scores: Scores,
+        control: bool,
     ) {
         let Ok(mut candidate) = self.free_rx.try_recv() else {
             event::dropped(metrics, Drop::KeeperBusy);
@@ -314,6 +428,7 @@ impl Handoff {
         candidate.detections.extend_from_slice(detections);
         candidate.stats = stats;
         candidate.scores = scores;
+        candidate.control = control;
         match self.keep_tx.try_send(candidate) {
             Ok(()) => {}
             Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => {
@@ -436,6 +551,7 @@ mod tests {
                 &[],
                 FrameStats::default(),
                 Scores::default(),
+                false,
             );
         }
         (metrics, keep_rx.len())
@@ -482,6 +598,7 @@ mod tests {
                 value: 0.9,
                 ..Scores::default()
             },
+            false,
         );
         let c = keep_rx.try_recv().expect("candidate queued");
         assert_eq!((c.camera, c.frame.seq, c.frame.rgb[0]), (2, 7, 99));

@@ -183,6 +183,8 @@ pub struct Metrics {
     pub kept: AtomicU64,
     pub candidates: AtomicU64,
     pub evicted: AtomicU64,
+    /// Candidates let go as near-duplicates of a more valuable frame.
+    pub duplicates: AtomicU64,
     /// Spool entries evicted to make room for frames worth more.
     pub spool_evicted: AtomicU64,
     /// Entries the uploader delivered, their bytes, and the attempts that failed.
@@ -250,6 +252,11 @@ pub mod event {
     /// buffer was full under `drop_newest`): counted only, like a drop.
     pub fn evicted(m: &Metrics) {
         m.evicted.fetch_add(1, Relaxed);
+    }
+
+    /// A candidate was let go as a near-duplicate of a more valuable one.
+    pub fn duplicate(m: &Metrics) {
+        m.duplicates.fetch_add(1, Relaxed);
     }
 
     pub fn bad_frame(m: &Metrics, camera: &str, path: &Path, reason: &str) {

@@ -10,7 +10,9 @@
 //!   keep window ([`crate::keep`]), and later near-duplicate suppression, rate limits
 //!   and context frames.
 
+pub(crate) mod decide;
 pub(crate) mod signals;
+pub(crate) mod triggers;
 
 use std::time::Duration;
 
@@ -27,6 +29,17 @@ pub struct FrameFacts<'a> {
     pub stats: &'a FrameStats,
     /// The confidence threshold: detections at or above it are reported.
     pub confidence: f32,
+    /// The model's class names, by class id.
+    pub class_names: &'a [String],
+}
+
+impl FrameFacts<'_> {
+    /// The detections at or above the confidence threshold: what the model reports.
+    pub fn reported(&self) -> impl Iterator<Item = &Detection> + '_ {
+        self.detections
+            .iter()
+            .filter(move |d| d.score >= self.confidence)
+    }
 }
 
 /// Which signals fired for a frame: a bit per registered signal, so scoring allocates
@@ -62,6 +75,8 @@ pub struct Scores {
     /// Each signal's value, in [`signals::NAMES`] order.
     pub signals: [f32; signals::COUNT],
     pub reasons: Reasons,
+    /// A bit per `[[trigger]]` that fired, in config order.
+    pub triggers: u16,
 }
 
 impl Scores {
@@ -96,12 +111,14 @@ pub struct PolicyConfig {
     /// A signal at or above this level is listed as a reason.
     pub reason_level: f32,
     pub(crate) signals: signals::Settings,
+    pub(crate) triggers: Vec<triggers::Trigger>,
 }
 
 impl PolicyConfig {
     pub(crate) fn validate(
         raw: &RawPolicy,
         raw_signals: &signals::RawSignals,
+        raw_triggers: &[triggers::RawTrigger],
         c: &mut Checker,
     ) -> Self {
         let (min_value, reason_level) = c.within("policy", |c| {
@@ -119,6 +136,7 @@ impl PolicyConfig {
             min_value,
             reason_level,
             signals: c.within("signals", |c| signals::Settings::validate(raw_signals, c)),
+            triggers: triggers::validate(raw_triggers, c),
         }
     }
 
@@ -133,6 +151,7 @@ pub struct Policy {
     signals: signals::Signals,
     weights: [f32; signals::COUNT],
     reason_level: f32,
+    triggers: Vec<triggers::Trigger>,
 }
 
 impl Policy {
@@ -141,6 +160,7 @@ impl Policy {
             signals: signals::Signals::new(&config.signals),
             weights: config.signals.weights(),
             reason_level: config.reason_level,
+            triggers: config.triggers.clone(),
         }
     }
 
@@ -149,16 +169,52 @@ impl Policy {
         self.signals.reconfigure(&config.signals);
         self.weights = config.signals.weights();
         self.reason_level = config.reason_level;
+        self.triggers.clone_from(&config.triggers);
     }
 
-    /// Score one frame: every signal's value, their weighted sum, the reasons.
+    /// Score one frame: every signal's value, their weighted sum, the reasons, and the
+    /// triggers that fired (each adding its weight).
     pub fn score(&mut self, frame: &FrameFacts<'_>) -> Scores {
         let mut scores = Scores::default();
         self.signals.values(frame, &mut scores.signals);
+        self.combine(scores)
+    }
+
+    /// As [`Policy::score`], adding each signal's time to `spent`.
+    pub(crate) fn score_timed(
+        &mut self,
+        frame: &FrameFacts<'_>,
+        spent: &mut [std::time::Duration; signals::COUNT],
+    ) -> Scores {
+        let mut scores = Scores::default();
+        self.signals.values_timed(frame, &mut scores.signals, spent);
+        self.combine(scores)
+    }
+
+    /// The value, reasons and triggers of a frame's signal values.
+    fn combine(&self, mut scores: Scores) -> Scores {
         for (i, (&v, &w)) in scores.signals.iter().zip(&self.weights).enumerate() {
             scores.value += w * v;
             if w > 0.0 && v >= self.reason_level && v > 0.0 {
                 scores.reasons.insert(i);
+            }
+        }
+        // A frame whose value reaches reason_level says why even when no single signal
+        // does: the one that gave most of its value.
+        if scores.reasons == Reasons::default() && scores.value >= self.reason_level {
+            let top = (0..signals::COUNT)
+                .map(|i| (i, self.weights[i] * scores.signals[i]))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((i, contribution)) = top
+                && contribution > 0.0
+            {
+                scores.reasons.insert(i);
+            }
+        }
+        for (i, t) in self.triggers.iter().enumerate() {
+            if scores.signals[t.signal] >= t.threshold {
+                scores.triggers |= 1 << i;
+                scores.value += t.weight;
             }
         }
         scores
@@ -173,28 +229,26 @@ pub(crate) struct Scored<'a> {
     pub scores: &'a Scores,
     /// How long its `session.run` took.
     pub inference: Duration,
+    pub thumbnail: &'a crate::capture::Thumbnail,
+}
+
+/// What the keep decision makes of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Skip,
+    /// To the keeper, to compete on its value.
+    Keep,
+    /// To the keeper as part of the uniform control sample.
+    Control,
 }
 
 /// Decides, on the inference thread after scoring, whether a frame goes to the keeper.
-/// The policy's decision is [`MinValue`]; `framesift bench` drives the pipeline through
-/// the same hook with its own.
+/// The policy's decision is [`decide::TargetRate`]; `framesift bench` drives the
+/// pipeline through the same hook with its own.
 pub(crate) trait KeepDecision: Send {
-    fn keep(&mut self, frame: &Scored<'_>) -> bool;
+    fn keep(&mut self, frame: &Scored<'_>) -> Verdict;
     /// Take new settings (a reload).
-    fn reconfigure(&mut self, _config: &PolicyConfig) {}
-}
-
-/// Keep frames whose value reaches `[policy] min_value`.
-pub(crate) struct MinValue(pub f32);
-
-impl KeepDecision for MinValue {
-    fn keep(&mut self, frame: &Scored<'_>) -> bool {
-        frame.scores.value >= self.0
-    }
-
-    fn reconfigure(&mut self, config: &PolicyConfig) {
-        self.0 = config.min_value;
-    }
+    fn reconfigure(&mut self, _config: &crate::config::Config) {}
 }
 
 #[cfg(test)]
@@ -228,92 +282,64 @@ pub(crate) mod tests {
             detections,
             stats,
             confidence: 0.25,
+            class_names: &[],
         }
-    }
-
-    /// The scoring the signal registry replaced, frozen here as the reference: the
-    /// registry must give the same value and reasons for every frame, so the same
-    /// seed keeps the same frames.
-    fn reference(
-        detections: &[Detection],
-        stats: &FrameStats,
-        confidence: f32,
-    ) -> (f32, Vec<&'static str>) {
-        let (band, blur_threshold) = (0.15f32, 30.0f32);
-        let (uncertainty_weight, margin_weight, blur_weight, reason_level) =
-            (1.0f32, 0.5f32, 0.5f32, 0.5f32);
-        let mut uncertainty = 0.0f32;
-        let mut margin = 0.0f32;
-        for d in detections {
-            let distance = (d.score - confidence).abs();
-            if band > 0.0 && distance <= band {
-                uncertainty = uncertainty.max(1.0 - distance / band);
-            }
-            if d.score >= confidence && d.score > 0.0 {
-                margin = margin.max((d.second_score / d.score).clamp(0.0, 1.0));
-            }
-        }
-        let blur = (1.0 - stats.blur / blur_threshold).clamp(0.0, 1.0);
-        let value = uncertainty_weight * uncertainty + margin_weight * margin + blur_weight * blur;
-        let mut reasons = Vec::new();
-        for (signal, weight, reason) in [
-            (uncertainty, uncertainty_weight, "uncertain"),
-            (margin, margin_weight, "ambiguous_class"),
-            (blur, blur_weight, "blurred"),
-        ] {
-            if weight > 0.0 && signal >= reason_level && signal > 0.0 {
-                reasons.push(reason);
-            }
-        }
-        (value, reasons)
     }
 
     #[test]
-    fn the_registry_scores_exactly_as_the_fixed_scorer_did() {
+    fn the_value_is_the_weighted_sum_and_reasons_are_the_signals_at_reason_level() {
         let config = Config::default().policy;
+        let weights = config.signals.weights();
         let mut policy = Policy::new(&config);
         let mut rng = crate::capture::synthetic::Rng::new(17);
-        let unit =
-            |rng: &mut crate::capture::synthetic::Rng| rng.below(1 << 20) as f32 / (1 << 20) as f32;
-        let mut fired = [0usize; 3];
+        let mut fired = [0usize; signals::COUNT];
         for _ in 0..20_000 {
             let n = rng.below(6) as usize;
             let dets: Vec<Detection> = (0..n)
                 .map(|_| {
-                    // Scores from 0.1 (the decoder's floor) to 1, second below the best.
-                    let score = 0.1 + 0.9 * unit(&mut rng);
-                    det(score, score * unit(&mut rng))
+                    let score = 0.1 + 0.9 * rng.unit();
+                    det(score, score * rng.unit())
                 })
                 .collect();
             let stats = FrameStats {
-                blur: 60.0 * unit(&mut rng),
+                blur: 60.0 * rng.unit(),
+                luma_mean: 10.0 + 240.0 * rng.unit(),
                 ..sharp()
             };
-            let (value, reasons) = reference(&dets, &stats, 0.25);
             let scores = policy.score(&facts(&dets, &stats));
-            assert_eq!(
-                scores.value.to_bits(),
-                value.to_bits(),
-                "{dets:?} {stats:?}"
-            );
-            assert_eq!(scores.reasons.names().collect::<Vec<_>>(), reasons);
-            for (i, name) in ["uncertain", "ambiguous_class", "blurred"]
+            let sum: f32 = scores
+                .signals
                 .iter()
-                .enumerate()
-            {
-                fired[i] += usize::from(reasons.contains(name));
+                .zip(&weights)
+                .map(|(v, w)| v * w)
+                .sum();
+            assert!((scores.value - sum).abs() < 1e-5, "{scores:?}");
+            let mut want: Vec<&str> = (0..signals::COUNT)
+                .filter(|&i| weights[i] > 0.0 && scores.signals[i] >= 0.5)
+                .map(|i| signals::REASONS[i])
+                .collect();
+            if want.is_empty() && scores.value >= 0.5 {
+                let top = (0..signals::COUNT)
+                    .max_by(|&a, &b| {
+                        (weights[a] * scores.signals[a])
+                            .total_cmp(&(weights[b] * scores.signals[b]))
+                    })
+                    .expect("signals");
+                want.push(signals::REASONS[top]);
             }
-            let keep = MinValue(config.min_value).keep(&Scored {
-                n: 0,
-                scores: &scores,
-                inference: Duration::ZERO,
-            });
-            assert_eq!(keep, value >= 0.5);
+            assert_eq!(scores.reasons.names().collect::<Vec<_>>(), want);
+            for (i, &v) in scores.signals.iter().enumerate() {
+                assert!((0.0..=1.0).contains(&v), "{} = {v}", signals::NAMES[i]);
+                fired[i] += usize::from(v >= 0.5);
+            }
         }
-        assert!(
-            fired.iter().all(|&n| n > 500),
-            "every reason exercised: {fired:?}"
-        );
+        for name in ["uncertainty", "margin", "blur", "exposure", "count"] {
+            let i = signals::NAMES
+                .iter()
+                .position(|n| *n == name)
+                .expect("registered");
+            assert!(fired[i] > 500, "{name} exercised: {fired:?}");
+        }
     }
 
     #[test]

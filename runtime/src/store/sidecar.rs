@@ -33,8 +33,13 @@ pub struct Sidecar<'a> {
     pub value: f32,
     /// Every signal's value in 0..=1, by name, in registration order.
     pub signals: SignalRecord,
-    /// The signals that fired (at or above `[policy] reason_level`).
+    /// The signals that fired (at or above `[policy] reason_level`; when none did and the
+    /// value reaches that level, the signal that gave most of it).
     pub reasons: Vec<&'static str>,
+    /// The `[[trigger]]`s that fired and were within their rate limits.
+    pub triggers: Vec<&'a str>,
+    /// Kept as part of the uniform control sample, whatever its value.
+    pub control: bool,
     pub stats: FrameStats,
     /// Ground truth, for synthetic frames only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +147,8 @@ impl<'a> Sidecar<'a> {
             value: c.scores.value,
             signals: SignalRecord(c.scores),
             reasons: c.scores.reasons.names().collect(),
+            triggers: Vec::new(),
+            control: c.control,
             stats: c.stats,
             truth: c.frame.truth.as_ref().map(|t| TruthRecord {
                 perturbations: t.perturbations.names().collect(),

@@ -286,12 +286,12 @@ fn overlays_run_and_validate_as_one_config() {
     let cart = dir.path().join("cart.toml");
     std::fs::write(
         &base,
-        "[policy]\nmin_value = 0.0\n[keep]\nwindow_secs = 3600.0\n\n[[camera]]\nname = \"front\"\nwidth = 640\nheight = 360\n",
+        "[policy]\nmin_value = 0.0\n[keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\nwindow_secs = 3600.0\n\n[[camera]]\nname = \"front\"\nwidth = 640\nheight = 360\n",
     )
     .expect("write");
     std::fs::write(
         &cart,
-        "[keep]\ncapacity = 2\n\n[[camera]]\nname = \"front\"\nwidth = 320\nheight = 180\n",
+        "[keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\ncapacity = 2\n\n[[camera]]\nname = \"front\"\nwidth = 320\nheight = 180\n",
     )
     .expect("write");
     let (base, cart) = (base.to_str().expect("utf8"), cart.to_str().expect("utf8"));

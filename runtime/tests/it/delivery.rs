@@ -32,7 +32,7 @@ fn template() -> &'static (PathBuf, Entries) {
         let config = dir.join("c.toml");
         std::fs::write(
             &config,
-            "[policy]\nmin_value = 0.0\n[keep]\ncapacity = 24\nwindow_secs = 3600.0\n",
+            "[policy]\nmin_value = 0.0\n[keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\ncapacity = 24\nwindow_secs = 3600.0\n",
         )
         .expect("config");
         let spool = dir.join("spool");
@@ -379,7 +379,7 @@ fn run_with_upload_configured_delivers_in_the_background() {
     let config = upload_config(
         dir.path(),
         &server.endpoint(),
-        "[policy]\nmin_value = 0.0\n[keep]\nwindow_secs = 0.5\n",
+        "[policy]\nmin_value = 0.0\n[keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\nwindow_secs = 0.5\n",
     );
     let out = framesift(&[
         "run",

@@ -157,7 +157,7 @@ fn a_disk_that_fills_up_under_the_daemon(tools: &Tools, work: &Path) {
     let config = dir.join("full.toml");
     fs::write(
         &config,
-        "[policy]\nmin_value = 0.0\n[keep]\nwindow_secs = 0.5\ncapacity = 16\n\
+        "[policy]\nmin_value = 0.0\n[keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\nwindow_secs = 0.5\ncapacity = 16\n\
          [spool]\nmin_free_bytes = 0\n",
     )
     .expect("write the config");
@@ -459,7 +459,7 @@ fn write_configs(dir: &Path, dest: &Path) -> (PathBuf, PathBuf) {
         &daemon,
         format!(
             "[policy]\nmin_value = 0.0\n\
-             [keep]\nwindow_secs = 0.5\ncapacity = 16\n\
+             [keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\nwindow_secs = 0.5\ncapacity = 16\n\
              [spool]\nmax_bytes = 1048576\nmin_free_bytes = 0\n\
              [upload]\n{url}max_bytes_per_sec = 800000\n"
         ),

@@ -27,7 +27,7 @@ fn entries(spool: &Path) -> usize {
 
 /// One keep window for the whole run and every frame a candidate: whatever the
 /// keeper holds at the end is there only because it was flushed.
-const HOLD_EVERYTHING: &str = "[keep]\nwindow_secs = 3600.0\n[policy]\nmin_value = 0.0\n";
+const HOLD_EVERYTHING: &str = "[keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\nwindow_secs = 3600.0\n[policy]\nmin_value = 0.0\n";
 
 fn config(dir: &Path, text: &str) -> String {
     let path = dir.join("c.toml");
@@ -292,7 +292,7 @@ fn sighup_reloads_live_keys_and_never_kills_the_daemon() {
     // A good one: a live key applies, a restart key is reported and kept.
     std::fs::write(
         &config,
-        "[keep]\nwindow_secs = 3600.0\ncapacity = 3\n[policy]\nmin_value = 0.0\n[pipeline]\nqueue_depth = 4\n[[camera]]\ntype = \"synthetic\"\nfps = 20.0\n",
+        "[keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\nwindow_secs = 3600.0\ncapacity = 3\n[policy]\nmin_value = 0.0\n[pipeline]\nqueue_depth = 4\n[[camera]]\ntype = \"synthetic\"\nfps = 20.0\n",
     )
     .expect("write");
     daemon.signal("HUP");

@@ -36,7 +36,7 @@ impl Rng {
     }
 
     /// Uniform in [0, 1), exactly representable (24 bits).
-    pub(super) fn unit(&mut self) -> f32 {
+    pub(crate) fn unit(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 * (1.0 / 16_777_216.0)
     }
 

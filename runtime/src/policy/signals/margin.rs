@@ -18,7 +18,7 @@ pub(crate) struct Raw {
 
 impl Default for Raw {
     fn default() -> Self {
-        Raw { weight: 0.5 }
+        Raw { weight: 0.25 }
     }
 }
 
@@ -36,7 +36,7 @@ impl Signal for Margin {
 
     fn validate(raw: &Raw, c: &mut Checker) -> Settings {
         Settings {
-            weight: super::weight(c, raw.weight, "0.5"),
+            weight: super::weight(c, raw.weight, "0.25"),
         }
     }
 

@@ -114,12 +114,37 @@ macro_rules! signals {
                     *v = self.$name.value(frame);
                 })*
             }
+
+            /// As [`Signals::values`], adding each signal's time to `spent` (for
+            /// `framesift evaluate`'s cost table; the pipeline calls `values`).
+            pub(crate) fn values_timed(
+                &mut self,
+                frame: &FrameFacts<'_>,
+                out: &mut [f32; COUNT],
+                spent: &mut [std::time::Duration; COUNT],
+            ) {
+                let mut slot = out.iter_mut().zip(spent.iter_mut());
+                $(if let Some((v, t)) = slot.next() {
+                    let t0 = std::time::Instant::now();
+                    *v = self.$name.value(frame);
+                    *t += t0.elapsed();
+                })*
+            }
         }
     };
 }
 
 // The registration line: `module::Type` per signal, in the order sidecars list them.
-signals!(uncertainty::Uncertainty, margin::Margin, blur::Blur);
+signals!(
+    uncertainty::Uncertainty,
+    margin::Margin,
+    blur::Blur,
+    exposure::Exposure,
+    count::Count,
+    flicker::Flicker,
+    novelty::Novelty,
+    class::Class,
+);
 
 /// A weight: 0 or more (0 turns the signal off).
 pub(crate) fn weight(c: &mut Checker, value: f64, example: &str) -> f32 {

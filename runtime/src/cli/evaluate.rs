@@ -1,0 +1,220 @@
+//! `framesift evaluate`.
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::load_model;
+use crate::{
+    capture::SourceConfig,
+    evaluate::{EvaluateOptions, policies::PolicyReport},
+};
+
+#[derive(Parser)]
+pub(super) struct EvaluateArgs {
+    /// Config file(s) with the policy to evaluate; repeat to overlay, as `run` does.
+    #[arg(long, short)]
+    config: Vec<PathBuf>,
+    /// Model file (.onnx), overriding [model] path.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Synthetic store frames to run.
+    #[arg(long, default_value_t = 3000)]
+    frames: u64,
+    /// The share of frames each policy may keep.
+    #[arg(long, default_value_t = 0.02)]
+    budget: f64,
+    /// Seed of the synthetic store stream (and of the random baseline's draws).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Consecutive frames per scene (default: the config's first synthetic camera, else 8).
+    #[arg(long)]
+    scene_frames: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also write every frame's errors, signals and statistics as CSV here.
+    #[arg(long, value_name = "FILE")]
+    records: Option<PathBuf>,
+}
+
+pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.budget > 0.0 && args.budget <= 1.0,
+        "--budget must be above 0 and at most 1, e.g. 0.02"
+    );
+    anyhow::ensure!(args.frames > 0, "--frames must be at least 1");
+    let mut config = match super::load_files(&args.config) {
+        Ok(loaded) => loaded.config,
+        Err(code) => return Ok(code),
+    };
+    if let Some(model) = &args.model {
+        config.model.path = Some(model.clone());
+    }
+    // The configured policy keeps the budget.
+    config.keep.target_rate = args.budget;
+    let mut camera = config
+        .cameras
+        .iter()
+        .find_map(|c| match &c.source {
+            SourceConfig::Synthetic(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if let Some(n) = args.scene_frames {
+        anyhow::ensure!(n >= 1, "--scene-frames must be at least 1");
+        camera.frames_per_scene = n;
+    }
+    let fps = if camera.fps > 0.0 {
+        f64::from(camera.fps)
+    } else {
+        30.0
+    };
+    let opts = EvaluateOptions {
+        frames: args.frames,
+        budget: args.budget,
+        seed: args.seed,
+        camera,
+        fps,
+    };
+    let model = std::sync::Arc::new(std::sync::Mutex::new(load_model(&config)?));
+    let mut csv = match &args.records {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
+    let bar = progress_bar(args.frames);
+    let stream = crate::evaluate::score_stream(
+        &config,
+        &model,
+        &opts,
+        csv.as_mut().map(|w| w as &mut dyn std::io::Write),
+        |done| bar.set_position(done),
+    );
+    bar.finish_and_clear();
+    let stream = stream?;
+    let records = &stream.records;
+    if let Some(mut w) = csv {
+        use std::io::Write as _;
+        w.flush()?;
+    }
+    let reports = crate::evaluate::policies::compare(&config, records, args.budget, args.seed);
+    let costs: serde_json::Map<String, serde_json::Value> = crate::policy::signals::NAMES
+        .iter()
+        .zip(stream.signal_us)
+        .map(|(name, us)| (name.to_string(), serde_json::json!(us)))
+        .collect();
+    if args.json {
+        let report = serde_json::json!({
+            "frames": records.len(),
+            "budget": args.budget,
+            "seed": args.seed,
+            "frames_per_scene": opts.camera.frames_per_scene,
+            "signal_cost_us": costs,
+            "policies": reports,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(records.len(), &opts, &reports);
+        let list: Vec<String> = costs
+            .iter()
+            .map(|(k, v)| format!("{k} {:.2}", v.as_f64().unwrap_or(0.0)))
+            .collect();
+        println!(
+            "signal cost on the scoring thread, µs a frame: {}",
+            list.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(frames: usize, opts: &EvaluateOptions, reports: &[PolicyReport]) {
+    println!(
+        "{frames} synthetic store frames (seed {}, {} per scene), budget {:.1} % — errors at IoU 0.5 against ground truth",
+        opts.seed,
+        opts.camera.frames_per_scene,
+        100.0 * opts.budget
+    );
+    println!(
+        "{:<20} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
+        "policy",
+        "kept",
+        "miss/kp",
+        "fp/kp",
+        "err/kp",
+        "lift_m",
+        "lift_fp",
+        "lift_e",
+        "miss%",
+        "scenes",
+        "dups"
+    );
+    for r in reports {
+        println!(
+            "{:<20} {:>6.1} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>6.0}% {:>6.0}% {:>6.1}",
+            r.name,
+            r.kept,
+            r.misses_per_kept,
+            r.false_positives_per_kept,
+            r.errors_per_kept,
+            r.lift_misses,
+            r.lift_false_positives,
+            r.lift_errors,
+            100.0 * r.miss_precision,
+            100.0 * r.distinct_share,
+            r.near_duplicates
+        );
+    }
+    if let Some(ours) = reports.iter().find(|r| r.name == "framesift") {
+        let missing = |m: &std::collections::BTreeMap<&str, f64>| {
+            let absent: Vec<&str> = m
+                .iter()
+                .filter(|(_, v)| **v == 0.0)
+                .map(|(k, _)| *k)
+                .collect();
+            if absent.is_empty() {
+                "all present".to_string()
+            } else {
+                format!("none of {}", absent.join(", "))
+            }
+        };
+        let list = |m: &std::collections::BTreeMap<&str, f64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "framesift kept {:.0} control frames; perturbations: {} ({})",
+            ours.control,
+            list(&ours.coverage.perturbations),
+            missing(&ours.coverage.perturbations)
+        );
+        println!(
+            "  products: {} ({})",
+            list(&ours.coverage.classes),
+            missing(&ours.coverage.classes)
+        );
+    }
+    println!(
+        "lift = per-kept figure / random's; miss% = kept frames with a miss; scenes = distinct scenes / kept"
+    );
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    if let Ok(style) =
+        ProgressStyle::with_template("evaluate {bar:30} {pos}/{len} frames {per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
