@@ -443,15 +443,19 @@ impl Thumbnail {
     /// thumbnail's mean: a global brightness change alone (auto-exposure) is not a new
     /// view.
     pub fn distance(&self, other: &Thumbnail) -> f32 {
-        let mean = |t: &Thumbnail| t.0.iter().map(|&v| u32::from(v)).sum::<u32>() as i32;
-        let offset = (mean(self) - mean(other)) as f32 / Self::LEN as f32;
-        let total: f32 = self
+        // Integers throughout (the offset rounded to a level), so the loops vectorise:
+        // novelty compares each frame with tens of remembered thumbnails.
+        let sum = |t: &Thumbnail| t.0.iter().map(|&v| i32::from(v)).sum::<i32>();
+        let n = Self::LEN as i32;
+        let diff = sum(self) - sum(other);
+        let offset = (diff + diff.signum() * n / 2) / n;
+        let total: i32 = self
             .0
             .iter()
             .zip(&other.0)
-            .map(|(&a, &b)| (f32::from(a) - f32::from(b) - offset).abs())
+            .map(|(&a, &b)| (i32::from(a) - i32::from(b) - offset).abs())
             .sum();
-        total / Self::LEN as f32
+        total as f32 / Self::LEN as f32
     }
 
     /// The grid of a `w × h` luma image.
@@ -725,6 +729,31 @@ mod tests {
             }
         }
         frame
+    }
+
+    #[test]
+    fn thumbnails_tell_a_new_view_from_the_same_one_shaken_or_brightened() {
+        let (w, h) = (160usize, 90usize);
+        let scene = |shift: usize, gain: f32, bright_box: bool| -> Vec<f32> {
+            (0..w * h)
+                .map(|i| {
+                    let (x, y) = ((i % w + shift) as f32, (i / w) as f32);
+                    let base = 60.0 + 40.0 * ((x / 20.0).floor() % 2.0) + y * 0.3;
+                    let boxed =
+                        bright_box && (40.0..90.0).contains(&x) && (20.0..60.0).contains(&y);
+                    (if boxed { 220.0 } else { base }) + gain
+                })
+                .collect()
+        };
+        let a = Thumbnail::of(&scene(0, 0.0, false), w, h);
+        let shaken = Thumbnail::of(&scene(1, 0.0, false), w, h);
+        let brighter = Thumbnail::of(&scene(0, 25.0, false), w, h);
+        let new_view = Thumbnail::of(&scene(0, 0.0, true), w, h);
+        assert_eq!(a.distance(&a), 0.0);
+        assert!(a.distance(&shaken) < 4.0, "{}", a.distance(&shaken));
+        assert!(a.distance(&brighter) < 1.0, "{}", a.distance(&brighter));
+        assert!(a.distance(&new_view) > 10.0, "{}", a.distance(&new_view));
+        assert_eq!(a.distance(&new_view), new_view.distance(&a), "symmetric");
     }
 
     #[test]

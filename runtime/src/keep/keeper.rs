@@ -1,13 +1,15 @@
-//! The keeper stage: takes the candidates every inference stage hands over, keeps the
-//! best of each keep window, and writes them — the camera's own JPEG bytes, or a JPEG
-//! encoded here — with their sidecars to the spool when the window ends.
+//! The keeper stage: takes the candidates every inference stage hands over, selects the
+//! best distinct ones of each keep window within its budget ([`super::select`]), and
+//! writes them — the camera's own JPEG bytes, or a JPEG encoded here — with their
+//! sidecars to the spool when the window ends.
 //!
 //! Invariants:
 //! - Only the keeper writes to the spool.
-//! - Nothing accepted into the buffer is lost on the way out: the keeper ends only when
-//!   its queue closes (every inference stage has ended) or on a direct `Shutdown`, and
-//!   either way flushes first. A panic in the keeper is caught, what the buffer still
-//!   holds is written, and the panic is reported to the supervisor as the keeper's exit.
+//! - A window's selection is never lost on the way out: the keeper ends only when its
+//!   queue closes (every inference stage has ended) or on a direct `Shutdown`, and
+//!   either way ends the window first (its budget rounded up). A panic in the keeper is
+//!   caught, the window's selection is written, and the panic is reported to the
+//!   supervisor as the keeper's exit.
 //! - It owns the size of the candidate pool: a reload that raises the capacity makes
 //!   more candidates here (never on an inference thread), a lower one lets the surplus
 //!   go as candidates come back.

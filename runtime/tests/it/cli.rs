@@ -340,3 +340,75 @@ fn overlays_run_and_validate_as_one_config() {
     base.toml + cart.toml: 1 problem
     ");
 }
+
+/// `framesift evaluate` on a short store stream: the JSON report has every policy with
+/// the documented fields, random is the reference its lifts are measured against, the
+/// oracle finds more errors per kept frame than random, the configured policy keeps its
+/// budget within 20 % and spreads it over distinct scenes, and the run is repeatable.
+#[test]
+fn evaluate_reports_every_policy_against_random_and_the_oracle() {
+    let run = || {
+        let out = run_ok(&mut framesift(&[
+            "evaluate", "--frames", "400", "--budget", "0.05", "--seed", "5", "--json",
+        ]));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let report = run();
+    assert_eq!(report["frames"], 400);
+    assert_eq!(report["budget"], 0.05);
+    let policies = report["policies"].as_array().expect("policies");
+    let by_name = |name: &str| {
+        policies
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+    };
+    for name in [
+        "framesift",
+        "random",
+        "oracle",
+        "oracle:distinct",
+        "signal:exposure",
+        "signal:uncertainty",
+    ] {
+        let p = by_name(name);
+        for key in [
+            "kept",
+            "lift_misses",
+            "lift_false_positives",
+            "lift_errors",
+            "miss_precision",
+            "distinct_scenes",
+            "near_duplicates",
+        ] {
+            assert!(p[key].is_number(), "{name}.{key} in {p}");
+        }
+        assert!(
+            p["coverage"]["perturbations"]["lighting"].is_number(),
+            "{p}"
+        );
+        assert!(p["coverage"]["classes"]["banana"].is_number(), "{p}");
+    }
+    let random = by_name("random");
+    assert_eq!(random["lift_errors"], 1.0);
+    assert!((random["kept"].as_f64().expect("kept") - 20.0).abs() < 1e-6);
+    assert!(by_name("oracle")["lift_errors"].as_f64().expect("lift") > 1.5);
+    let ours = by_name("framesift");
+    let kept = ours["kept"].as_f64().expect("kept");
+    assert!(
+        (16.0..=24.0).contains(&kept),
+        "the budget of 20 within 20 %: {kept}"
+    );
+    assert!(
+        ours["distinct_scenes"].as_f64().expect("scenes") >= 0.9 * kept,
+        "{ours}"
+    );
+    for name in ["uncertainty", "exposure", "novelty"] {
+        assert!(report["signal_cost_us"][name].is_number(), "{report}");
+    }
+    assert_eq!(
+        run()["policies"],
+        report["policies"],
+        "same seed, same report"
+    );
+}
