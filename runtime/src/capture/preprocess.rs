@@ -458,16 +458,18 @@ impl Thumbnail {
         total as f32 / Self::LEN as f32
     }
 
-    /// The grid of a `w × h` luma image.
+    /// The grid of a `w × h` luma image: per row, a plain sum over each cell's columns
+    /// (no per-pixel index arithmetic; this runs on every frame's capture thread).
     fn of(luma: &[f32], w: usize, h: usize) -> Thumbnail {
         let mut sums = [0.0f32; Self::LEN];
         let mut counts = [0u32; Self::LEN];
+        let edge = |c: usize| c * w / Self::COLS;
         for (y, row) in luma.chunks_exact(w).take(h).enumerate() {
-            let cy = y * Self::ROWS / h;
-            for (x, &v) in row.iter().enumerate() {
-                let cell = cy * Self::COLS + x * Self::COLS / w;
-                sums[cell] += v;
-                counts[cell] += 1;
+            let cells = (y * Self::ROWS / h) * Self::COLS;
+            for cx in 0..Self::COLS {
+                let part = &row[edge(cx)..edge(cx + 1)];
+                sums[cells + cx] += part.iter().sum::<f32>();
+                counts[cells + cx] += part.len() as u32;
             }
         }
         Thumbnail(std::array::from_fn(|i| {
