@@ -520,6 +520,8 @@ pub struct Summary {
     pub kept: u64,
     pub candidates: u64,
     pub evicted: u64,
+    /// Candidates let go as near-duplicates of more valuable frames.
+    pub duplicates: u64,
     pub disconnects: u64,
     pub reconnects: u64,
     pub drops: Vec<(&'static str, u64)>,
@@ -570,6 +572,7 @@ pub fn summarize(m: &Metrics, elapsed: Duration) -> Summary {
         kept: m.kept.load(Ordering::Relaxed),
         candidates: m.candidates.load(Ordering::Relaxed),
         evicted: m.evicted.load(Ordering::Relaxed),
+        duplicates: m.duplicates.load(Ordering::Relaxed),
         disconnects: m.disconnects.load(Ordering::Relaxed),
         reconnects: m.reconnects.load(Ordering::Relaxed),
         drops: Drop::ALL.iter().map(|d| (d.name(), m.drops(*d))).collect(),

@@ -302,11 +302,12 @@ fn print_summary(s: &Summary, spool: &std::path::Path) {
         s.fps()
     );
     println!(
-        "  kept        {} written to {} ({} candidates, {} evicted from the keep buffer)",
+        "  kept        {} written to {} ({} candidates: {} outranked, {} near-duplicates of better frames)",
         s.kept,
         spool.display(),
         s.candidates,
-        s.evicted
+        s.evicted,
+        s.duplicates
     );
     let drops: Vec<String> = s
         .drops

@@ -583,6 +583,70 @@ mod tests {
         assert_eq!(metrics.kept.load(Ordering::Relaxed), 4);
     }
 
+    /// A trigger's allowance is used by the frames written with it and saved in the
+    /// spool: a keeper started on the same spool finds the day's allowance spent, and
+    /// the frame it writes is not credited to the trigger.
+    #[test]
+    fn trigger_allowances_survive_a_restart_of_the_keeper() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trigger = Trigger {
+            name: "dark".into(),
+            signal: 3,
+            threshold: 0.5,
+            weight: 2.0,
+            limits: [None, None, Some(1)],
+        };
+        let triggered = |seq: u64| {
+            let mut c = candidate(seq, 3.0);
+            c.scores.triggers = 1;
+            c.frame.captured_at = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seq);
+            c
+        };
+        let credited = || -> Vec<Vec<String>> {
+            let mut all: Vec<(u64, Vec<String>)> = std::fs::read_dir(dir.path())
+                .expect("dir")
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .map(|e| {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&std::fs::read(e.path()).expect("read"))
+                            .expect("json");
+                    let names = v["triggers"]
+                        .as_array()
+                        .expect("triggers")
+                        .iter()
+                        .map(|t| t.as_str().expect("name").to_string())
+                        .collect();
+                    (v["seq"].as_u64().expect("seq"), names)
+                })
+                .collect();
+            all.sort();
+            all.into_iter().map(|(_, names)| names).collect()
+        };
+        {
+            let (mut keeper, _keep_tx, _free) = keeper(dir.path(), 4);
+            keeper.triggers = vec![trigger.clone()];
+            keeper.limits = crate::policy::triggers::load_limits(dir.path());
+            let (ctx, _commands) = context();
+            keeper.offer(triggered(0), &ctx).expect("offer");
+            keeper.flush(&ctx);
+        }
+        assert_eq!(credited(), [vec!["dark".to_string()]]);
+        let (mut keeper, _keep_tx, _free) = keeper(dir.path(), 4);
+        keeper.triggers = vec![trigger];
+        keeper.limits = crate::policy::triggers::load_limits(dir.path());
+        let (ctx, _commands) = context();
+        let mut second = triggered(1);
+        second.frame.seq = 1;
+        keeper.offer(second, &ctx).expect("offer");
+        keeper.flush(&ctx);
+        assert_eq!(
+            credited(),
+            [vec!["dark".to_string()], vec![]],
+            "the day's one is spent"
+        );
+    }
+
     #[test]
     fn a_reload_resizes_the_buffer_and_the_pool() {
         let dir = tempfile::tempdir().expect("tempdir");
