@@ -113,6 +113,9 @@ min_value = 0.0
 [keep]
 capacity = $frames
 window_secs = 86400.0
+# No budget and no near-duplicate suppression: every frame is written, to compare.
+target_rate = 0.0
+dedupe_distance = 0.0
 EOF
 "$host_bin" validate "$work/smoke.toml" >&2 || die "smoke config rejected by $host_bin"
 
