@@ -4,6 +4,7 @@
 #
 #   benches/upload-phase.sh [framesift bench options, e.g. --frames 3000 --rounds 10]
 #
+# UPLOAD_MAX_BYTES_PER_SEC, if set, becomes the phase's [upload] max_bytes_per_sec.
 # FRAMESIFT (default target/release/framesift) is the binary measured; s3s-fs comes from
 # scripts/setup-test-servers.sh. On a cart the store is across the network; here the
 # server shares the bench's cores, so it runs in the idle scheduling class, as the
@@ -31,6 +32,7 @@ cat >"$work/upload.toml" <<TOML
 [upload]
 url = "s3://bench/frames"
 endpoint_url = "http://127.0.0.1:$port"
+max_bytes_per_sec = ${UPLOAD_MAX_BYTES_PER_SEC:-0}
 TOML
 AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret \
   "$framesift" bench "$@" --upload-config "$work/upload.toml"

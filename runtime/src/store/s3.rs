@@ -27,6 +27,8 @@ pub(crate) struct S3Destination {
     bucket: Bucket,
     credentials: Credentials,
     agent: ureq::Agent,
+    /// `[upload] max_bytes_per_sec` (0: unlimited): bodies go out paced to it.
+    max_bytes_per_sec: u64,
     /// `s3://bucket/prefix at endpoint`, for logs.
     name: String,
 }
@@ -134,6 +136,7 @@ impl S3Destination {
             bucket: bucket_handle,
             credentials: credentials(credentials_file.as_deref(), profile)?,
             agent,
+            max_bytes_per_sec: config.max_bytes_per_sec,
             name: super::uploader::describe(target),
         })
     }
@@ -196,6 +199,47 @@ impl S3Destination {
     }
 }
 
+/// A body read out in [`Paced::STEP`]-byte pieces no faster than `max_bytes_per_sec`
+/// (0: at once). Sleeping between small pieces spreads the uploader's work — the
+/// socket's, TLS's and, on loopback, the server's — evenly over time, where pausing
+/// after each whole object would send it in a burst that slows every inference it
+/// overlaps.
+pub(crate) struct Paced<'a> {
+    bytes: &'a [u8],
+    sent: usize,
+    max_bytes_per_sec: u64,
+    start: std::time::Instant,
+}
+
+impl<'a> Paced<'a> {
+    pub(crate) const STEP: usize = 16 * 1024;
+
+    pub(crate) fn new(bytes: &'a [u8], max_bytes_per_sec: u64) -> Self {
+        Paced {
+            bytes,
+            sent: 0,
+            max_bytes_per_sec,
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Read for Paced<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.bytes[self.sent..];
+        let mut n = rest.len().min(buf.len());
+        if self.max_bytes_per_sec > 0 {
+            n = n.min(Self::STEP);
+            // Due once what is already sent has had its time at the limit.
+            let due = Duration::from_secs_f64(self.sent as f64 / self.max_bytes_per_sec as f64);
+            std::thread::sleep(due.saturating_sub(self.start.elapsed()));
+        }
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.sent += n;
+        Ok(n)
+    }
+}
+
 impl Destination for S3Destination {
     fn put(
         &mut self,
@@ -204,12 +248,16 @@ impl Destination for S3Destination {
         content_type: &str,
     ) -> Result<Stored, DeliveryError> {
         let url = PutObject::new(&self.bucket, Some(&self.credentials), key).sign(SIGNED_FOR);
+        let mut body = Paced::new(bytes, self.max_bytes_per_sec);
+        // The length is known: a paced reader must not turn the PUT into a chunked one,
+        // which S3 refuses.
         let response = self
             .agent
             .put(url.as_str())
             .header("Content-Type", content_type)
+            .header("Content-Length", bytes.len())
             .header("If-None-Match", "*")
-            .send(bytes)
+            .send(ureq::SendBody::from_reader(&mut body))
             .map_err(|e| self.unreachable(key, &e))?;
         let status = response.status().as_u16();
         let body = response.into_body().read_to_string().unwrap_or_default();
@@ -239,6 +287,32 @@ impl Destination for S3Destination {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paced_body_comes_out_whole_in_small_pieces_no_faster_than_the_limit() {
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let rate = 1_000_000;
+        let mut body = Paced::new(&bytes, rate);
+        let (mut out, mut pieces, mut buf) = (Vec::new(), 0, vec![0u8; 64 * 1024]);
+        let t0 = std::time::Instant::now();
+        loop {
+            let n = body.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            assert!(n <= Paced::STEP, "a piece of {n} bytes");
+            out.extend_from_slice(&buf[..n]);
+            pieces += 1;
+        }
+        assert_eq!(out, bytes);
+        assert_eq!(pieces, bytes.len().div_ceil(Paced::STEP));
+        // The last piece may go at once; everything before it waited its turn.
+        let floor = (bytes.len() - Paced::STEP) as f64 / rate as f64;
+        assert!(t0.elapsed().as_secs_f64() >= floor, "{:?}", t0.elapsed());
+        // Unlimited: one read takes all that fits.
+        let mut fast = Paced::new(&bytes, 0);
+        assert_eq!(fast.read(&mut buf).expect("read"), buf.len());
+    }
 
     #[test]
     fn credentials_files_are_read_by_profile() {

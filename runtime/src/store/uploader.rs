@@ -460,8 +460,10 @@ impl Uploader {
                 Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return true,
                 Ok(Command::Reload(new)) => {
                     let next = self.config.with_live_changes(&new.upload);
-                    if next.request_timeout != self.config.request_timeout {
-                        // The HTTP agent holds the timeout: make a new one.
+                    if next.request_timeout != self.config.request_timeout
+                        || next.max_bytes_per_sec != self.config.max_bytes_per_sec
+                    {
+                        // The destination holds both: make a new one.
                         self.destination = None;
                     }
                     self.config = next;
