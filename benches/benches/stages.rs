@@ -23,7 +23,7 @@ use framesift::{
     config::Config,
     frame::Frame,
     infer::{Decoder, Detection, Layout},
-    keep::{Candidate, Handoff, KeepBuffer, Offer, WhenFull},
+    keep::{Candidate, Handoff, KeepBuffer, Kind, Offer, WhenFull},
     ops::metrics::Metrics,
     policy::{FrameFacts, Policy, Scores},
 };
@@ -209,7 +209,7 @@ fn keep(c: &mut Criterion) {
                 black_box(&dets),
                 stats,
                 scores,
-                false,
+                Kind::Ranked,
             );
             let c = ends.keep_rx.try_recv().expect("candidate queued");
             ends.free_tx.try_send(c).expect("free list has room");

@@ -16,7 +16,9 @@ mod threshold;
 pub use bands::{Band, Bands, DerivedBands, bands_for_noise, derive_bands};
 pub use divergence::{PSEUDO_COUNT, js_distance, js_matching_psi, psi};
 pub use histogram::{Bins, BinsError, Histogram, Scale};
-pub use reference::{FORMAT, ModelStamp, Problem, Reference, ReferenceError, StatReference};
+pub use reference::{
+    FORMAT, ModelStamp, NoveltyReference, Problem, Reference, ReferenceError, StatReference,
+};
 pub use threshold::threshold_for_rate;
 
 /// A small deterministic generator for test samples (SplitMix64).

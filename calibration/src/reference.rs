@@ -41,6 +41,24 @@ pub struct Reference {
     pub thresholds: BTreeMap<String, f64>,
     /// One histogram per statistic, names unique.
     pub stats: Vec<StatReference>,
+    /// What the novelty signal compares frames with; absent in older references.
+    #[serde(default, skip_serializing_if = "NoveltyReference::is_empty")]
+    pub novelty: NoveltyReference,
+}
+
+/// The `[novelty]` table of a reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoveltyReference {
+    /// A uniform sample of the sample's views: each a 16 × 12 luma thumbnail as 384 hex
+    /// digits, row by row.
+    pub views: Vec<String>,
+}
+
+impl NoveltyReference {
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
 }
 
 /// Identifies a model file.
@@ -205,6 +223,18 @@ impl Reference {
                 writeln!(out, "noise = {}", float(noise))?;
             }
             write_counts(out, &stat.counts)?;
+        }
+        if !self.novelty.is_empty() {
+            writeln!(
+                out,
+                "\n# Sampled views (16x12 luma thumbnails, hex) for the novelty signal."
+            )?;
+            writeln!(out, "[novelty]")?;
+            writeln!(out, "views = [")?;
+            for view in &self.novelty.views {
+                writeln!(out, "    {},", quoted(view))?;
+            }
+            writeln!(out, "]")?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use calibration::{
 };
 
 use crate::{
-    capture::{Next, Preparer, Slot, SourceConfig, SourceError},
+    capture::{Next, Preparer, Slot, SourceConfig, SourceError, Thumbnail},
     config::Config,
     drift::stats::{STATS, Sample},
     infer::{Inferer, ModelInfo, SharedModel},
@@ -78,6 +78,11 @@ impl Scorer {
                 .policy
                 .lowest_score(config.model.confidence_threshold),
         );
+        let mut policy = Policy::new(&config.policy);
+        if config.drift.reference.is_some() {
+            let reference = crate::drift::LoadedReference::load(&config.drift, info)?;
+            policy.use_reference(&reference.views);
+        }
         Ok(Scorer {
             preparer: Preparer::new(info),
             slot: Slot::new(
@@ -86,7 +91,7 @@ impl Scorer {
                 3 * (info.input_width * info.input_height) as usize,
             ),
             inferer: Inferer::new(&model, params)?,
-            policy: Policy::new(&config.policy),
+            policy,
             metrics: Metrics::default(),
             confidence: config.model.confidence_threshold,
             signal_time: None,
@@ -135,6 +140,7 @@ pub(crate) fn calibrate(
     let (mut source, frame_size) = crate::capture::open_first_camera(config, &info)?;
     let mut scorer = Scorer::new(config, model, frame_size)?;
     let (mut scored, mut skipped) = (Vec::new(), 0u64);
+    let mut views = Views::new();
     while opts.frames.is_none_or(|n| (scored.len() as u64) < n) {
         match source.next_frame(&mut scorer.slot.frame) {
             Ok(Next::Frame) => {}
@@ -147,7 +153,10 @@ pub(crate) fn calibrate(
             }
         }
         match scorer.score(model)? {
-            Some(frame) => scored.push(frame),
+            Some(frame) => {
+                scored.push(frame);
+                views.offer(scorer.slot.stats.thumbnail);
+            }
             None => skipped += 1,
         }
         progress(scored.len() as u64);
@@ -158,7 +167,42 @@ pub(crate) fn calibrate(
     );
     let mut cal = reference_from(config, &info, &scored, opts);
     cal.skipped = skipped;
+    cal.reference.novelty.views = views.held.iter().map(Thumbnail::to_hex).collect();
     Ok(cal)
+}
+
+/// Views a reference keeps for the novelty signal: enough to cover a store's few
+/// hundred views, few enough for the inference thread (one distance each, ~0.08 µs).
+const VIEWS: usize = 128;
+
+/// A uniform sample of [`VIEWS`] of the sample's views (reservoir sampling, seeded: the
+/// same sample gives the same reference).
+struct Views {
+    held: Vec<Thumbnail>,
+    seen: u64,
+    rng: crate::capture::synthetic::Rng,
+}
+
+impl Views {
+    fn new() -> Self {
+        Views {
+            held: Vec::with_capacity(VIEWS),
+            seen: 0,
+            rng: crate::capture::synthetic::Rng::new(0x7669_6577),
+        }
+    }
+
+    fn offer(&mut self, view: Thumbnail) {
+        self.seen += 1;
+        if self.held.len() < VIEWS {
+            self.held.push(view);
+        } else {
+            let j = self.rng.below(self.seen.min(u64::from(u32::MAX)) as u32) as usize;
+            if let Some(slot) = self.held.get_mut(j) {
+                *slot = view;
+            }
+        }
+    }
 }
 
 /// The reference for frames scored as `scored` (in capture order).
@@ -209,6 +253,7 @@ pub(crate) fn reference_from(
         bands: derived.bands,
         reference_noise: derived.reference_noise,
         thresholds,
+        novelty: Default::default(),
         stats: STATS
             .iter()
             .zip(histograms)

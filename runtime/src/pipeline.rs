@@ -40,7 +40,7 @@ use crate::{
     drift::{CameraDrift, DriftError, DriftStage, DriftStatus, LoadedReference},
     infer::{DriftTap, Inference, SharedModel},
     keep::{
-        Handoff, MAX_CAPACITY,
+        Handoff, KeepConfig,
         keeper::{Keeper, KeeperError, Pool},
     },
     ops::metrics::{Drop, Metrics, Stage},
@@ -256,8 +256,8 @@ impl Pipeline {
             .max()
             .unwrap_or((0, 0));
         let cameras = config.cameras.len();
-        let pool = config.pipeline.keeper_queue + config.keep.capacity + cameras;
-        let room = config.pipeline.keeper_queue + MAX_CAPACITY + cameras;
+        let pool = config.keep.pool(config.pipeline.keeper_queue, cameras);
+        let room = KeepConfig::pool_room(config.pipeline.keeper_queue, cameras);
         let (handoff, ends) = Handoff::new(
             pool,
             room,
@@ -304,6 +304,7 @@ impl Pipeline {
             );
             let names: Vec<String> = config.cameras.iter().map(|c| c.name.clone()).collect();
             let status = DriftStatus::new(&names, config.drift.window_frames);
+            let views = reference.views.clone();
             let (samples_tx, samples_rx) = bounded(crate::drift::QUEUE);
             let stage = DriftStage::new(
                 &config.drift,
@@ -320,7 +321,7 @@ impl Pipeline {
                 Priority::Nice(config.pipeline.keeper_nice),
                 move |ctx| stage.run(&ctx),
             )?;
-            drift = Some((samples_tx, status));
+            drift = Some((samples_tx, status, views));
         }
 
         let epoch = Instant::now();
@@ -351,11 +352,12 @@ impl Pipeline {
                 decision,
                 channels.work_rx,
                 channels.slot_tx,
-                handoff.clone(),
-                drift.as_ref().map(|(samples, status)| DriftTap {
+                (handoff.clone(), (max_w, max_h)),
+                drift.as_ref().map(|(samples, status, views)| DriftTap {
                     samples: samples.clone(),
                     status: status.clone(),
                     boost: config.drift.boost,
+                    views: views.clone(),
                 }),
                 metrics.clone(),
                 epoch,
@@ -380,7 +382,7 @@ impl Pipeline {
             )?;
         }
         // The inference stages hold the only senders now: the drift stage ends when they do.
-        Ok(drift.map(|(_, status)| status))
+        Ok(drift.map(|(_, status, _)| status))
     }
 
     /// Wait up to `timeout` for the next stage to end. Stops the run when its time

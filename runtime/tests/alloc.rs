@@ -32,7 +32,7 @@ use framesift::{
     codec::{FrameDecoder, encode_jpeg},
     config::Config,
     infer::{Inferer, Model, ModelFile, model},
-    keep::Handoff,
+    keep::{Handoff, Kind},
     ops::metrics::Metrics,
     policy::Policy,
 };
@@ -235,7 +235,7 @@ fn steady_state_per_frame_path_allocates_nothing() {
                 inferer.detections(),
                 slot.stats,
                 scores,
-                false,
+                Kind::Ranked,
             )
         });
         // The keeper's side, on its own thread in the daemon: take and recycle.

@@ -44,6 +44,9 @@ fn sample() -> Reference {
                 noise: None,
             },
         ],
+        novelty: crate::NoveltyReference {
+            views: vec!["0a".repeat(192), "ff".repeat(192)],
+        },
     }
 }
 
@@ -68,7 +71,8 @@ fn problem(line: usize, column: usize, message: &str) -> Problem {
 #[test]
 fn writes_readable_toml() {
     let text = sample().to_toml();
-    let want = r#"# Reference statistics for framesift drift scoring, written by `framesift calibrate`.
+    let want =
+        r#"# Reference statistics for framesift drift scoring, written by `framesift calibrate`.
 format = 1
 source = "synthetic store, 3000 frames, seed 1"
 frames = 3000
@@ -101,7 +105,16 @@ counts = [
     0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150,
     160, 170, 180, 190,
 ]
-"#;
+
+# Sampled views (16x12 luma thumbnails, hex) for the novelty signal.
+[novelty]
+views = [
+    "A",
+    "B",
+]
+"#
+        .replace("A", &"0a".repeat(192))
+        .replace("B", &"ff".repeat(192));
     assert_eq!(text, want);
 }
 
@@ -361,6 +374,7 @@ prop_compose! {
             reference_noise,
             thresholds,
             stats,
+            novelty: Default::default(),
         }
     }
 }

@@ -458,6 +458,24 @@ impl Thumbnail {
         total as f32 / Self::LEN as f32
     }
 
+    /// The cells as lowercase hex, row by row (how a calibration reference stores views).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|v| format!("{v:02x}")).collect()
+    }
+
+    /// The inverse of [`Thumbnail::to_hex`]; `None` unless `hex` is exactly that.
+    pub fn from_hex(hex: &str) -> Option<Thumbnail> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 2 * Self::LEN {
+            return None;
+        }
+        let mut t = [0u8; Self::LEN];
+        for (cell, pair) in t.iter_mut().zip(bytes.chunks_exact(2)) {
+            *cell = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(Thumbnail(t))
+    }
+
     /// The grid of a `w × h` luma image: per row, a plain sum over each cell's columns
     /// (no per-pixel index arithmetic; this runs on every frame's capture thread).
     fn of(luma: &[f32], w: usize, h: usize) -> Thumbnail {

@@ -162,12 +162,18 @@ pub enum DriftError {
         made_with: String,
         running: String,
     },
+    #[error(
+        "[drift] reference {path}: [novelty] views[{index}] is not a view (384 hex digits, a 16x12 luma thumbnail); run framesift calibrate again to rewrite the file"
+    )]
+    View { path: PathBuf, index: usize },
 }
 
 /// A loaded reference, ready for the monitors.
 #[derive(Debug, Clone)]
 pub(crate) struct LoadedReference {
     baselines: Baselines,
+    /// The sample's views, for the novelty signal (empty in older references).
+    pub views: std::sync::Arc<[crate::capture::Thumbnail]>,
 }
 
 impl LoadedReference {
@@ -194,7 +200,22 @@ impl LoadedReference {
                 ),
             }
         }
-        Ok(Self::from_reference(&reference, config))
+        let views = reference
+            .novelty
+            .views
+            .iter()
+            .enumerate()
+            .map(|(index, hex)| {
+                crate::capture::Thumbnail::from_hex(hex).ok_or(DriftError::View {
+                    path: path.clone(),
+                    index,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(LoadedReference {
+            views,
+            ..Self::from_reference(&reference, config)
+        })
     }
 
     /// Every statistic gets the bands of the reference's noisiest one: a sample's few
@@ -221,7 +242,10 @@ impl LoadedReference {
                 })
             })
             .collect();
-        LoadedReference { baselines }
+        LoadedReference {
+            baselines,
+            views: std::sync::Arc::new([]),
+        }
     }
 
     pub(crate) fn baselines(&self) -> &Baselines {

@@ -26,9 +26,12 @@ use crate::{
     capture::Slot,
     config::{Checker, Config},
     drift::{DriftStatus, stats::Sample},
-    keep::Handoff,
+    keep::{
+        Handoff,
+        context::{self, History},
+    },
     ops::metrics::{Metrics, Stage},
-    policy::{FrameFacts, KeepDecision, Policy, Scored, Verdict},
+    policy::{FrameFacts, KeepDecision, Policy, Scored},
     supervisor::{Command, StageContext, StageFailure},
 };
 
@@ -264,6 +267,8 @@ pub(crate) struct Inference {
     work_rx: Receiver<Box<Slot>>,
     slot_tx: Sender<Box<Slot>>,
     handoff: Handoff,
+    /// The last frames not handed over, for context frames around a trigger.
+    history: History,
     drift: Option<DriftTap>,
     metrics: Arc<Metrics>,
 }
@@ -275,11 +280,14 @@ pub(crate) struct DriftTap {
     pub status: Arc<DriftStatus>,
     /// `[drift] boost`.
     pub boost: f32,
+    /// The reference's sample of views, for the novelty signal.
+    pub views: Arc<[crate::capture::Thumbnail]>,
 }
 
 impl Inference {
     /// Camera `camera_index`'s inference stage, taking frames from `work_rx`, returning
-    /// slots to `slot_tx`, and handing kept frames over through `handoff`.
+    /// slots to `slot_tx`, and handing kept frames over through `handoff` (whose
+    /// candidates hold frames of up to `frame_size`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn build(
         config: &Config,
@@ -288,7 +296,7 @@ impl Inference {
         decision: Box<dyn KeepDecision>,
         work_rx: Receiver<Box<Slot>>,
         slot_tx: Sender<Box<Slot>>,
-        handoff: Handoff,
+        (handoff, frame_size): (Handoff, (u32, u32)),
         drift: Option<DriftTap>,
         metrics: Arc<Metrics>,
         epoch: Instant,
@@ -299,16 +307,26 @@ impl Inference {
                 .lowest_score(config.model.confidence_threshold),
         );
         let inferer = Inferer::new(&model.lock().unwrap_or_else(|p| p.into_inner()), params)?;
+        let mut policy = Policy::new(&config.policy);
+        if let Some(tap) = &drift {
+            policy.use_reference(&tap.views);
+        }
         Ok(Inference {
             epoch,
             camera_index,
             model,
             inferer,
-            policy: Policy::new(&config.policy),
+            policy,
             decision,
             work_rx,
             slot_tx,
             handoff,
+            history: History::new(
+                config.keep.context_frames,
+                frame_size.0,
+                frame_size.1,
+                config.model.max_detections,
+            ),
             drift,
             metrics,
         })
@@ -384,21 +402,24 @@ impl Inference {
             });
             self.metrics.record(Stage::Score, t0.elapsed());
             n += 1;
-            if verdict != Verdict::Skip {
-                let t0 = Instant::now();
+            let t0 = Instant::now();
+            let handed = self.history.hand_over(
+                &self.handoff,
+                &self.metrics,
+                verdict,
+                context::Scored {
+                    camera: self.camera_index,
+                    frame: &mut slot.frame,
+                    detections: self.inferer.detections(),
+                    stats: slot.stats,
+                    scores,
+                },
+            );
+            if handed > 0 {
+                self.metrics.record(Stage::Handoff, t0.elapsed());
                 self.metrics
                     .candidates
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.handoff.offer(
-                    &self.metrics,
-                    self.camera_index,
-                    &mut slot.frame,
-                    self.inferer.detections(),
-                    slot.stats,
-                    scores,
-                    verdict == Verdict::Control,
-                );
-                self.metrics.record(Stage::Handoff, t0.elapsed());
+                    .fetch_add(handed, std::sync::atomic::Ordering::Relaxed);
             }
             // The slot channel holds every slot of this camera, so this never blocks.
             let _ = self.slot_tx.try_send(slot);

@@ -23,7 +23,8 @@ use std::{
 use crossbeam_channel::{Receiver, Sender, select};
 
 use super::{
-    Candidate, KeepConfig, KeeperEnds,
+    Candidate, KeepConfig, KeeperEnds, Kind,
+    context::{Arrival, Groups},
     select::{Released, Selector},
 };
 use crate::{
@@ -45,7 +46,7 @@ fn unix_secs(t: std::time::SystemTime) -> u64 {
 pub(crate) struct Pool {
     /// Candidates made so far and not let go.
     pub made: usize,
-    /// `keeper_queue + capacity + cameras` of the running config.
+    /// [`KeepConfig::pool`] of the running config.
     pub target: usize,
     /// What new candidates are made for.
     pub frame_size: (u32, u32),
@@ -83,6 +84,8 @@ pub(crate) struct Keeper {
     pub limits: Limits,
     pub limits_dir: std::path::PathBuf,
     pub limits_changed: bool,
+    /// Context frames waiting for their anchors ([`super::context`]).
+    pub groups: Groups,
 }
 
 /// Why the keeper could not start.
@@ -124,6 +127,7 @@ impl Keeper {
             limits: crate::policy::triggers::load_limits(&config.spool.dir),
             limits_dir: config.spool.dir.clone(),
             limits_changed: false,
+            groups: Groups::default(),
         })
     }
 
@@ -216,14 +220,43 @@ impl Keeper {
     /// Into the selection, or back to the pool if it is not good enough.
     fn take(&mut self, mut candidate: Box<Candidate>) {
         self.received += 1;
-        // A trigger past its rate limit gives the frame no boost.
+        // A trigger past its rate limit gives the frame no boost; nor does one on a
+        // context frame, which is kept for its anchor and uses no allowance.
         let now = unix_secs(candidate.frame.captured_at);
+        let context = matches!(candidate.kind, Kind::Context { .. });
         for (i, t) in self.triggers.iter().enumerate() {
             let bit = 1u16 << i;
-            if candidate.scores.triggers & bit != 0 && !self.limits.allows(t, now) {
+            if candidate.scores.triggers & bit != 0 && (context || !self.limits.allows(t, now)) {
                 candidate.scores.triggers &= !bit;
                 candidate.scores.value -= t.weight;
             }
+        }
+        match candidate.kind {
+            Kind::Context { .. } => {
+                match self.groups.arrive(candidate) {
+                    Arrival::Waits => {}
+                    Arrival::Write(c, anchor) => {
+                        self.write(&c, Some(&anchor));
+                        self.release(c);
+                    }
+                    Arrival::Drop(c) => {
+                        event::evicted(&self.metrics);
+                        self.release(c);
+                    }
+                }
+                return;
+            }
+            // Past its rate limits, a trigger brings no context either.
+            Kind::Anchor if candidate.scores.triggers == 0 => candidate.kind = Kind::Ranked,
+            Kind::Anchor => {
+                let released = self.groups.anchor(
+                    candidate.camera,
+                    candidate.frame.seq,
+                    candidate.scores.value,
+                );
+                self.drop_context(released);
+            }
+            Kind::Ranked | Kind::Control => {}
         }
         let mut gone = Vec::new();
         self.selector.offer(candidate, |c, why| gone.push((c, why)));
@@ -238,6 +271,19 @@ impl Keeper {
                 Released::Duplicate => event::duplicate(&self.metrics),
                 Released::Outranked => event::evicted(&self.metrics),
             }
+            if c.kind == Kind::Anchor {
+                let context = self.groups.resolve(c.camera, c.frame.seq, None);
+                self.drop_context(context);
+            }
+            self.release(c);
+        }
+    }
+
+    /// Let go of context frames whose anchor was not kept.
+    #[allow(clippy::vec_box)]
+    fn drop_context(&mut self, context: Vec<Box<Candidate>>) {
+        for c in context {
+            event::evicted(&self.metrics);
             self.release(c);
         }
     }
@@ -269,7 +315,7 @@ impl Keeper {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .set_budget(config.spool.budget());
-        self.pool.target = self.queue + keep.capacity + self.cameras.len();
+        self.pool.target = keep.pool(self.queue, self.cameras.len());
         let mut gone = Vec::new();
         self.selector
             .reconfigure(keep.select(), |c, why| gone.push((c, why)));
@@ -307,7 +353,18 @@ impl Keeper {
             }
             let t0 = Instant::now();
             ctx.heartbeat.begin();
-            self.write(&candidate);
+            let id = self.write(&candidate, None);
+            if candidate.kind == Kind::Anchor {
+                let context =
+                    self.groups
+                        .resolve(candidate.camera, candidate.frame.seq, id.clone());
+                for c in context {
+                    if let Some(anchor) = &id {
+                        self.write(&c, Some(anchor));
+                    }
+                    self.release(c);
+                }
+            }
             ctx.heartbeat.end();
             self.metrics.record(Stage::Keeper, t0.elapsed());
             self.release(candidate);
@@ -336,7 +393,7 @@ impl Keeper {
             let before = self.metrics.kept.load(std::sync::atomic::Ordering::Relaxed);
             let written = catch_unwind(AssertUnwindSafe(|| {
                 ctx.heartbeat.begin();
-                self.write(&candidate);
+                self.write(&candidate, None);
                 ctx.heartbeat.end();
             }));
             if written.is_err() {
@@ -348,7 +405,9 @@ impl Keeper {
         saved
     }
 
-    fn write(&mut self, c: &Candidate) {
+    /// Write a kept frame (`context_of`: the entry id of its group's anchor); returns
+    /// its entry id, `None` if it could not be written (counted and logged).
+    fn write(&mut self, c: &Candidate, context_of: Option<&str>) -> Option<String> {
         let camera = &self.cameras[c.camera];
         let (image, encoding): (&[u8], ImageEncoding) = if !c.frame.encoded.is_empty() {
             (&c.frame.encoded, ImageEncoding::Original)
@@ -363,7 +422,7 @@ impl Keeper {
                 Ok(bytes) => (bytes, ImageEncoding::Encoded),
                 Err(e) => {
                     event::spool_write_failed(&self.metrics, &format!("JPEG encode: {e}"));
-                    return;
+                    return None;
                 }
             }
         };
@@ -388,6 +447,7 @@ impl Keeper {
         let result = spool.write(entry, image, encoding, |id, record| {
             let mut sidecar = Sidecar::new(id, camera, c, model, confidence, record);
             sidecar.triggers = fired.iter().map(|t| t.name.as_str()).collect();
+            sidecar.context_of = context_of.map(str::to_string);
             serde_json::to_vec_pretty(&sidecar)
         });
         // Evictions happen before the new entry is placed, so a write that fails may
@@ -407,10 +467,16 @@ impl Keeper {
                     &written.sidecar,
                     c.scores.value,
                 );
+                Some(written.id)
             }
-            Err(e @ SpoolError::Full { .. }) => event::spool_full(&self.metrics, &e.to_string()),
-            Err(e @ SpoolError::DiskFull { .. }) => event::disk_full(&self.metrics, &e.to_string()),
-            Err(e) => event::spool_write_failed(&self.metrics, &e.to_string()),
+            Err(e) => {
+                match e {
+                    SpoolError::Full { .. } => event::spool_full(&self.metrics, &e.to_string()),
+                    SpoolError::DiskFull { .. } => event::disk_full(&self.metrics, &e.to_string()),
+                    _ => event::spool_write_failed(&self.metrics, &e.to_string()),
+                }
+                None
+            }
         }
     }
 }
@@ -477,6 +543,7 @@ mod tests {
             limits: Limits::default(),
             limits_dir: dir.to_path_buf(),
             limits_changed: false,
+            groups: Groups::default(),
         };
         (keeper, keep_tx, free_rx)
     }
@@ -645,6 +712,70 @@ mod tests {
             [vec!["dark".to_string()], vec![]],
             "the day's one is spent"
         );
+    }
+
+    /// A trigger's context frames are written with it, naming it, and let go with it
+    /// when it is not kept; they are not part of the buffer or the budget.
+    #[test]
+    fn context_frames_follow_their_anchor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut keeper, _keep_tx, _free) = keeper(dir.path(), 1);
+        let (ctx, _commands) = context();
+        let with = |seq: u64, value: f32, kind: Kind| {
+            let mut c = candidate(seq, value);
+            c.kind = kind;
+            if kind == Kind::Anchor {
+                c.scores.triggers = 1;
+            }
+            c
+        };
+        keeper.triggers = vec![Trigger {
+            name: "hand".into(),
+            signal: 0,
+            threshold: 0.5,
+            weight: 0.0,
+            limits: [None, None, None],
+        }];
+        // Group 10 (kept: the best), group 20 (outranked by 10 in a buffer of one).
+        for c in [
+            with(10, 5.0, Kind::Anchor),
+            with(9, 0.0, Kind::Context { anchor: 10 }),
+            with(11, 0.0, Kind::Context { anchor: 10 }),
+            with(20, 1.0, Kind::Anchor),
+            with(19, 0.0, Kind::Context { anchor: 20 }),
+            with(21, 0.0, Kind::Context { anchor: 20 }),
+        ] {
+            keeper.offer(c, &ctx).expect("offer");
+        }
+        assert_eq!(
+            keeper.selector.len(),
+            1,
+            "context frames are not in the buffer"
+        );
+        keeper.flush(&ctx);
+        // An after-frame that comes once its anchor is written goes straight out.
+        keeper
+            .offer(with(12, 0.0, Kind::Context { anchor: 10 }), &ctx)
+            .expect("offer");
+        assert_eq!(keeper.groups.waiting(), 0);
+        let mut sidecars: Vec<serde_json::Value> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .map(|e| serde_json::from_slice(&std::fs::read(e.path()).expect("read")).expect("json"))
+            .collect();
+        sidecars.sort_by_key(|v| v["seq"].as_u64());
+        let seqs: Vec<u64> = sidecars
+            .iter()
+            .map(|v| v["seq"].as_u64().expect("seq"))
+            .collect();
+        assert_eq!(seqs, [9, 10, 11, 12], "group 20 went with its anchor");
+        let anchor = sidecars[1]["id"].as_str().expect("id");
+        assert!(sidecars[1].get("context_of").is_none());
+        for i in [0, 2, 3] {
+            assert_eq!(sidecars[i]["context_of"], anchor, "{}", sidecars[i]);
+        }
+        assert_eq!(keeper.metrics.evicted.load(Ordering::Relaxed), 3);
     }
 
     #[test]

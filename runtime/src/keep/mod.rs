@@ -6,9 +6,10 @@
 //! `try_recv` (none free → the frame is dropped and counted), swaps its frame buffer
 //! with the candidate's (O(1), no pixel copy), and `try_send`s it to the keeper. The
 //! keeper returns every candidate to the free list once it has written or evicted it.
-//! So the number of frame buffers is fixed by the config (`keeper_queue + capacity +
-//! cameras`) and nothing on the hand-off blocks or allocates.
+//! So the number of frame buffers is fixed by the config ([`KeepConfig::pool`]) and
+//! nothing on the hand-off blocks or allocates.
 
+pub(crate) mod context;
 pub(crate) mod keeper;
 pub(crate) mod select;
 
@@ -50,6 +51,7 @@ pub(crate) struct RawKeep {
     control_share: f64,
     dedupe_distance: f64,
     dedupe_secs: f64,
+    context_frames: i64,
 }
 
 impl Default for RawKeep {
@@ -63,9 +65,14 @@ impl Default for RawKeep {
             control_share: 0.1,
             dedupe_distance: 4.0,
             dedupe_secs: 60.0,
+            context_frames: 0,
         }
     }
 }
+
+/// The most `[keep] context_frames` (each camera holds that many frames, and the pool
+/// twice that many more per camera).
+pub(crate) const MAX_CONTEXT: usize = 8;
 
 /// `[keep]` keys that apply without a restart: all of them.
 pub(crate) const LIVE_KEYS: &[&str] = &[
@@ -93,9 +100,24 @@ pub struct KeepConfig {
     pub control_share: f64,
     pub dedupe_distance: f32,
     pub dedupe_secs: f64,
+    /// Frames kept before and after each frame a trigger fired on, as its group
+    /// ([`context`]); 0: none.
+    pub context_frames: usize,
 }
 
 impl KeepConfig {
+    /// How many candidates the pool holds with a keeper queue of `queue`: the queue,
+    /// the buffer, one in hand per camera, and each camera's context frames on their
+    /// way (the `context_frames` before and after one trigger).
+    pub(crate) fn pool(&self, queue: usize, cameras: usize) -> usize {
+        queue + self.capacity + cameras * (1 + 2 * self.context_frames)
+    }
+
+    /// The most candidates a reload may grow the pool to.
+    pub(crate) fn pool_room(queue: usize, cameras: usize) -> usize {
+        queue + MAX_CAPACITY + cameras * (1 + 2 * MAX_CONTEXT)
+    }
+
     pub(crate) fn select(&self) -> select::SelectConfig {
         select::SelectConfig {
             capacity: self.capacity,
@@ -138,6 +160,8 @@ impl KeepConfig {
                 |v| v >= 0.0,
                 "0 (off) or more seconds, e.g. 60.0",
             ),
+            context_frames: c.int("context_frames", k.context_frames, 0, MAX_CONTEXT as i64)
+                as usize,
         }
     }
 }
@@ -151,8 +175,24 @@ pub struct Candidate {
     pub detections: Vec<Detection>,
     pub stats: FrameStats,
     pub scores: Scores,
-    /// Part of the uniform control sample ([`crate::policy::Verdict::Control`]).
-    pub control: bool,
+    pub kind: Kind,
+}
+
+/// Why a candidate was handed over, which decides how the keeper treats it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// Ranked against the others by value.
+    #[default]
+    Ranked,
+    /// Part of the uniform control sample ([`crate::policy::Verdict::Control`]): kept
+    /// first, within the budget.
+    Control,
+    /// A trigger fired on it and it has context frames: ranked, and its context is
+    /// kept with it.
+    Anchor,
+    /// A context frame of the anchor of this frame sequence number (same camera):
+    /// kept if and only if the anchor is.
+    Context { anchor: u64 },
 }
 
 impl Candidate {
@@ -165,7 +205,7 @@ impl Candidate {
             detections: Vec::with_capacity(max_detections),
             stats: FrameStats::default(),
             scores: Scores::default(),
-            control: false,
+            kind: Kind::Ranked,
         }
     }
 }
@@ -204,7 +244,7 @@ impl select::Selectable for Candidate {
     }
 
     fn is_control(&self) -> bool {
-        self.control
+        self.kind == Kind::Control
     }
 }
 
@@ -416,7 +456,7 @@ impl Handoff {
         detections: &[Detection],
         stats: FrameStats,
         scores: Scores,
-        control: bool,
+        kind: Kind,
     ) {
         let Ok(mut candidate) = self.free_rx.try_recv() else {
             event::dropped(metrics, Drop::KeeperBusy);
@@ -428,7 +468,7 @@ impl Handoff {
         candidate.detections.extend_from_slice(detections);
         candidate.stats = stats;
         candidate.scores = scores;
-        candidate.control = control;
+        candidate.kind = kind;
         match self.keep_tx.try_send(candidate) {
             Ok(()) => {}
             Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => {
@@ -551,7 +591,7 @@ mod tests {
                 &[],
                 FrameStats::default(),
                 Scores::default(),
-                false,
+                Kind::Ranked,
             );
         }
         (metrics, keep_rx.len())
@@ -598,7 +638,7 @@ mod tests {
                 value: 0.9,
                 ..Scores::default()
             },
-            false,
+            Kind::Ranked,
         );
         let c = keep_rx.try_recv().expect("candidate queued");
         assert_eq!((c.camera, c.frame.seq, c.frame.rgb[0]), (2, 7, 99));

@@ -172,6 +172,11 @@ impl Policy {
         self.triggers.clone_from(&config.triggers);
     }
 
+    /// Measure against a calibration reference's sample of views too (novelty).
+    pub(crate) fn use_reference(&mut self, views: &std::sync::Arc<[crate::capture::Thumbnail]>) {
+        self.signals.use_reference(views);
+    }
+
     /// Score one frame: every signal's value, their weighted sum, the reasons, and the
     /// triggers that fired (each adding its weight).
     pub fn score(&mut self, frame: &FrameFacts<'_>) -> Scores {

@@ -40,6 +40,9 @@ pub struct Sidecar<'a> {
     pub triggers: Vec<&'a str>,
     /// Kept as part of the uniform control sample, whatever its value.
     pub control: bool,
+    /// A context frame: the entry id of the trigger frame whose group it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_of: Option<String>,
     pub stats: FrameStats,
     /// Ground truth, for synthetic frames only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,7 +151,8 @@ impl<'a> Sidecar<'a> {
             signals: SignalRecord(c.scores),
             reasons: c.scores.reasons.names().collect(),
             triggers: Vec::new(),
-            control: c.control,
+            control: c.kind == crate::keep::Kind::Control,
+            context_of: None,
             stats: c.stats,
             truth: c.frame.truth.as_ref().map(|t| TruthRecord {
                 perturbations: t.perturbations.names().collect(),

@@ -83,6 +83,16 @@ fn calibrate_writes_a_reference_and_a_report_and_run_reports_each_cameras_band()
             "{stat} in\n{toml}"
         );
     }
+    // A uniform sample of the views, for the novelty signal.
+    let reference_value: toml::Table = toml.parse().expect("TOML");
+    let views = reference_value["novelty"]["views"]
+        .as_array()
+        .expect("views");
+    assert_eq!(views.len(), 128, "128 of the 800 frames' views");
+    assert!(views.iter().all(|v| {
+        v.as_str()
+            .is_some_and(|h| h.len() == 384 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    }));
     let report = dir.path().join("studio-report");
     let summary = std::fs::read_to_string(report.join("summary.md")).expect("summary.md");
     assert!(summary.contains("min_value"), "{summary}");
@@ -154,6 +164,26 @@ fn a_reference_from_another_model_is_a_warning_or_an_error_as_configured() {
         text(&out.stderr).contains("made with another model"),
         "{}",
         text(&out.stderr)
+    );
+    // A damaged view is refused, naming the file and the view.
+    let list = text_ref.find("views = [").expect("views");
+    let at = list + text_ref[list..].find('"').expect("a view") + 1;
+    let mut damaged = text_ref.clone();
+    damaged.replace_range(at..at + 2, "zz");
+    let damaged_file = dir.path().join("damaged.toml");
+    std::fs::write(&damaged_file, damaged).expect("write");
+    let out = run(
+        &config(dir.path(), damaged_file.to_str().expect("utf8"), camera),
+        5,
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: [novelty] views[0] is not a view",
+            damaged_file.display()
+        )),
+        "{stderr}"
     );
     let strict = dir.path().join("strict.toml");
     std::fs::write(

@@ -610,3 +610,75 @@ fn sidecars_record_every_signal_and_the_values_their_formulas_give() {
     );
     assert!(fired.contains("uncertain"), "{fired:?}");
 }
+
+/// `[keep] context_frames`: a trigger frame is kept with the frames around it, each
+/// naming it, within the bound, without crediting the trigger or starving the pool.
+#[test]
+fn trigger_frames_are_kept_with_their_context() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[keep]\ncontext_frames = 2\nwindow_secs = 3600.0\n\n[[trigger]]\nname = \"unsure\"\nsignal = \"uncertainty\"\nthreshold = 0.5\nweight = 5.0\nper_minute = 3\n\n[[camera]]\nname = \"cam0\"\ntype = \"synthetic\"\nwidth = 640\nheight = 360\nseed = 3\n",
+    )
+    .expect("write");
+    let out = run_ok(&mut framesift(&[
+        "run",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--max-frames",
+        "150",
+        "--spool-dir",
+        spool.to_str().expect("utf8"),
+    ]));
+    let summary = text(&out.stdout);
+    assert!(summary.contains("dropped     0"), "{summary}");
+    let entries = spool_entries(&spool);
+    let by_id: std::collections::HashMap<&str, &Value> = entries
+        .iter()
+        .map(|s| (s["id"].as_str().expect("id"), s))
+        .collect();
+    let mut groups: std::collections::HashMap<&str, Vec<u64>> = Default::default();
+    for s in &entries {
+        let Some(anchor) = s.get("context_of") else {
+            continue;
+        };
+        let anchor = anchor.as_str().expect("an entry id");
+        let a = by_id.get(anchor).expect("the anchor was written");
+        assert!(
+            a.get("context_of").is_none(),
+            "an anchor is no context frame"
+        );
+        assert_eq!(a["triggers"], serde_json::json!(["unsure"]), "{a}");
+        assert_eq!(
+            s["triggers"],
+            serde_json::json!([]),
+            "a context frame uses no allowance: {s}"
+        );
+        let (seq, at) = (
+            s["seq"].as_u64().expect("seq"),
+            a["seq"].as_u64().expect("seq"),
+        );
+        assert!(
+            seq != at && seq.abs_diff(at) <= 2,
+            "frame {seq} is within 2 of {at}"
+        );
+        groups.entry(anchor).or_default().push(seq);
+    }
+    assert!(
+        !groups.is_empty(),
+        "a trigger fired with frames around it: {summary}"
+    );
+    for (anchor, seqs) in &groups {
+        assert!(
+            seqs.len() <= 4,
+            "{anchor}: at most 2 before and 2 after, got {seqs:?}"
+        );
+    }
+    let credited = entries
+        .iter()
+        .filter(|s| s["triggers"] != serde_json::json!([]))
+        .count();
+    assert!(credited <= 3, "per_minute = 3, credited {credited}");
+}

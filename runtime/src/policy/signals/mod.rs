@@ -146,6 +146,14 @@ signals!(
     class::Class,
 );
 
+impl Signals {
+    /// Measure against a calibration reference's sample of views (the signals that use
+    /// one: novelty).
+    pub(crate) fn use_reference(&mut self, views: &std::sync::Arc<[crate::capture::Thumbnail]>) {
+        self.novelty.use_reference(views);
+    }
+}
+
 /// A weight: 0 or more (0 turns the signal off).
 pub(crate) fn weight(c: &mut Checker, value: f64, example: &str) -> f32 {
     c.float(

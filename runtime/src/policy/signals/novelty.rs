@@ -4,10 +4,15 @@
 //! Each camera keeps a memory of `memory` thumbnails (the luma grid in
 //! [`crate::capture::Thumbnail`]), a uniform sample of its past frames (reservoir
 //! sampling of every `every`-th frame), and measures each frame's distance to the
-//! nearest one. Value: distance ÷ the camera's typical nearest distance − 1, so a frame
-//! twice as far from everything seen as frames usually are scores 1; 0 until the memory
-//! holds a quarter of its size. Cost: one distance per remembered thumbnail (192 bytes
-//! each), a few µs for the default 64.
+//! nearest one — and, with a calibration reference (`[drift] reference`, written by
+//! `framesift calibrate`), to the nearest of the reference's sample of views, so a view
+//! is novel only if it is unlike both the known-good sample and the camera's own recent
+//! past. Value: distance ÷ the typical nearest distance − 1, so a frame twice as far
+//! from everything seen as frames usually are scores 1. The typical distance starts
+//! from the reference's own spread (each view to its nearest other); without a
+//! reference the value is 0 until the memory holds a quarter of its size. Cost: one
+//! distance per remembered or reference thumbnail (192 bytes each), about 7 µs for the
+//! default 64, about 19 µs with a 128-view reference.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +47,8 @@ pub(crate) struct Settings {
 pub(crate) struct Novelty {
     settings: Settings,
     memory: Vec<Thumbnail>,
+    /// The calibration reference's views (empty: none).
+    reference: std::sync::Arc<[Thumbnail]>,
     /// Frames seen, and frames offered to the reservoir.
     frames: u64,
     offered: u64,
@@ -71,6 +78,7 @@ impl Signal for Novelty {
         Novelty {
             settings: settings.clone(),
             memory: Vec::with_capacity(settings.memory),
+            reference: std::sync::Arc::new([]),
             frames: 0,
             offered: 0,
             typical: 0.0,
@@ -92,9 +100,10 @@ impl Signal for Novelty {
         let nearest = self
             .memory
             .iter()
+            .chain(self.reference.iter())
             .map(|m| m.distance(&view))
             .fold(f32::INFINITY, f32::min);
-        let warm = self.memory.len() * 4 >= self.settings.memory;
+        let warm = !self.reference.is_empty() || self.memory.len() * 4 >= self.settings.memory;
         let value = if warm && self.typical > 0.0 {
             (nearest / self.typical - 1.0).clamp(0.0, 1.0)
         } else {
@@ -118,6 +127,29 @@ impl Signal for Novelty {
         }
         self.frames += 1;
         value
+    }
+}
+
+impl Novelty {
+    /// Measure novelty against a calibration reference's `views` too. The typical
+    /// distance starts from their spread: the mean distance of each to its nearest other.
+    pub(crate) fn use_reference(&mut self, views: &std::sync::Arc<[Thumbnail]>) {
+        self.reference = views.clone();
+        if views.len() >= 2 && self.frames == 0 {
+            let spread: f32 = views
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    views
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, b)| a.distance(b))
+                        .fold(f32::INFINITY, f32::min)
+                })
+                .sum();
+            self.typical = spread / views.len() as f32;
+        }
     }
 }
 
@@ -153,6 +185,24 @@ mod tests {
         assert_eq!(novel, 1.0);
         let again = n.value(&facts(&[], &view(100_000, false)));
         assert!(again < 0.5, "{again}");
+    }
+
+    /// With a reference of the usual views, a novel frame scores from the first frame,
+    /// and a usual one does not.
+    #[test]
+    fn a_novel_frame_among_references_scores_high_from_the_start() {
+        let settings = Novelty::validate(&Raw::default(), &mut Checker::default());
+        let views: std::sync::Arc<[Thumbnail]> =
+            (0..128).map(|i| view(1000 + i, false).thumbnail).collect();
+        let mut n = Novelty::new(&settings);
+        n.use_reference(&views);
+        assert!(n.typical > 0.0);
+        assert_eq!(n.value(&facts(&[], &view(5, true))), 1.0);
+        let usual = n.value(&facts(&[], &view(6, false)));
+        assert!(usual < 0.5, "{usual}");
+        // Without the reference the same first frames score nothing.
+        let mut cold = Novelty::new(&settings);
+        assert_eq!(cold.value(&facts(&[], &view(5, true))), 0.0);
     }
 
     #[test]
