@@ -170,6 +170,7 @@ fn scoring(c: &mut Criterion) {
                 stats: &stats,
                 confidence: config.model.confidence_threshold,
                 class_names: &[],
+                features: &[],
             })
         })
     });

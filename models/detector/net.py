@@ -351,7 +351,8 @@ class OnnxWriter:
 
 
 def export_onnx(model: Detector, path, size: int = 320, metadata: dict[str, str] | None = None):
-    """Write `model` (eval mode) as ONNX opset 17: images [1,3,size,size] -> output0 [1,4+nc,N]."""
+    """Write `model` (eval mode) as ONNX opset 17: images [1,3,size,size] -> output0 [1,4+nc,N]
+    and features [1,C] (the pooled neck outputs, features.py)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -396,11 +397,16 @@ def export_onnx(model: Detector, path, size: int = 320, metadata: dict[str, str]
     xywh = w.node("Add", [w.node("MatMul", [w.const("mix", mix), d_px], "mix"),
                           w.const("anchors", anchor_rows)], "xywh")
     w.node("Concat", [xywh, cls], axis=1, outputs=["output0"])
+    # The pooled neck features, for the runtime's novelty signal (features.py).
+    import features
+    w.nodes.extend(features.nodes(helper, [o3, o4, o5]))
+    width = sum(c2f.cv2.conv.out_channels for c2f in (model.td3, model.bu4, model.bu5))
 
     graph = helper.make_graph(
         w.nodes, "framesift_detector",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + nc, n_total])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + nc, n_total]),
+         features.value_info(helper, TensorProto, width)],
         w.inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                           producer_name="framesift-train", producer_version="1")

@@ -284,6 +284,7 @@ input_width = {SIZE}
 input_height = {SIZE}
 input_name = "images"
 output_name = "output0"
+features_output = "features"  # [1, 160] pooled neck features
 normalization = "unit"      # pixels / 255, RGB, NCHW
 letterbox_fill = {ev.FILL}
 names = [{names}]

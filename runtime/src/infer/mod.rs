@@ -237,6 +237,7 @@ impl Inferer {
             stats: &slot.stats,
             confidence: self.confidence,
             class_names: &self.class_names,
+            features: self.runner.features(),
         }
     }
 
@@ -447,6 +448,7 @@ pub(crate) fn test_model_info() -> ModelInfo {
         input_name: "images".into(),
         output_name: "output0".into(),
         output_shape: vec![1, 5, 21],
+        features: None,
         normalization: crate::capture::preprocess::Normalization::UNIT,
         letterbox_fill: 114,
         names: vec!["thing".into()],

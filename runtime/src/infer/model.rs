@@ -89,6 +89,10 @@ pub struct Manifest {
     pub input_name: String,
     #[serde(default = "default_output_name")]
     pub output_name: String,
+    /// An output of pooled features `[1, D]` (an embedding of the frame), which the
+    /// novelty signal compares frames by; none: novelty uses luma thumbnails.
+    #[serde(default)]
+    pub features_output: Option<String>,
     #[serde(default)]
     pub normalization: ManifestNormalization,
     #[serde(default = "default_fill")]
@@ -182,6 +186,8 @@ pub struct ModelInfo {
     pub output_name: String,
     /// Static output shape, e.g. `[1, 10, 2100]`.
     pub output_shape: Vec<usize>,
+    /// The pooled-feature output's name and width (the manifest's `features_output`).
+    pub features: Option<(String, usize)>,
     pub normalization: Normalization,
     pub letterbox_fill: u8,
     pub names: Vec<String>,
@@ -539,6 +545,7 @@ fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<Model
         (in_w, in_h),
         input_name,
         output_name,
+        features_name,
         normalization,
         fill,
     ) = match &file.manifest {
@@ -564,6 +571,7 @@ fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<Model
                 (m.input_width, m.input_height),
                 m.input_name.clone(),
                 m.output_name.clone(),
+                m.features_output.clone(),
                 norm,
                 m.letterbox_fill,
             )
@@ -611,6 +619,7 @@ fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<Model
                     .first()
                     .map(|o| o.name().to_string())
                     .unwrap_or_default(),
+                None,
                 Normalization::UNIT,
                 114,
             )
@@ -688,6 +697,32 @@ fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<Model
     decoder
         .check_shape(&out_shape)
         .map_err(|e| shape_err(format!("output {output_name}: {e}")))?;
+    let features = match features_name {
+        None => None,
+        Some(name) => {
+            let have: Vec<&str> = outputs.iter().map(|o| o.name()).collect();
+            let shape: Vec<i64> = outputs
+                .iter()
+                .find(|o| o.name() == name)
+                .ok_or_else(|| {
+                    shape_err(format!(
+                        "has no output named \"{name}\" (outputs: {have:?}); remove features_output from the manifest or name one of them"
+                    ))
+                })?
+                .dtype()
+                .tensor_shape()
+                .map(|s| s.to_vec())
+                .unwrap_or_default();
+            match shape[..] {
+                [1, width] if (1..=4096).contains(&width) => Some((name, width as usize)),
+                _ => {
+                    return Err(shape_err(format!(
+                        "features output {name} has shape {shape:?}; expected [1, D], D from 1 to 4096 (pooled features)"
+                    )));
+                }
+            }
+        }
+    };
 
     Ok(ModelInfo {
         id,
@@ -700,6 +735,7 @@ fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<Model
         input_name,
         output_name,
         output_shape: out_shape,
+        features,
         normalization,
         letterbox_fill: fill,
         names,
@@ -712,6 +748,9 @@ pub struct Runner {
     binding: IoBinding,
     input: Tensor<f32>,
     output: Tensor<f32>,
+    /// The pooled-feature output, when the model has one (unbound outputs are not
+    /// computed).
+    features: Option<Tensor<f32>>,
 }
 
 impl Runner {
@@ -736,10 +775,20 @@ impl Runner {
         binding
             .bind_output(info.output_name.as_str(), &mut output)
             .map_err(err)?;
+        let features = match &info.features {
+            Some((name, width)) => {
+                let mut t =
+                    Tensor::<f32>::new(session.allocator(), [1usize, *width]).map_err(err)?;
+                binding.bind_output(name.as_str(), &mut t).map_err(err)?;
+                Some(t)
+            }
+            None => None,
+        };
         Ok(Runner {
             binding,
             input,
             output,
+            features,
         })
     }
 
@@ -751,6 +800,11 @@ impl Runner {
     /// The output tensor's values after [`Model::run`].
     pub fn output(&self) -> &[f32] {
         self.output.extract_tensor().1
+    }
+
+    /// The pooled features after [`Model::run`]; empty when the model has none.
+    pub fn features(&self) -> &[f32] {
+        self.features.as_ref().map_or(&[], |t| t.extract_tensor().1)
     }
 }
 
@@ -808,6 +862,34 @@ mod tests {
         let file = ModelFile::embedded().expect("embedded manifest parses");
         file.verify()
             .expect("embedded model matches its manifest checksum");
+    }
+
+    /// The shipped detector's pooled features are bound and written by each run: they
+    /// differ between different images and are not the tensor's initial zeros.
+    #[test]
+    fn the_embedded_model_fills_its_pooled_features() {
+        let (env, _) = environment(None).expect("ONNX Runtime (cross/fetch-ort.sh)");
+        let file = ModelFile::embedded().expect("embedded model");
+        let config = crate::config::Config::default();
+        let mut model = Model::load(&env, &file, &config.model).expect("model");
+        assert_eq!(
+            model.info.features,
+            Some(("features".to_string(), 160)),
+            "the manifest names the output"
+        );
+        let mut runner = model.runner().expect("runner");
+        let mut seen = Vec::new();
+        for fill in [0.2f32, 0.8] {
+            for (i, v) in runner.input_mut().iter_mut().enumerate() {
+                *v = if i % 7 == 0 { 1.0 - fill } else { fill };
+            }
+            model.run(&mut runner).expect("run");
+            let features = runner.features().to_vec();
+            assert_eq!(features.len(), 160);
+            assert!(features.iter().any(|v| *v != 0.0), "{features:?}");
+            seen.push(features);
+        }
+        assert_ne!(seen[0], seen[1]);
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct FrameFacts<'a> {
     pub confidence: f32,
     /// The model's class names, by class id.
     pub class_names: &'a [String],
+    /// The model's pooled features for the frame (an embedding); empty when the model
+    /// has no such output.
+    pub features: &'a [f32],
 }
 
 impl FrameFacts<'_> {
@@ -288,6 +291,7 @@ pub(crate) mod tests {
             stats,
             confidence: 0.25,
             class_names: &[],
+            features: &[],
         }
     }
 

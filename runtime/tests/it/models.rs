@@ -233,3 +233,37 @@ fn a_manifest_with_a_zero_input_size_is_refused() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A `features_output` the model does not have, or one that is not `[1, D]`, is refused
+/// with what to write.
+#[test]
+fn a_manifest_naming_a_wrong_features_output_is_refused() {
+    for (name, says) in [
+        ("nope", "has no output named \"nope\""),
+        ("output0", "expected [1, D]"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let onnx = dynamic_model(dir.path(), 64, 64);
+        let manifest = dir.path().join("dynamic.toml");
+        let text_was = std::fs::read_to_string(&manifest).expect("manifest");
+        std::fs::write(
+            &manifest,
+            format!("{text_was}features_output = \"{name}\"\n"),
+        )
+        .expect("manifest");
+        let out = framesift(&[
+            "run",
+            "--max-frames",
+            "1",
+            "--model",
+            onnx.to_str().expect("utf8"),
+            "--spool-dir",
+            dir.path().join("spool").to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("spawn");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}

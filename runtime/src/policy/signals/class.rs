@@ -150,6 +150,7 @@ mod tests {
                 stats: &stats,
                 confidence: 0.25,
                 class_names: &names,
+                features: &[],
             })
         };
         assert_eq!(at(&mut c, &[of(2)]), 1.0, "listed");

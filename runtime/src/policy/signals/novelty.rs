@@ -13,6 +13,13 @@
 //! reference the value is 0 until the memory holds a quarter of its size. Cost: one
 //! distance per remembered or reference thumbnail (192 bytes each), about 7 µs for the
 //! default 64, about 19 µs with a 128-view reference.
+//!
+//! A model whose manifest names a `features_output` (the shipped detector's pooled neck
+//! features) replaces the thumbnail, unless `use_features = false`: the memory holds unit-length feature vectors and
+//! the distance is between them, so a frame is novel when the model sees something
+//! unlike what it usually sees there — an unseen product, a hand — rather than when the
+//! light or the framing changes. The calibration reference's views are thumbnails and
+//! do not apply then.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +31,7 @@ use crate::{capture::Thumbnail, config::Checker};
 pub(crate) struct Raw {
     memory: i64,
     every: i64,
+    use_features: bool,
     weight: f64,
 }
 
@@ -32,6 +40,7 @@ impl Default for Raw {
         Raw {
             memory: 64,
             every: 10,
+            use_features: true,
             weight: 0.5,
         }
     }
@@ -41,12 +50,18 @@ impl Default for Raw {
 pub(crate) struct Settings {
     memory: usize,
     every: u64,
+    use_features: bool,
     weight: f32,
 }
 
 pub(crate) struct Novelty {
     settings: Settings,
     memory: Vec<Thumbnail>,
+    /// With a model that has pooled features: the remembered ones, unit length, `dim`
+    /// floats each, `held` of them (made on the first frame, when `dim` is known).
+    embeddings: Vec<f32>,
+    dim: usize,
+    held: usize,
     /// The calibration reference's views (empty: none).
     reference: std::sync::Arc<[Thumbnail]>,
     /// Frames seen, and frames offered to the reservoir.
@@ -66,6 +81,7 @@ impl Signal for Novelty {
         Settings {
             memory: c.int("memory", raw.memory, 4, 1024) as usize,
             every: c.int("every", raw.every, 1, 100_000) as u64,
+            use_features: raw.use_features,
             weight: super::weight(c, raw.weight, "0.5"),
         }
     }
@@ -78,6 +94,9 @@ impl Signal for Novelty {
         Novelty {
             settings: settings.clone(),
             memory: Vec::with_capacity(settings.memory),
+            embeddings: Vec::new(),
+            dim: 0,
+            held: 0,
             reference: std::sync::Arc::new([]),
             frames: 0,
             offered: 0,
@@ -92,10 +111,17 @@ impl Signal for Novelty {
         self.memory.truncate(settings.memory);
         self.memory
             .reserve(settings.memory.saturating_sub(self.memory.len()));
+        if self.dim > 0 {
+            self.embeddings.resize(settings.memory * self.dim, 0.0);
+            self.held = self.held.min(settings.memory);
+        }
         self.settings = settings.clone();
     }
 
     fn value(&mut self, frame: &FrameFacts<'_>) -> f32 {
+        if self.settings.use_features && !frame.features.is_empty() {
+            return self.value_of_features(frame.features);
+        }
         let view = frame.stats.thumbnail;
         let nearest = self
             .memory
@@ -131,6 +157,59 @@ impl Signal for Novelty {
 }
 
 impl Novelty {
+    /// The value by the model's pooled features: the same rule as for thumbnails, with
+    /// the distance between unit-length feature vectors (0 to 2) and no reference.
+    fn value_of_features(&mut self, features: &[f32]) -> f32 {
+        if self.dim != features.len() {
+            // The first frame (or another model): one allocation, then none.
+            self.dim = features.len();
+            self.embeddings = vec![0.0; self.settings.memory * self.dim];
+            self.held = 0;
+        }
+        let norm = features.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if !(norm > 0.0 && norm.is_finite()) {
+            return 0.0;
+        }
+        // |a/|a| - b|² = 2 - 2 a·b / |a| for a unit b: no normalised copy of a needed.
+        let nearest = self.embeddings[..self.held * self.dim]
+            .chunks_exact(self.dim)
+            .map(|b| {
+                let dot: f32 = features.iter().zip(b).map(|(a, b)| a * b).sum();
+                (2.0 - 2.0 * dot / norm).max(0.0).sqrt()
+            })
+            .fold(f32::INFINITY, f32::min);
+        let warm = self.held * 4 >= self.settings.memory;
+        let value = if warm && self.typical > 0.0 {
+            (nearest / self.typical - 1.0).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        if nearest.is_finite() {
+            let n = self.frames.min(1000) as f32 + 1.0;
+            self.typical += (nearest - self.typical) / n;
+        }
+        if self.frames.is_multiple_of(self.settings.every) {
+            self.offered += 1;
+            let slot = if self.held < self.settings.memory {
+                self.held += 1;
+                Some(self.held - 1)
+            } else {
+                let j = self.rng.below(self.offered.min(u64::from(u32::MAX)) as u32) as usize;
+                (j < self.held).then_some(j)
+            };
+            if let Some(j) = slot {
+                for (m, a) in self.embeddings[j * self.dim..(j + 1) * self.dim]
+                    .iter_mut()
+                    .zip(features)
+                {
+                    *m = a / norm;
+                }
+            }
+        }
+        self.frames += 1;
+        value
+    }
+
     /// Measure novelty against a calibration reference's `views` too. The typical
     /// distance starts from their spread: the mean distance of each to its nearest other.
     pub(crate) fn use_reference(&mut self, views: &std::sync::Arc<[Thumbnail]>) {
@@ -203,6 +282,39 @@ mod tests {
         // Without the reference the same first frames score nothing.
         let mut cold = Novelty::new(&settings);
         assert_eq!(cold.value(&facts(&[], &view(5, true))), 0.0);
+    }
+
+    /// With the model's pooled features, novelty is measured on them: a frame whose
+    /// features point elsewhere scores high, the usual ones low, whatever the thumbnail.
+    #[test]
+    fn pooled_features_replace_the_thumbnail_when_the_model_has_them() {
+        let settings = Novelty::validate(&Raw::default(), &mut Checker::default());
+        let mut n = Novelty::new(&settings);
+        let stats = view(1, false);
+        let usual = |i: u64| -> Vec<f32> {
+            let mut rng = crate::capture::synthetic::Rng::new(i);
+            (0..160)
+                .map(|k| if k < 80 { 1.0 } else { 0.0 } + rng.unit() * 0.05)
+                .collect()
+        };
+        fn with<'a>(features: &'a [f32], stats: &'a FrameStats) -> FrameFacts<'a> {
+            FrameFacts {
+                features,
+                ..facts(&[], stats)
+            }
+        }
+        let mut most = 0.0f32;
+        for i in 0..2000 {
+            most = most.max(n.value(&with(&usual(i), &stats)));
+        }
+        assert!(most < 1.0, "usual features stay below 1, at most {most}");
+        assert!(n.memory.is_empty(), "no thumbnails remembered");
+        assert_eq!(n.embeddings.len(), 64 * 160);
+        let novel: Vec<f32> = (0..160).map(|k| if k >= 80 { 1.0 } else { 0.0 }).collect();
+        assert_eq!(n.value(&with(&novel, &stats)), 1.0);
+        assert!(n.value(&with(&usual(9999), &stats)) < 0.5);
+        // Zero features (a blank frame) say nothing.
+        assert_eq!(n.value(&with(&[0.0; 160], &stats)), 0.0);
     }
 
     #[test]
