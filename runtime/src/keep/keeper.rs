@@ -358,11 +358,14 @@ impl Keeper {
                 let context =
                     self.groups
                         .resolve(candidate.camera, candidate.frame.seq, id.clone());
-                for c in context {
-                    if let Some(anchor) = &id {
-                        self.write(&c, Some(anchor));
+                match &id {
+                    Some(anchor) => {
+                        for c in context {
+                            self.write(&c, Some(anchor));
+                            self.release(c);
+                        }
                     }
-                    self.release(c);
+                    None => self.drop_context(context),
                 }
             }
             ctx.heartbeat.end();

@@ -130,28 +130,12 @@ impl Signal for Novelty {
             .map(|m| m.distance(&view))
             .fold(f32::INFINITY, f32::min);
         let warm = !self.reference.is_empty() || self.memory.len() * 4 >= self.settings.memory;
-        let value = if warm && self.typical > 0.0 {
-            (nearest / self.typical - 1.0).clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        if nearest.is_finite() {
-            // The mean of the first distances, then an exponential mean over ~1000 frames.
-            let n = self.frames.min(1000) as f32 + 1.0;
-            self.typical += (nearest - self.typical) / n;
+        let (value, slot) = self.judge(nearest, warm, self.memory.len());
+        match slot {
+            Some(j) if j == self.memory.len() => self.memory.push(view),
+            Some(j) => self.memory[j] = view,
+            None => {}
         }
-        if self.frames.is_multiple_of(self.settings.every) {
-            self.offered += 1;
-            if self.memory.len() < self.settings.memory {
-                self.memory.push(view);
-            } else {
-                let j = self.rng.below(self.offered.min(u64::from(u32::MAX)) as u32) as usize;
-                if let Some(slot) = self.memory.get_mut(j) {
-                    *slot = view;
-                }
-            }
-        }
-        self.frames += 1;
         value
     }
 }
@@ -179,35 +163,46 @@ impl Novelty {
             })
             .fold(f32::INFINITY, f32::min);
         let warm = self.held * 4 >= self.settings.memory;
+        let (value, slot) = self.judge(nearest, warm, self.held);
+        if let Some(j) = slot {
+            self.held = self.held.max(j + 1);
+            for (m, a) in self.embeddings[j * self.dim..(j + 1) * self.dim]
+                .iter_mut()
+                .zip(features)
+            {
+                *m = a / norm;
+            }
+        }
+        value
+    }
+
+    /// The rule both embeddings share: the value of a frame `nearest` to the memory (0
+    /// until `warm`), the typical distance updated, and the memory slot the frame fills
+    /// (`held`: a new one) or replaces, when it is sampled (reservoir sampling of every
+    /// `every`-th frame).
+    fn judge(&mut self, nearest: f32, warm: bool, held: usize) -> (f32, Option<usize>) {
         let value = if warm && self.typical > 0.0 {
             (nearest / self.typical - 1.0).clamp(0.0, 1.0)
         } else {
             0.0
         };
         if nearest.is_finite() {
+            // The mean of the first distances, then an exponential mean over ~1000 frames.
             let n = self.frames.min(1000) as f32 + 1.0;
             self.typical += (nearest - self.typical) / n;
         }
+        let mut slot = None;
         if self.frames.is_multiple_of(self.settings.every) {
             self.offered += 1;
-            let slot = if self.held < self.settings.memory {
-                self.held += 1;
-                Some(self.held - 1)
+            slot = if held < self.settings.memory {
+                Some(held)
             } else {
                 let j = self.rng.below(self.offered.min(u64::from(u32::MAX)) as u32) as usize;
-                (j < self.held).then_some(j)
+                (j < held).then_some(j)
             };
-            if let Some(j) = slot {
-                for (m, a) in self.embeddings[j * self.dim..(j + 1) * self.dim]
-                    .iter_mut()
-                    .zip(features)
-                {
-                    *m = a / norm;
-                }
-            }
         }
         self.frames += 1;
-        value
+        (value, slot)
     }
 
     /// Measure novelty against a calibration reference's `views` too. The typical
