@@ -10,6 +10,11 @@ export ORT_DYLIB_PATH="$lib"
 # a missing server or loop device fails the tests instead of skipping them.
 scripts/setup-test-servers.sh
 export FRAMESIFT_REQUIRE_SERVERS=1
+# The flywheel smoke's pinned torch environment (a large download), installed while the
+# Rust tests build and run.
+mkdir -p target
+models/flywheel/setup.sh >target/flywheel-setup.log 2>&1 &
+flywheel_setup=$!
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all -- --check; else echo "test: rustfmt not installed; format check skipped" >&2; fi
 if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets -- -D warnings; else echo "test: clippy not installed; lint skipped" >&2; fi
 cargo test --workspace
@@ -20,3 +25,9 @@ if [ -f ../shared/models/yolov8n-320.onnx ]; then
 else
   echo "test: ../shared/models/yolov8n-320.onnx not present; compare-python smoke skipped" >&2
 fi
+# The flywheel end to end on a few hundred frames (models/flywheel): capture with the real
+# binary, fine-tune every arm for a few steps, evaluate, deploy round 2.
+if ! wait "$flywheel_setup"; then cat target/flywheel-setup.log >&2; exit 1; fi
+venv=$(tail -n 1 target/flywheel-setup.log)
+"$venv/bin/python" models/flywheel/flywheel.py --smoke --framesift target/debug/framesift
+"$venv/bin/python" models/flywheel/test_flywheel.py

@@ -350,16 +350,10 @@ class OnnxWriter:
                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
 
-def export_onnx(model: Detector, path, size: int = 320, metadata: dict[str, str] | None = None):
-    """Write `model` (eval mode) as ONNX opset 17: images [1,3,size,size] -> output0 [1,4+nc,N]
-    and features [1,C] (the pooled neck outputs, features.py)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    model = model.eval()
-    w = OnnxWriter()
-    x = "images"
-    x = w.conv(x, model.stem)
+def write_backbone(w: OnnxWriter, model: Detector) -> list[str]:
+    """Backbone and neck into `w`, in the one order every convolution is written in;
+    -> the neck outputs P3, P4, P5."""
+    x = w.conv("images", model.stem)
     x = w.seq(x, model.b1)
     p3 = w.seq(x, model.b2)
     p4 = w.seq(p3, model.b3)
@@ -368,15 +362,90 @@ def export_onnx(model: Detector, path, size: int = 320, metadata: dict[str, str]
     o3 = w.c2f(w.node("Concat", [w.up(n4), p3], "cat", axis=1), model.td3)
     o4 = w.c2f(w.node("Concat", [w.conv(o3, model.down3), n4], "cat", axis=1), model.bu4)
     o5 = w.c2f(w.node("Concat", [w.conv(o4, model.down4), p5], "cat", axis=1), model.bu5)
+    return [o3, o4, o5]
 
+
+def write_heads(w: OnnxWriter, model: Detector, necks: list[str]) -> list[str]:
+    """The heads' box and class branches, level by level -> their raw outputs."""
+    return [w.seq(f, branch) for f, head in zip(necks, model.heads) for branch in (head.box, head.cls)]
+
+
+class _ConvOrder(OnnxWriter):
+    """Walks the network as export_onnx does and notes each convolution module, in the
+    order of the exported graph's Conv nodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs: list[Conv | nn.Conv2d] = []
+
+    def conv(self, x: str, m: Conv | nn.Conv2d, act: bool = True) -> str:
+        self.convs.append(m)
+        return super().conv(x, m, act)
+
+
+def load_onnx(model: Detector, path) -> Detector:
+    """Load the weights of a model.onnx this module exported into `model`.
+
+    The file holds BatchNorm folded into each convolution, so a Conv module gets the
+    folded weight and bias, and its BatchNorm becomes the identity plus that bias (mean 0,
+    variance 1 - eps, scale 1): the network computes exactly what the file does, and
+    exporting it again folds nothing new. Keep those BatchNorms in eval mode when
+    fine-tuning (`freeze_batchnorm`): their statistics are not the data's."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    order = _ConvOrder()
+    necks = write_backbone(order, model)
+    write_heads(order, model, necks)
+    if len(convs) != len(order.convs):
+        raise ValueError(f"{path}: {len(convs)} convolutions, this network has {len(order.convs)}")
+    with torch.no_grad():
+        for node, m in zip(convs, order.convs):
+            conv, bn = (m.conv, m.bn) if isinstance(m, Conv) else (m, None)
+            wt, b = inits[node.input[1]], inits[node.input[2]]
+            if tuple(wt.shape) != tuple(conv.weight.shape):
+                raise ValueError(f"{path}: {node.name} has weights {wt.shape}, expected "
+                                 f"{tuple(conv.weight.shape)}")
+            conv.weight.copy_(torch.from_numpy(wt.copy()))
+            if bn is None:
+                conv.bias.copy_(torch.from_numpy(b.copy()))
+            else:
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(torch.from_numpy(b.copy()))
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+    return model
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm in eval mode (after model.train()): fine-tuning on small
+    batches then keeps the loaded statistics and trains only scale and shift."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
+def export_onnx(model: Detector, path, size: int = 320, metadata: dict[str, str] | None = None):
+    """Write `model` (eval mode) as ONNX opset 17: images [1,3,size,size] -> output0 [1,4+nc,N]
+    and features [1,C] (the pooled neck outputs, features.py)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = model.eval()
+    w = OnnxWriter()
+    o3, o4, o5 = write_backbone(w, model)
     nc = model.nc
+    raw = write_heads(w, model, [o3, o4, o5])
     boxes, scores, n_total = [], [], 0
-    for f, head, s in zip((o3, o4, o5), model.heads, STRIDES):
+    for level, s in enumerate(STRIDES):
         g = size // s
         n_total += g * g
         shape = w.const("shape", np.array([1, -1, g * g], np.int64))
-        boxes.append(w.node("Reshape", [w.seq(f, head.box), shape], "box"))
-        scores.append(w.node("Reshape", [w.seq(f, head.cls), shape], "cls"))
+        boxes.append(w.node("Reshape", [raw[2 * level], shape], "box"))
+        scores.append(w.node("Reshape", [raw[2 * level + 1], shape], "cls"))
     box = w.node("Concat", boxes, "box", axis=2)                    # [1,4,N] raw ltrb
     cls = w.node("Sigmoid", [w.node("Concat", scores, "cls", axis=2)], "scores")
     dist = w.node("Softplus", [box], "dist")

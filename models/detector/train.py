@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train, export and evaluate the framesift product detector, in one command.
 
-    python3 models/detector/train.py --out models/detector
+    python3 models/detector/train.py --out models/detector/studio
 
 1. Synthesises the datasets with the framesift binary (unless --train/--val/--store
    point at existing `framesift synth` directories):
@@ -105,9 +105,15 @@ def find_binary(arg: str | None) -> Path:
 class TrainSet:
     """Studio frames, letterboxed once at the runtime's scale (content only, uint8)."""
 
-    def __init__(self, data: Path):
+    def __init__(self, data: Path, stems: list[str] | None = None):
+        """All of `data`'s frames, or those named by `stems` (file names without .jpg)."""
         self.images, self.boxes, self.cls = [], [], []
-        for p in sorted((data / "images").glob("*.jpg")):
+        self.add(data, stems)
+
+    def add(self, data: Path, stems: list[str] | None = None) -> None:
+        paths = sorted((data / "images").glob("*.jpg")) if stems is None else \
+            [data / "images" / f"{s}.jpg" for s in stems]
+        for p in paths:
             img = Image.open(p).convert("RGB")
             w, h = img.size
             scale, (nw, nh), _ = ev.letterbox_geometry(w, h)
@@ -205,20 +211,39 @@ class EMA:
                     v.copy_(msd[k])
 
 
+def make_optimizer(model, lr: float, weight_decay: float):
+    """AdamW with weight decay on the convolution weights only."""
+    import torch
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        (decay if p.ndim == 4 else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999))
+
+
+def train_step(model, opt, ds, idx, rng) -> tuple[float, float]:
+    """One optimisation step on frames `idx` of `ds` (augmented) -> (box loss, class loss)."""
+    import torch
+    from net import detection_loss
+    x, gb, gc, gm = make_batch(ds, idx, rng, True)
+    x = x.contiguous(memory_format=torch.channels_last)
+    loss, lbox, lcls = detection_loss(model(x), gb, gc, gm)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    opt.step()
+    return float(lbox), float(lcls)
+
+
 def train(ds: TrainSet, args) -> "object":
     import torch
-    from net import Detector, detection_loss
+    from net import Detector
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = Detector(nc=len(NAMES)).to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim == 4 else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.999))
+    opt = make_optimizer(model, args.lr, args.weight_decay)
     ema = EMA(model)
     steps_per_epoch = len(ds) // args.batch
     total = steps_per_epoch * args.epochs
@@ -235,13 +260,7 @@ def train(ds: TrainSet, args) -> "object":
                 args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, gb, gc, gm = make_batch(ds, order[b * args.batch:(b + 1) * args.batch], rng, True)
-            x = x.contiguous(memory_format=torch.channels_last)
-            loss, lbox, lcls = detection_loss(model(x), gb, gc, gm)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
+            lbox, lcls = train_step(model, opt, ds, order[b * args.batch:(b + 1) * args.batch], rng)
             ema.update(model)
             step += 1
             run_box = 0.98 * run_box + 0.02 * float(lbox) if step > 1 else float(lbox)
@@ -257,11 +276,12 @@ def train(ds: TrainSet, args) -> "object":
 # Export and checks
 # ---------------------------------------------------------------------------
 
-def metadata() -> dict[str, str]:
+def metadata(version: str = VERSION, description: str =
+             "framesift product detector (YOLOv8-style, trained on synthetic studio frames)") -> dict[str, str]:
     return {
-        "description": "framesift product detector (YOLOv8-style, trained on synthetic studio frames)",
+        "description": description,
         "author": "framesift",
-        "version": VERSION,
+        "version": version,
         "task": "detect",
         "stride": "32",
         "batch": "1",
@@ -273,11 +293,12 @@ def metadata() -> dict[str, str]:
     }
 
 
-def write_manifest(path: Path, sha: str) -> None:
+def write_manifest(path: Path, sha: str, version: str = VERSION,
+                   written_by: str = "models/detector/train.py") -> None:
     names = ", ".join(f'"{n}"' for n in NAMES)
-    path.write_text(f"""# Manifest for the framesift product detector (written by models/detector/train.py).
+    path.write_text(f"""# Manifest for the framesift product detector (written by {written_by}).
 id = "{MODEL_ID}"
-version = "{VERSION}"
+version = "{version}"
 sha256 = "{sha}"
 layout = "yolov8"           # output [1, 4+nc, N]
 input_width = {SIZE}
@@ -309,7 +330,8 @@ def check_ort(model, onnx_path: Path, data: Path, n: int = 8) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Train, export and evaluate the framesift detector.")
-    ap.add_argument("--out", type=Path, default=HERE, help="where model.onnx, model.toml, metrics.json go")
+    ap.add_argument("--out", type=Path, default=HERE / "studio",
+                    help="where model.onnx, model.toml, metrics.json go (default: the studio model's folder)")
     ap.add_argument("--data-dir", type=Path, default=REPO / "target" / "detector-data")
     ap.add_argument("--framesift", default=None, help="framesift binary (default target/{release,debug})")
     ap.add_argument("--train", type=Path, default=None, help="existing studio synth dir to train on")

@@ -132,8 +132,10 @@ fn calibrate_writes_a_reference_and_a_report_and_run_reports_each_cameras_band()
     };
     let (studio, store) = (line("studio"), line("store"));
     assert!(studio.contains("over its last 200 frames"), "{stdout}");
+    // Not stable: its band went up, and it comes down only once the distance is 20 %
+    // below the threshold, so the last window is at least 0.8 of it.
     assert!(
-        !store.contains(": stable over") && distance(&store) >= 1.0,
+        !store.contains(": stable over") && distance(&store) >= 0.8,
         "{stdout}"
     );
     // Short windows are a couple of dozen scenes, so the same conditions come nearer a
