@@ -27,8 +27,8 @@ is deployed into the same loop on a fresh stream (seed S + 50); its chosen frame
 added to round 1's and the model is fine-tuned again from its round-1 weights.
 
 Everything lands in --out (default target/flywheel): datasets, spools, models,
-results.json and report.md (the tables FLYWHEEL.md quotes). Finished steps are reused on
-a re-run with the same arguments. Same arguments, same machine, same threads: same result.
+results.json and report.md (the tables FLYWHEEL.md quotes). A finished step is reused
+when it runs again with the same inputs (`cached`). Same arguments, same machine, same threads: same result.
 """
 
 from __future__ import annotations
@@ -62,6 +62,24 @@ ROUND2_OFFSET = 50  # round 2's stream seed is S + this
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cached(path: Path, key: dict, compute):
+    """`compute()`, or what it returned before for the same `key` (stored in `path`): a
+    re-run reuses a finished step only when its inputs are the same."""
+    key = json.loads(json.dumps(key))  # as stored: tuples become lists
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "value": value}, indent=1) + "\n")
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -100,14 +118,19 @@ def capture(binary: Path, model: Path, seed: int, frames: int, budget: float, ar
             out: Path) -> list[dict]:
     """Run `framesift run` over `frames` frames of stream `seed`; -> the kept frames'
     sidecars (seq, value, control, truth), in seq order."""
-    done = out / "kept.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    config = run_config(seed, budget, arm)
+    key = {"config": config, "model": sha256(model), "frames": frames}
+    return cached(out.with_name(out.name + ".json"), key,
+                  lambda: run_capture(binary, model, config, seed, frames, arm, out))
+
+
+def run_capture(binary: Path, model: Path, config: str, seed: int, frames: int, arm: str,
+                out: Path) -> list[dict]:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     cfg = out / "run.toml"
-    cfg.write_text(run_config(seed, budget, arm))
+    cfg.write_text(config)
     cmd = [str(binary), "run", "--config", str(cfg), "--model", str(model),
            "--spool-dir", str(out / "spool"), "--max-frames", str(frames), "--quiet"]
     t0 = time.time()
@@ -128,7 +151,6 @@ def capture(binary: Path, model: Path, seed: int, frames: int, budget: float, ar
         kept.append({"seq": d["seq"], "value": d["value"], "control": d["control"],
                      "boxes": len(d["truth"]["boxes"]), "perturbations": d["truth"]["perturbations"]})
     kept.sort(key=lambda k: k["seq"])
-    done.write_text(json.dumps(kept) + "\n")
     log(f"capture: {arm} seed {seed}: kept {len(kept)} of {frames} frames in {time.time() - t0:.0f} s")
     return kept
 
@@ -163,36 +185,27 @@ def choose(arm: str, kept: dict[str, list[dict]], frames: int, seed: int) -> lis
 # Fine-tuning and evaluation (one job per arm, seed and round; run in worker processes)
 # ---------------------------------------------------------------------------
 
-class Mixed:
-    """Two training sets as one index space: studio frames first, then the chosen ones."""
-
-    def __init__(self, a: tr.TrainSet, b: tr.TrainSet):
-        self.a, self.b = a, b
-
-    def sample(self, i: int, rng, augment: bool):
-        return self.a.sample(i, rng, augment) if i < len(self.a) else \
-            self.b.sample(i - len(self.a), rng, augment)
-
-
 def finetune_job(job: dict) -> dict:
+    out = Path(job["out"])
+    return cached(out / "result.json", {**job, "init": sha256(job["init"])}, lambda: finetune(job, out))
+
+
+def finetune(job: dict, out: Path) -> dict:
     import torch
     from net import Detector, export_onnx, freeze_batchnorm, load_onnx
 
-    out = Path(job["out"])
-    done = out / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(job["threads"])
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(job["seed"])
     rng = np.random.default_rng(job["seed"])
 
-    studio = tr.TrainSet(Path(job["studio"]))
-    chosen = tr.TrainSet(Path(job["chosen"][0][0]), [f"{i:06d}" for i in job["chosen"][0][1]])
-    for d, seqs in job["chosen"][1:]:
-        chosen.add(Path(d), [f"{i:06d}" for i in seqs])
-    mixed = Mixed(studio, chosen)
+    # One index space: the studio frames, then the chosen ones.
+    frames = tr.TrainSet(Path(job["studio"]))
+    n_studio = len(frames)
+    for d, seqs in job["chosen"]:
+        frames.add(Path(d), [f"{i:06d}" for i in seqs])
+    n_chosen = len(frames) - n_studio
     model = Detector(nc=len(tr.NAMES))
     load_onnx(model, job["init"])
     model = model.to(memory_format=torch.channels_last)
@@ -200,7 +213,7 @@ def finetune_job(job: dict) -> dict:
     steps, half = job["steps"], job["batch"] // 2
     warmup = max(1, steps // 10)
     t0 = time.time()
-    s_order, c_order = rng.permutation(len(studio)), rng.permutation(len(chosen))
+    s_order, c_order = rng.permutation(n_studio), rng.permutation(n_chosen)
     si = ci = 0
     model.train()
     freeze_batchnorm(model)
@@ -212,27 +225,25 @@ def finetune_job(job: dict) -> dict:
         idx_s, idx_c = [], []
         for _ in range(half):
             if si == len(s_order):
-                s_order, si = rng.permutation(len(studio)), 0
+                s_order, si = rng.permutation(n_studio), 0
             if ci == len(c_order):
-                c_order, ci = rng.permutation(len(chosen)), 0
+                c_order, ci = rng.permutation(n_chosen), 0
             idx_s.append(s_order[si])
             idx_c.append(c_order[ci])
             si, ci = si + 1, ci + 1
-        tr.train_step(model, opt, mixed, idx_s + [len(studio) + i for i in idx_c], rng)
+        tr.train_step(model, opt, frames, idx_s + [n_studio + i for i in idx_c], rng)
     train_s = time.time() - t0
     model.eval()
     onnx_path = out / "model.onnx"
     export_onnx(model, onnx_path, tr.SIZE, tr.metadata(job["version"], job["description"]))
-    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    sha = sha256(onnx_path)
     tr.write_manifest(out / "model.toml", sha, job["version"], "models/flywheel/flywheel.py")
     diff = tr.check_ort(model, onnx_path, Path(job["studio_val"]), n=4)
     if diff > 1e-3:
         raise RuntimeError(f"{onnx_path}: onnxruntime differs from PyTorch by {diff}")
-    result = {"arm": job["arm"], "seed": job["seed"], "round": job["round"], "frames": len(chosen),
-              "train_s": round(train_s, 1), "sha256": sha, "version": job["version"],
-              "model": str(onnx_path), **evaluate_model(onnx_path, job)}
-    done.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return {"arm": job["arm"], "seed": job["seed"], "round": job["round"], "frames": n_chosen,
+            "train_s": round(train_s, 1), "sha256": sha, "version": job["version"],
+            "model": str(onnx_path), **evaluate_model(onnx_path, job)}
 
 
 def evaluate_model(onnx_path: Path, job: dict) -> dict:
@@ -349,10 +360,8 @@ def main(argv=None) -> int:
               "store_eval": str(store_eval),
               "steps": args.steps, "batch": args.batch, "lr": args.lr, "threads": 1}
 
-    base_file = args.out / "base.json"
-    if not base_file.exists():
-        base_file.write_text(json.dumps(evaluate_model(args.model, common)) + "\n")
-    base = json.loads(base_file.read_text())
+    base = cached(args.out / "base.json", {**common, "model": sha256(args.model)},
+                  lambda: evaluate_model(args.model, common))
     log(f"studio model: store mAP@0.5 {base['store']['map50']:.3f}, studio {base['studio']['map50']:.3f}")
 
     def round_jobs(rnd: int, inits: dict, prior: dict) -> tuple[list[dict], dict]:
@@ -365,7 +374,8 @@ def main(argv=None) -> int:
             for arm in ("framesift", "uncertainty"):
                 kept[arm] = capture(binary, inits.get((arm, s), args.model), stream_seed, args.frames,
                                     args.budget, arm, args.out / f"round{rnd}" / f"seed{s}" / f"capture-{arm}")
-            check_stream(stream, kept["framesift"])
+            for arm_kept in kept.values():
+                check_stream(stream, arm_kept)
             for arm in ARMS:
                 seqs = choose(arm, kept, args.frames, stream_seed)
                 chosen = prior.get((arm, s), []) + [(str(stream), seqs)]

@@ -83,6 +83,25 @@ class Choose(unittest.TestCase):
         self.assertEqual(fw.choose("framesift", self.kept, 1000, 0), [3, 40, 41, 90])
 
 
+class Cached(unittest.TestCase):
+    def test_a_step_is_reused_only_for_the_same_inputs(self):
+        calls = []
+
+        def compute():
+            calls.append(1)
+            return len(calls)
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "step.json"
+            self.assertEqual(fw.cached(path, {"steps": 400}, compute), 1)
+            self.assertEqual(fw.cached(path, {"steps": 400}, compute), 1)
+            self.assertEqual(fw.cached(path, {"steps": 200}, compute), 2)
+            self.assertEqual(len(calls), 2)
+            # Keys holding tuples (a job's chosen frames) match what was stored.
+            self.assertEqual(fw.cached(path, {"chosen": [("d", [1, 2])]}, compute), 3)
+            self.assertEqual(fw.cached(path, {"chosen": [("d", [1, 2])]}, compute), 3)
+
+
 class Stream(unittest.TestCase):
     def test_a_kept_frame_whose_objects_differ_from_the_export_stops_the_run(self):
         with tempfile.TemporaryDirectory() as d:

@@ -460,7 +460,7 @@ impl Model {
         Ok(Model { info, session })
     }
 
-    /// Pre-allocated input/output tensors bound to this session, one set per
+    /// Input and output tensors allocated once and bound to this session, one set per
     /// inference thread.
     pub fn runner(&self) -> Result<Runner, ModelError> {
         Runner::new(&self.session, &self.info)
