@@ -343,7 +343,7 @@ impl Pipeline {
             })?;
             let decision = match &decision {
                 Some(make) => make(index),
-                None => Box::new(TargetRate::new(config, index)),
+                None => Box::new(TargetRate::new(config, index as u64)),
             };
             let inference = Inference::build(
                 config,

@@ -37,6 +37,15 @@ pub(super) struct EvaluateArgs {
     /// Also write every frame's errors, signals and statistics as CSV here.
     #[arg(long, value_name = "FILE")]
     records: Option<PathBuf>,
+    /// Tune the signal weights for this model instead of reporting: score
+    /// --tune-streams streams (seeds --seed, --seed + 1, …), search the weights under which
+    /// the configured policy keeps the most errors on them, check those on the next
+    /// stream, and write them here as a config overlay.
+    #[arg(long, value_name = "FILE")]
+    tune: Option<PathBuf>,
+    /// Streams to tune on (each --frames long).
+    #[arg(long, default_value_t = 3, requires = "tune")]
+    tune_streams: u64,
 }
 
 pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
@@ -45,6 +54,14 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
         "--budget must be above 0 and at most 1, e.g. 0.02"
     );
     anyhow::ensure!(args.frames > 0, "--frames must be at least 1");
+    if let Some(out) = &args.tune {
+        anyhow::ensure!(args.tune_streams >= 1, "--tune-streams must be at least 1");
+        anyhow::ensure!(
+            args.records.is_none() && !args.json,
+            "--tune writes its own report; run evaluate again with -c {} for --json or --records",
+            out.display()
+        );
+    }
     let mut config = match super::load_files(&args.config) {
         Ok(loaded) => loaded.config,
         Err(code) => return Ok(code),
@@ -79,6 +96,9 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
         fps,
     };
     let model = std::sync::Arc::new(std::sync::Mutex::new(load_model(&config)?));
+    if let Some(out) = &args.tune {
+        return tune(&args, &config, &model, &opts, out);
+    }
     let mut csv = match &args.records {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -87,6 +107,7 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let bar = progress_bar(args.frames);
+    bar.set_message("frames");
     let stream = crate::evaluate::score_stream(
         &config,
         &model,
@@ -128,6 +149,86 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
             list.join(", ")
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--tune`: score the tuning streams and the held-out one, search, report, write.
+fn tune(
+    args: &EvaluateArgs,
+    config: &crate::config::Config,
+    model: &crate::infer::SharedModel,
+    opts: &EvaluateOptions,
+    out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use crate::evaluate::tune;
+    let mut streams = Vec::new();
+    for seed in args.seed..=args.seed + args.tune_streams {
+        let bar = progress_bar(args.frames);
+        bar.set_message(format!("frames of stream {seed}"));
+        let stream = crate::evaluate::score_stream(
+            config,
+            model,
+            &EvaluateOptions {
+                seed,
+                ..opts.clone()
+            },
+            None,
+            |done| bar.set_position(done),
+        );
+        bar.finish_and_clear();
+        streams.push((seed, stream?.records));
+    }
+    let held_out = streams.split_off(args.tune_streams as usize);
+    let bar = progress_bar(0);
+    bar.set_message("weight trials");
+    let tuned = tune::tune(config, &streams, |step, steps| {
+        bar.set_length(steps as u64);
+        bar.set_position(step as u64);
+    });
+    bar.finish_and_clear();
+    let check_before = tune::lifts(config, &held_out, &tuned.before);
+    let check_after = tune::lifts(config, &held_out, &tuned.after);
+    let last = args.seed + args.tune_streams - 1;
+    let model_name = config
+        .model
+        .path
+        .as_ref()
+        .map_or("the embedded model".to_string(), |p| {
+            p.display().to_string()
+        });
+    let lifts =
+        |l: tune::Lifts| format!("lift_misses {:.2}, lift_errors {:.2}", l.misses, l.errors);
+    let header = vec![
+        format!(
+            "Signal weights from `framesift evaluate --tune` for {model_name}: synthetic store streams {}–{last}, {} frames each, budget {:.1} %.",
+            args.seed,
+            args.frames,
+            100.0 * args.budget
+        ),
+        format!(
+            "Tuning streams: {} with the configured weights, {} with these.",
+            lifts(tuned.lifts_before),
+            lifts(tuned.lifts_after)
+        ),
+        format!(
+            "Held-out stream {}: {} with the configured weights, {} with these.",
+            last + 1,
+            lifts(check_before),
+            lifts(check_after)
+        ),
+        "Use it as an overlay: framesift run -c base.toml -c this.toml".into(),
+    ];
+    let text = tune::overlay(&tuned, &header);
+    std::fs::write(out, &text)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    println!("{:<12} {:>10} {:>8}", "signal", "configured", "tuned");
+    for (i, name) in crate::policy::signals::NAMES.iter().enumerate() {
+        println!("{name:<12} {:>10} {:>8}", tuned.before[i], tuned.after[i]);
+    }
+    for line in &header[1..3] {
+        println!("{line}");
+    }
+    println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -211,8 +312,7 @@ fn progress_bar(total: u64) -> ProgressBar {
         ProgressDrawTarget::hidden()
     };
     let bar = ProgressBar::with_draw_target(Some(total), target);
-    if let Ok(style) =
-        ProgressStyle::with_template("evaluate {bar:30} {pos}/{len} frames {per_sec} eta {eta}")
+    if let Ok(style) = ProgressStyle::with_template("evaluate {bar:30} {pos}/{len} {msg} eta {eta}")
     {
         bar.set_style(style);
     }

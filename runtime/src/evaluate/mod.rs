@@ -10,6 +10,7 @@
 
 pub(crate) mod policies;
 pub(crate) mod truth;
+pub(crate) mod tune;
 
 use crate::{
     calibrate::Scorer,

@@ -90,14 +90,16 @@ impl Selectable for Item {
 
 /// The configured policy over `records` with each frame's value from `value`: the
 /// inference thread's keep decision, then the keeper's selection, windows ending on
-/// `[keep] window_secs` of stream time or a full budget, as in the pipeline. Returns the
+/// `[keep] window_secs` of stream time or a full budget, as in the pipeline; `seed` draws
+/// the control sample. Returns the
 /// kept frames' indices and which of them were control frames.
 pub(crate) fn replay(
     config: &Config,
     records: &[Record],
+    seed: u64,
     value: impl Fn(&Record) -> f32,
 ) -> (Vec<usize>, Vec<bool>) {
-    let mut decide = TargetRate::new(config, 0);
+    let mut decide = TargetRate::new(config, seed);
     let mut selector = Selector::new(config.keep.select());
     let triggers = &config.policy.triggers;
     let mut limits = Limits::default();
@@ -277,7 +279,7 @@ pub(crate) fn compare(
         );
     }
 
-    let (kept, control) = replay(config, records, |r| r.scores.value);
+    let (kept, control) = replay(config, records, seed, |r| r.scores.value);
     let mut framesift = tally(records, &kept);
     framesift.control = control.iter().filter(|&&c| c).count() as f64;
 
@@ -306,18 +308,19 @@ pub(crate) fn compare(
     ];
     // Each signal alone: its own 0..1 value is the frame's value.
     for (i, name) in signals::NAMES.iter().enumerate() {
-        let (kept, _) = replay(config, records, |r| r.scores.signals[i]);
+        let (kept, _) = replay(config, records, seed, |r| r.scores.signals[i]);
         reports.push(tally(records, &kept).report(format!("signal:{name}"), Some(&random)));
     }
     reports
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::evaluate::truth::Errors;
 
-    fn record(i: u64, value: f32, misses: u32) -> Record {
+    /// Frame `i` of a stream of four-frame scenes, each scene its own view.
+    pub(crate) fn record(i: u64, value: f32, misses: u32) -> Record {
         Record {
             scene: i / 4,
             perturbations: Perturbations::NONE,
@@ -390,7 +393,7 @@ mod tests {
             })
             .collect();
         let config = Config::default();
-        let (kept, control) = replay(&config, &records, |r| r.scores.value);
+        let (kept, control) = replay(&config, &records, 1, |r| r.scores.value);
         let rate = kept.len() as f64 / records.len() as f64;
         assert!((rate - 0.02).abs() < 0.004, "kept {} of 6000", kept.len());
         let scenes: std::collections::HashSet<u64> =

@@ -44,8 +44,9 @@ pub(crate) struct TargetRate {
 }
 
 impl TargetRate {
-    /// The decision of camera number `camera` (which seeds its control sample).
-    pub(crate) fn new(config: &Config, camera: usize) -> Self {
+    /// A camera's decision; `seed` draws its control sample (the pipeline's camera
+    /// number, so a run repeats; `evaluate`'s stream seed).
+    pub(crate) fn new(config: &Config, seed: u64) -> Self {
         let mut d = TargetRate {
             min_value: 0.0,
             target_rate: 0.0,
@@ -58,7 +59,7 @@ impl TargetRate {
             next: 0,
             since_refresh: 0,
             threshold: None,
-            rng: Rng::new(0x0063_6f6e_7472_6f6c ^ camera as u64),
+            rng: Rng::new(0x0063_6f6e_7472_6f6c ^ seed),
         };
         d.reconfigure(config);
         d
@@ -171,6 +172,20 @@ mod tests {
         // Uniform: the control frames' values spread like all values (mean 1.5 of 0..3).
         let mean = control_values.iter().sum::<f32>() / control_values.len() as f32;
         assert!((mean - 1.5).abs() < 0.15, "{mean}");
+    }
+
+    #[test]
+    fn the_seed_draws_the_control_frames() {
+        let config = Config::default();
+        let picks = |seed| {
+            let mut d = TargetRate::new(&config, seed);
+            (0..20_000)
+                .filter(|_| decide(&mut d, 0.0) == Verdict::Control)
+                .collect::<Vec<u32>>()
+        };
+        assert!(!picks(5).is_empty());
+        assert_eq!(picks(5), picks(5), "a seed repeats");
+        assert_ne!(picks(5), picks(6), "another seed, other frames");
     }
 
     #[test]

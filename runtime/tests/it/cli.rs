@@ -412,3 +412,49 @@ fn evaluate_reports_every_policy_against_random_and_the_oracle() {
         "same seed, same report"
     );
 }
+
+/// `evaluate --tune` writes an overlay that `validate` accepts and `run` can stack, with
+/// every signal's weight, the lifts it was judged by, and no weight switched off.
+#[test]
+fn evaluate_tune_writes_a_weight_overlay_that_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("tuned.toml");
+    let out_s = out.to_str().expect("utf8");
+    let ran = run_ok(&mut framesift(&[
+        "evaluate",
+        "--frames",
+        "300",
+        "--budget",
+        "0.05",
+        "--seed",
+        "5",
+        "--tune",
+        out_s,
+        "--tune-streams",
+        "1",
+    ]));
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(stdout.contains("Held-out stream 6"), "{stdout}");
+    let text = std::fs::read_to_string(&out).expect("the overlay");
+    assert!(text.contains("streams 5–5"), "{text}");
+    let table: toml::Table = text.parse().expect("toml");
+    let signals = table["signals"].as_table().expect("[signals]");
+    assert_eq!(signals.len(), 8, "{text}");
+    for (name, t) in signals {
+        let w = t["weight"]
+            .as_float()
+            .or(t["weight"].as_integer().map(|i| i as f64));
+        assert!(w.is_some_and(|w| w >= 0.05), "{name}: {text}");
+    }
+    run_ok(&mut framesift(&["validate", out_s]));
+    // --json and --records describe one stream's report, which --tune does not print.
+    let refused = framesift(&["evaluate", "--frames", "10", "--tune", out_s, "--json"])
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--tune writes its own report"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

@@ -1,0 +1,265 @@
+//! `framesift evaluate --tune`: the signal weights under which the configured policy
+//! keeps the most errors on scored streams.
+//!
+//! Which signals find a model's errors depends on the model: one trained without dim
+//! scenes misses products in them with no doubt in its scores (exposure finds those),
+//! one that has seen them is unsure where it fails (uncertainty finds those). The
+//! search replays the recorded streams through the real keep decision and selection
+//! ([`replay`]) with other weights, so the tuned weights are judged by what the pipeline
+//! would keep, control slice and near-duplicate suppression included.
+//!
+//! Coordinate search over [`GRID`], starting from the configured weights: each pass
+//! tries every grid value for each signal in turn and moves a weight only when the
+//! objective (the mean of `lift_misses` and `lift_errors` over the streams) rises by at
+//! least [`MIN_GAIN`], so a signal that never fires on these streams keeps its weight.
+//! Tuning reweights and never switches a signal on or off: a signal configured off
+//! (weight 0) stays off and one configured on keeps at least the smallest grid weight,
+//! since the field holds cases the synthetic stream does not.
+
+use super::{Record, policies::replay};
+use crate::{
+    config::Config,
+    policy::signals::{self, COUNT},
+};
+
+/// The weights the search tries.
+pub(crate) const GRID: [f32; 11] = [0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 3.0];
+/// The least rise of the objective that moves a weight: less is noise on a few
+/// thousand frames.
+pub(crate) const MIN_GAIN: f64 = 0.01;
+const MAX_PASSES: usize = 4;
+
+/// What the configured policy kept on a set of streams, as lifts over random.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Lifts {
+    /// Means over the streams.
+    pub misses: f64,
+    pub errors: f64,
+}
+
+impl Lifts {
+    fn objective(self) -> f64 {
+        (self.misses + self.errors) / 2.0
+    }
+}
+
+/// The search's result.
+#[derive(Debug, Clone)]
+pub(crate) struct Tuned {
+    pub before: [f32; COUNT],
+    pub after: [f32; COUNT],
+    /// The lifts on the tuning streams with the configured and with the tuned weights.
+    pub lifts_before: Lifts,
+    pub lifts_after: Lifts,
+}
+
+/// Scored streams, each with its seed (which draws its control sample, as `evaluate`'s).
+pub(crate) type Streams = [(u64, Vec<Record>)];
+
+/// Lifts of the configured policy on `streams` with each signal weighted by `weights`
+/// instead of the config's (trigger weights unchanged). Random's per-kept figures are
+/// the stream's per-frame means, which its draws average to.
+pub(crate) fn lifts(config: &Config, streams: &Streams, weights: &[f32; COUNT]) -> Lifts {
+    let configured = config.policy.signals.weights();
+    let (mut misses, mut errors) = (0.0, 0.0);
+    for (seed, records) in streams {
+        let (kept, _) = replay(config, records, *seed, |r| {
+            let mut value = r.scores.value;
+            for i in 0..COUNT {
+                value += (weights[i] - configured[i]) * r.scores.signals[i];
+            }
+            value.max(0.0)
+        });
+        let mean = |idx: &mut dyn Iterator<Item = &Record>, n: usize, f: fn(&Record) -> u32| {
+            idx.map(|r| f64::from(f(r))).sum::<f64>() / n.max(1) as f64
+        };
+        let n = records.len();
+        let k = kept.len();
+        let m = |r: &Record| r.errors.misses;
+        let e = |r: &Record| r.errors.total();
+        let (all_m, all_e) = (
+            mean(&mut records.iter(), n, m),
+            mean(&mut records.iter(), n, e),
+        );
+        let (kept_m, kept_e) = (
+            mean(&mut kept.iter().map(|&i| &records[i]), k, m),
+            mean(&mut kept.iter().map(|&i| &records[i]), k, e),
+        );
+        misses += if all_m > 0.0 { kept_m / all_m } else { 0.0 };
+        errors += if all_e > 0.0 { kept_e / all_e } else { 0.0 };
+    }
+    let n = streams.len().max(1) as f64;
+    Lifts {
+        misses: misses / n,
+        errors: errors / n,
+    }
+}
+
+/// Search the signal weights on `streams`; `progress(step, steps)` after each trial.
+pub(crate) fn tune(
+    config: &Config,
+    streams: &Streams,
+    mut progress: impl FnMut(usize, usize),
+) -> Tuned {
+    let before = config.policy.signals.weights();
+    let lifts_before = lifts(config, streams, &before);
+    let (mut weights, mut best) = (before, lifts_before);
+    let active = before.iter().filter(|&&w| w > 0.0).count();
+    let steps = MAX_PASSES * active * GRID.len();
+    let mut step = 0;
+    for _ in 0..MAX_PASSES {
+        let mut moved = false;
+        for i in (0..COUNT).filter(|&i| before[i] > 0.0) {
+            for &w in &GRID {
+                step += 1;
+                progress(step, steps);
+                if w == weights[i] {
+                    continue;
+                }
+                let mut trial = weights;
+                trial[i] = w;
+                let got = lifts(config, streams, &trial);
+                if got.objective() >= best.objective() + MIN_GAIN {
+                    (weights, best, moved) = (trial, got, true);
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    progress(steps, steps);
+    Tuned {
+        before,
+        after: weights,
+        lifts_before,
+        lifts_after: best,
+    }
+}
+
+/// The tuned weights as a config overlay (`framesift run -c base.toml -c this.toml`),
+/// with how they were found in comments.
+pub(crate) fn overlay(tuned: &Tuned, header: &[String]) -> String {
+    let mut out: String = header.iter().map(|l| format!("# {l}\n")).collect();
+    for (i, name) in signals::NAMES.iter().enumerate() {
+        let (was, now) = (tuned.before[i], tuned.after[i]);
+        let note = if was == now {
+            "unchanged".to_string()
+        } else {
+            format!("was {was}")
+        };
+        out.push_str(&format!("\n[signals.{name}]\nweight = {now}   # {note}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{capture::synthetic::Rng, evaluate::policies::tests::record};
+
+    /// A stream where signal 0 (uncertainty) is high exactly on scenes with misses and
+    /// signal 3 (exposure) is high on a random third of scenes with no relation to them.
+    fn stream(seed: u64, config: &Config) -> Vec<Record> {
+        let weights = config.policy.signals.weights();
+        let mut rng = Rng::new(seed);
+        let mut scene_facts = Vec::new();
+        (0..6000u64)
+            .map(|i| {
+                let scene = i / 4;
+                if scene as usize == scene_facts.len() {
+                    let misses = u32::from(rng.below(4) == 0) * (1 + rng.below(3));
+                    let noise = rng.below(3) == 0;
+                    scene_facts.push((misses, noise));
+                }
+                let (misses, noise) = scene_facts[scene as usize];
+                let mut signals = [0.0f32; COUNT];
+                signals[0] = if misses > 0 {
+                    0.3 + 0.2 * misses as f32
+                } else {
+                    0.05
+                };
+                signals[3] = if noise { 0.9 } else { 0.0 };
+                let value = signals.iter().zip(&weights).map(|(s, w)| s * w).sum();
+                let mut r = record(i, value, misses);
+                r.scores.signals = signals;
+                r
+            })
+            .collect()
+    }
+
+    fn load(toml: &str) -> Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, toml).expect("write");
+        Config::load(&[path]).expect("config").config
+    }
+
+    #[test]
+    fn the_search_turns_down_a_signal_that_finds_nothing() {
+        let config =
+            load("[signals.uncertainty]\nweight = 1.0\n[signals.exposure]\nweight = 2.0\n");
+        let streams: Vec<(u64, Vec<Record>)> = (1..=2).map(|s| (s, stream(s, &config))).collect();
+        let tuned = tune(&config, &streams, |_, _| {});
+        // Exposure's weight lets noise outrank real misses; the search lowers it and the
+        // lifts rise.
+        assert!(
+            tuned.after[3] < tuned.before[3],
+            "exposure {} -> {}",
+            tuned.before[3],
+            tuned.after[3]
+        );
+        assert!(
+            tuned.after[3] < tuned.after[0],
+            "uncertainty above exposure: {:?}",
+            tuned.after
+        );
+        assert!(
+            tuned.lifts_after.objective() >= tuned.lifts_before.objective() + MIN_GAIN,
+            "{:?} -> {:?}",
+            tuned.lifts_before,
+            tuned.lifts_after
+        );
+        // The reported lifts are what those weights give, on a stream not tuned on too.
+        assert_eq!(lifts(&config, &streams, &tuned.after), tuned.lifts_after);
+        let held_out = [(9, stream(9, &config))];
+        let before = lifts(&config, &held_out, &tuned.before);
+        let after = lifts(&config, &held_out, &tuned.after);
+        assert!(after.misses > before.misses, "{before:?} -> {after:?}");
+        // Signals that never fire here keep their weights.
+        for i in [1, 2, 4, 5, 6, 7] {
+            assert_eq!(tuned.after[i], tuned.before[i], "{}", signals::NAMES[i]);
+        }
+        // Turned down, never off.
+        assert!(tuned.after[3] >= GRID[0]);
+    }
+
+    #[test]
+    fn a_signal_configured_off_stays_off() {
+        let config = load("[signals.uncertainty]\nweight = 0.0\n");
+        let streams = [(1, stream(1, &config))];
+        let tuned = tune(&config, &streams, |_, _| {});
+        assert_eq!(tuned.after[0], 0.0, "{:?}", tuned.after);
+    }
+
+    #[test]
+    fn the_overlay_loads_as_a_config_with_the_tuned_weights() {
+        let config = Config::default();
+        let mut after = config.policy.signals.weights();
+        after[3] = 0.15;
+        let tuned = Tuned {
+            before: config.policy.signals.weights(),
+            after,
+            lifts_before: Lifts {
+                misses: 1.0,
+                errors: 1.0,
+            },
+            lifts_after: Lifts {
+                misses: 2.0,
+                errors: 2.0,
+            },
+        };
+        let text = overlay(&tuned, &["tuned on a test".into()]);
+        assert_eq!(load(&text).policy.signals.weights(), after, "{text}");
+    }
+}
