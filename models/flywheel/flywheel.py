@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -86,6 +87,14 @@ def cached(path: Path, key: dict, compute):
 # Capture: the real binary on the synthetic store stream
 # ---------------------------------------------------------------------------
 
+# The framesift arm's signal weights: those chosen for the studio model the loop starts
+# from, pinned so its results do not move with the runtime's defaults (which are tuned
+# for the shipped model, the product of this loop).
+STUDIO_POLICY = REPO / "models" / "detector" / "studio" / "policy.toml"
+FRAMESIFT_WEIGHTS = {name: table["weight"]
+                     for name, table in tomllib.loads(STUDIO_POLICY.read_text())["signals"].items()}
+
+
 def run_config(seed: int, budget: float, arm: str) -> str:
     """The `framesift run` config of a capture arm: one synthetic camera on the stream."""
     cfg = f"""# framesift run config written by models/flywheel/flywheel.py ({arm} arm)
@@ -111,6 +120,10 @@ device_id = "flywheel"
         cfg = cfg.replace("[spool]", "control_share = 0.0\n\n[spool]")
         for sig in ("margin", "blur", "exposure", "count", "flicker", "novelty", "class"):
             cfg += f"\n[signals.{sig}]\nweight = 0.0\n"
+    else:
+        cfg += f"\n# The signal weights of {STUDIO_POLICY.relative_to(REPO)}.\n"
+        for sig, weight in FRAMESIFT_WEIGHTS.items():
+            cfg += f"\n[signals.{sig}]\nweight = {weight}\n"
     return cfg
 
 

@@ -127,6 +127,9 @@ class Stream(unittest.TestCase):
             self.assertIn("control_share = 0.0", text)
             for sig in ("margin", "blur", "exposure", "count", "flicker", "novelty", "class"):
                 self.assertIn(f"[signals.{sig}]\nweight = 0.0", text)
+            text = (Path(d) / "framesift.toml").read_text()
+            for sig, weight in fw.FRAMESIFT_WEIGHTS.items():
+                self.assertIn(f"[signals.{sig}]\nweight = {weight}\n", text)
 
 
 if __name__ == "__main__":

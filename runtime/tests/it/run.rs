@@ -512,17 +512,28 @@ fn replay_refuses_frames_above_the_size_limit() {
 /// Every kept frame's sidecar records every registered signal, the signals that can be
 /// recomputed from the sidecar alone (uncertainty, margin, blur, exposure) have the
 /// values their documented formulas give for its detections and statistics, the value
-/// is the weighted sum with the default weights, and the decoder still keeps detections
+/// is the weighted sum with the configured weights, and the decoder still keeps detections
 /// down to the uncertainty band's lower edge.
 #[test]
 fn sidecars_record_every_signal_and_the_values_their_formulas_give() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
-        "[policy]\nmin_value = 0.0\n[keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\ncapacity = 1024\nwindow_secs = 3600.0\n",
-    )
-    .expect("write");
+    // Weights of its own, all different, so the value check does not follow the defaults.
+    let weights = [
+        ("uncertainty", 1.0f32),
+        ("margin", 0.25),
+        ("blur", 0.5),
+        ("exposure", 2.0),
+        ("count", 1.5),
+        ("flicker", 0.75),
+        ("novelty", 0.6),
+        ("class", 1.25),
+    ];
+    let mut text = "[policy]\nmin_value = 0.0\n[keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\ncapacity = 1024\nwindow_secs = 3600.0\n".to_string();
+    for (name, weight) in weights {
+        text += &format!("[signals.{name}]\nweight = {weight}\n");
+    }
+    std::fs::write(&config, text).expect("write");
     let spool = dir.path().join("spool");
     run_ok(&mut framesift(&[
         "run",
@@ -535,16 +546,6 @@ fn sidecars_record_every_signal_and_the_values_their_formulas_give() {
     ]));
     let entries = spool_entries(&spool);
     assert_eq!(entries.len(), 80);
-    let weights = [
-        ("uncertainty", 1.0f32),
-        ("margin", 0.25),
-        ("blur", 0.5),
-        ("exposure", 2.0),
-        ("count", 1.0),
-        ("flicker", 0.5),
-        ("novelty", 0.5),
-        ("class", 1.0),
-    ];
     let (mut below, mut fired) = (0, std::collections::BTreeSet::new());
     for s in &entries {
         let (mut uncertain, mut margin) = (0.0f32, 0.0f32);

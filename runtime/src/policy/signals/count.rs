@@ -28,7 +28,7 @@ impl Default for Raw {
         Raw {
             expected: 0.0,
             memory_frames: 300,
-            weight: 1.0,
+            weight: 0.05,
         }
     }
 }

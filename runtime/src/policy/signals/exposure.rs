@@ -31,7 +31,7 @@ impl Default for Raw {
             dark_luma: 40.0,
             bright_luma: 200.0,
             max_clipped: 0.05,
-            weight: 2.0,
+            weight: 0.3,
         }
     }
 }

@@ -31,7 +31,7 @@ impl Default for Raw {
             link_iou: 0.3,
             same_view: 4.0,
             saturate: 2.0,
-            weight: 0.5,
+            weight: 0.15,
         }
     }
 }

@@ -24,7 +24,7 @@ impl Default for Raw {
         Raw {
             band: 0.15,
             saturate: 2.0,
-            weight: 1.0,
+            weight: 3.0,
         }
     }
 }
