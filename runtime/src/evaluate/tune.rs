@@ -146,9 +146,12 @@ pub(crate) fn overlay(tuned: &Tuned, header: &[String]) -> String {
         let note = if was == now {
             "unchanged".to_string()
         } else {
-            format!("was {was}")
+            format!("was {was:?}")
         };
-        out.push_str(&format!("\n[signals.{name}]\nweight = {now}   # {note}\n"));
+        // Debug keeps the decimal point (3.0, not 3), so the value reads as a float.
+        out.push_str(&format!(
+            "\n[signals.{name}]\nweight = {now:?}   # {note}\n"
+        ));
     }
     out
 }
@@ -247,6 +250,7 @@ mod tests {
         let config = Config::default();
         let mut after = config.policy.signals.weights();
         after[3] = 0.15;
+        after[0] = 2.0;
         let tuned = Tuned {
             before: config.policy.signals.weights(),
             after,
@@ -261,5 +265,9 @@ mod tests {
         };
         let text = overlay(&tuned, &["tuned on a test".into()]);
         assert_eq!(load(&text).policy.signals.weights(), after, "{text}");
+        assert!(
+            text.contains("[signals.uncertainty]\nweight = 2.0 "),
+            "a float, as the default file writes it: {text}"
+        );
     }
 }
