@@ -162,7 +162,7 @@ pub(crate) fn replay(
 
 /// Per-kept figures of one set of kept frames.
 #[derive(Debug, Clone, Default)]
-struct Tally {
+pub(super) struct Tally {
     kept: f64,
     misses: f64,
     false_positives: f64,
@@ -172,7 +172,7 @@ struct Tally {
     coverage: Coverage,
 }
 
-fn tally(records: &[Record], kept: &[usize]) -> Tally {
+pub(super) fn tally(records: &[Record], kept: &[usize]) -> Tally {
     let mut t = Tally {
         kept: kept.len() as f64,
         ..Tally::default()
@@ -222,7 +222,7 @@ impl Tally {
         if self.kept > 0.0 { x / self.kept } else { 0.0 }
     }
 
-    fn report(&self, name: String, random: Option<&Tally>) -> PolicyReport {
+    pub(super) fn report(&self, name: String, random: Option<&Tally>) -> PolicyReport {
         let (m, f) = (
             self.per_kept(self.misses),
             self.per_kept(self.false_positives),

@@ -16,17 +16,20 @@
 //! (weight 0) stays off and one configured on keeps at least the smallest grid weight,
 //! since the field holds cases the synthetic stream does not.
 
-use super::{Record, policies::replay};
+use super::{
+    Record,
+    policies::{replay, tally},
+};
 use crate::{
     config::Config,
     policy::signals::{self, COUNT},
 };
 
 /// The weights the search tries.
-pub(crate) const GRID: [f32; 11] = [0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 3.0];
+const GRID: [f32; 11] = [0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 3.0];
 /// The least rise of the objective that moves a weight: less is noise on a few
 /// thousand frames.
-pub(crate) const MIN_GAIN: f64 = 0.01;
+const MIN_GAIN: f64 = 0.01;
 const MAX_PASSES: usize = 4;
 
 /// What the configured policy kept on a set of streams, as lifts over random.
@@ -57,8 +60,8 @@ pub(crate) struct Tuned {
 pub(crate) type Streams = [(u64, Vec<Record>)];
 
 /// Lifts of the configured policy on `streams` with each signal weighted by `weights`
-/// instead of the config's (trigger weights unchanged). Random's per-kept figures are
-/// the stream's per-frame means, which its draws average to.
+/// instead of the config's (trigger weights unchanged), as `evaluate` reports them, with
+/// random's per-kept figures the stream's per-frame means (what its draws average to).
 pub(crate) fn lifts(config: &Config, streams: &Streams, weights: &[f32; COUNT]) -> Lifts {
     let configured = config.policy.signals.weights();
     let (mut misses, mut errors) = (0.0, 0.0);
@@ -70,23 +73,10 @@ pub(crate) fn lifts(config: &Config, streams: &Streams, weights: &[f32; COUNT]) 
             }
             value.max(0.0)
         });
-        let mean = |idx: &mut dyn Iterator<Item = &Record>, n: usize, f: fn(&Record) -> u32| {
-            idx.map(|r| f64::from(f(r))).sum::<f64>() / n.max(1) as f64
-        };
-        let n = records.len();
-        let k = kept.len();
-        let m = |r: &Record| r.errors.misses;
-        let e = |r: &Record| r.errors.total();
-        let (all_m, all_e) = (
-            mean(&mut records.iter(), n, m),
-            mean(&mut records.iter(), n, e),
-        );
-        let (kept_m, kept_e) = (
-            mean(&mut kept.iter().map(|&i| &records[i]), k, m),
-            mean(&mut kept.iter().map(|&i| &records[i]), k, e),
-        );
-        misses += if all_m > 0.0 { kept_m / all_m } else { 0.0 };
-        errors += if all_e > 0.0 { kept_e / all_e } else { 0.0 };
+        let every: Vec<usize> = (0..records.len()).collect();
+        let report = tally(records, &kept).report(String::new(), Some(&tally(records, &every)));
+        misses += report.lift_misses;
+        errors += report.lift_errors;
     }
     let n = streams.len().max(1) as f64;
     Lifts {
