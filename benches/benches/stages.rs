@@ -22,7 +22,7 @@ use framesift::{
     codec::{FrameDecoder, JpegEncoder, encode_jpeg, yuyv_to_rgb},
     config::Config,
     frame::Frame,
-    infer::{Decoder, Detection, Layout},
+    infer::{DecodeParams, Decoder, Detection, Layout},
     keep::{Candidate, Handoff, KeepBuffer, Kind, Offer, WhenFull},
     ops::metrics::Metrics,
     policy::{FrameFacts, Policy, Scores},
@@ -126,17 +126,29 @@ fn decode_nms(c: &mut Criterion) {
         let input = if n == 8400 { 640 } else { 320 };
         let mut decoder = Decoder::new(Layout::YoloV8, CLASSES, DECODE_PARAMS);
         if let Some(outputs) = real_outputs(n) {
-            let mut i = 0;
-            group.bench_function(BenchmarkId::new("yolov8n_real", n), |b| {
-                b.iter(|| {
-                    // Cycle through the captured frames, as consecutive frames would.
-                    let o = &outputs[i % outputs.len()];
-                    i += 1;
-                    decoder
-                        .decode(black_box(&o.data), &o.shape, &o.letterbox, &mut dets)
-                        .expect("decode");
-                })
-            });
+            // Down to 0.10 (the uncertainty band) and down to 0.04 (the faint signal's
+            // floor, what the default config decodes): the cost of the extra candidates.
+            let faint = DecodeParams {
+                keep_down_to: 0.04,
+                ..DECODE_PARAMS
+            };
+            let mut faint_decoder = Decoder::new(Layout::YoloV8, CLASSES, faint);
+            for (name, decoder) in [
+                ("yolov8n_real", &mut decoder),
+                ("yolov8n_real_down_to_0.04", &mut faint_decoder),
+            ] {
+                let mut i = 0;
+                group.bench_function(BenchmarkId::new(name, n), |b| {
+                    b.iter(|| {
+                        // Cycle through the captured frames, as consecutive frames would.
+                        let o = &outputs[i % outputs.len()];
+                        i += 1;
+                        decoder
+                            .decode(black_box(&o.data), &o.shape, &o.letterbox, &mut dets)
+                            .expect("decode");
+                    })
+                });
+            }
         }
         for candidates in [50usize, 300] {
             let o = synthetic_output(n, input, candidates, 15, 5);

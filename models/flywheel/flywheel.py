@@ -118,8 +118,9 @@ device_id = "flywheel"
     if arm == "uncertainty":
         # Only the uncertainty signal decides; no random control slice.
         cfg = cfg.replace("[spool]", "control_share = 0.0\n\n[spool]")
-        for sig in ("margin", "blur", "exposure", "count", "flicker", "novelty", "class"):
-            cfg += f"\n[signals.{sig}]\nweight = 0.0\n"
+        for sig in FRAMESIFT_WEIGHTS:
+            if sig != "uncertainty":
+                cfg += f"\n[signals.{sig}]\nweight = 0.0\n"
     else:
         cfg += f"\n# The signal weights of {STUDIO_POLICY.relative_to(REPO)}.\n"
         for sig, weight in FRAMESIFT_WEIGHTS.items():

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import tomllib
 import unittest
 from pathlib import Path
 
@@ -123,9 +124,15 @@ class Stream(unittest.TestCase):
                 r = subprocess.run([str(binary()), "validate", str(p)], capture_output=True, text=True,
                                    env={**os.environ})
                 self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            # Every signal the binary registers, from its default config.
+            default = subprocess.run([str(binary()), "config", "default"], capture_output=True,
+                                     text=True, env={**os.environ}, check=True).stdout
+            registered = set(tomllib.loads(default)["signals"])
+            self.assertEqual(set(fw.FRAMESIFT_WEIGHTS), registered,
+                             "the studio policy weighs every registered signal")
             text = (Path(d) / "uncertainty.toml").read_text()
             self.assertIn("control_share = 0.0", text)
-            for sig in ("margin", "blur", "exposure", "count", "flicker", "novelty", "class"):
+            for sig in registered - {"uncertainty"}:
                 self.assertIn(f"[signals.{sig}]\nweight = 0.0", text)
             text = (Path(d) / "framesift.toml").read_text()
             for sig, weight in fw.FRAMESIFT_WEIGHTS.items():

@@ -46,6 +46,10 @@ pub(super) struct EvaluateArgs {
     /// Streams to tune on (each --frames long).
     #[arg(long, default_value_t = 3, requires = "tune")]
     tune_streams: u64,
+    /// What the tuned weights maximise: `both` (the mean of lift_misses and
+    /// lift_errors), `misses` or `errors`.
+    #[arg(long, value_enum, default_value_t = crate::evaluate::tune::Objective::Both, requires = "tune")]
+    tune_for: crate::evaluate::tune::Objective,
 }
 
 pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
@@ -181,7 +185,7 @@ fn tune(
     let held_out = streams.split_off(args.tune_streams as usize);
     let bar = progress_bar(0);
     bar.set_message("weight trials");
-    let tuned = tune::tune(config, &streams, |step, steps| {
+    let tuned = tune::tune(config, &streams, args.tune_for, |step, steps| {
         bar.set_length(steps as u64);
         bar.set_position(step as u64);
     });
@@ -200,7 +204,8 @@ fn tune(
         |l: tune::Lifts| format!("lift_misses {:.2}, lift_errors {:.2}", l.misses, l.errors);
     let header = vec![
         format!(
-            "Signal weights from `framesift evaluate --tune` for {model_name}: synthetic store streams {}–{last}, {} frames each, budget {:.1} %.",
+            "Signal weights from `framesift evaluate --tune --tune-for {}` for {model_name}: synthetic store streams {}–{last}, {} frames each, budget {:.1} %.",
+            args.tune_for.name(),
             args.seed,
             args.frames,
             100.0 * args.budget

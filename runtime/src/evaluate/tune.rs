@@ -10,8 +10,9 @@
 //!
 //! Coordinate search over [`GRID`], starting from the configured weights: each pass
 //! tries every grid value for each signal in turn and moves a weight only when the
-//! objective (the mean of `lift_misses` and `lift_errors` over the streams) rises by at
-//! least [`MIN_GAIN`], so a signal that never fires on these streams keeps its weight.
+//! [`Objective`] (by default the mean of `lift_misses` and `lift_errors` over the
+//! streams) rises by at least [`MIN_GAIN`], so a signal that never fires on these
+//! streams keeps its weight.
 //! Tuning reweights and never switches a signal on or off: a signal configured off
 //! (weight 0) stays off and one configured on keeps at least the smallest grid weight,
 //! since the field holds cases the synthetic stream does not.
@@ -40,9 +41,35 @@ pub(crate) struct Lifts {
     pub errors: f64,
 }
 
-impl Lifts {
-    fn objective(self) -> f64 {
-        (self.misses + self.errors) / 2.0
+/// What the search maximises (`--tune-for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub(crate) enum Objective {
+    /// The mean of `lift_misses` and `lift_errors`: misses and false positives alike.
+    #[default]
+    Both,
+    /// `lift_misses`: the frames where the model misses products, at the cost of its
+    /// false positives.
+    Misses,
+    /// `lift_errors`: errors of either kind, each counted once.
+    Errors,
+}
+
+impl Objective {
+    /// As `--tune-for` spells it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Objective::Both => "both",
+            Objective::Misses => "misses",
+            Objective::Errors => "errors",
+        }
+    }
+
+    fn of(self, lifts: Lifts) -> f64 {
+        match self {
+            Objective::Both => (lifts.misses + lifts.errors) / 2.0,
+            Objective::Misses => lifts.misses,
+            Objective::Errors => lifts.errors,
+        }
     }
 }
 
@@ -89,6 +116,7 @@ pub(crate) fn lifts(config: &Config, streams: &Streams, weights: &[f32; COUNT]) 
 pub(crate) fn tune(
     config: &Config,
     streams: &Streams,
+    objective: Objective,
     mut progress: impl FnMut(usize, usize),
 ) -> Tuned {
     let before = config.policy.signals.weights();
@@ -109,7 +137,7 @@ pub(crate) fn tune(
                 let mut trial = weights;
                 trial[i] = w;
                 let got = lifts(config, streams, &trial);
-                if got.objective() >= best.objective() + MIN_GAIN {
+                if objective.of(got) >= objective.of(best) + MIN_GAIN {
                     (weights, best, moved) = (trial, got, true);
                 }
             }
@@ -149,11 +177,12 @@ pub(crate) fn overlay(tuned: &Tuned, header: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{capture::synthetic::Rng, evaluate::policies::tests::record};
+    use crate::{capture::synthetic::Rng, evaluate::policies::tests::record, policy::tests::at};
 
-    /// A stream where signal 0 (uncertainty) is high exactly on scenes with misses and
-    /// signal 3 (exposure) is high on a random third of scenes with no relation to them.
+    /// A stream where uncertainty is high exactly on scenes with misses and exposure is
+    /// high on a random third of scenes with no relation to them.
     fn stream(seed: u64, config: &Config) -> Vec<Record> {
+        let (uncertainty, exposure) = (at("uncertainty"), at("exposure"));
         let weights = config.policy.signals.weights();
         let mut rng = Rng::new(seed);
         let mut scene_facts = Vec::new();
@@ -167,12 +196,12 @@ mod tests {
                 }
                 let (misses, noise) = scene_facts[scene as usize];
                 let mut signals = [0.0f32; COUNT];
-                signals[0] = if misses > 0 {
+                signals[uncertainty] = if misses > 0 {
                     0.3 + 0.2 * misses as f32
                 } else {
                     0.05
                 };
-                signals[3] = if noise { 0.9 } else { 0.0 };
+                signals[exposure] = if noise { 0.9 } else { 0.0 };
                 let value = signals.iter().zip(&weights).map(|(s, w)| s * w).sum();
                 let mut r = record(i, value, misses);
                 r.scores.signals = signals;
@@ -193,22 +222,24 @@ mod tests {
         let config =
             load("[signals.uncertainty]\nweight = 1.0\n[signals.exposure]\nweight = 2.0\n");
         let streams: Vec<(u64, Vec<Record>)> = (1..=2).map(|s| (s, stream(s, &config))).collect();
-        let tuned = tune(&config, &streams, |_, _| {});
+        let tuned = tune(&config, &streams, Objective::Both, |_, _| {});
+        let (uncertainty, exposure) = (at("uncertainty"), at("exposure"));
         // Exposure's weight lets noise outrank real misses; the search lowers it and the
         // lifts rise.
         assert!(
-            tuned.after[3] < tuned.before[3],
+            tuned.after[exposure] < tuned.before[exposure],
             "exposure {} -> {}",
-            tuned.before[3],
-            tuned.after[3]
+            tuned.before[exposure],
+            tuned.after[exposure]
         );
         assert!(
-            tuned.after[3] < tuned.after[0],
+            tuned.after[exposure] < tuned.after[uncertainty],
             "uncertainty above exposure: {:?}",
             tuned.after
         );
+        let both = |l: Lifts| Objective::Both.of(l);
         assert!(
-            tuned.lifts_after.objective() >= tuned.lifts_before.objective() + MIN_GAIN,
+            both(tuned.lifts_after) >= both(tuned.lifts_before) + MIN_GAIN,
             "{:?} -> {:?}",
             tuned.lifts_before,
             tuned.lifts_after
@@ -220,27 +251,86 @@ mod tests {
         let after = lifts(&config, &held_out, &tuned.after);
         assert!(after.misses > before.misses, "{before:?} -> {after:?}");
         // Signals that never fire here keep their weights.
-        for i in [1, 2, 4, 5, 6, 7] {
+        for i in (0..COUNT).filter(|&i| i != uncertainty && i != exposure) {
             assert_eq!(tuned.after[i], tuned.before[i], "{}", signals::NAMES[i]);
         }
         // Turned down, never off.
-        assert!(tuned.after[3] >= GRID[0]);
+        assert!(tuned.after[exposure] >= GRID[0]);
     }
 
     #[test]
     fn a_signal_configured_off_stays_off() {
         let config = load("[signals.uncertainty]\nweight = 0.0\n");
         let streams = [(1, stream(1, &config))];
-        let tuned = tune(&config, &streams, |_, _| {});
-        assert_eq!(tuned.after[0], 0.0, "{:?}", tuned.after);
+        let tuned = tune(&config, &streams, Objective::Both, |_, _| {});
+        assert_eq!(tuned.after[at("uncertainty")], 0.0, "{:?}", tuned.after);
+    }
+
+    /// Faint is high on scenes with misses and no false positives, uncertainty on
+    /// scenes with false positives and no misses (three each, so more errors).
+    fn trade_off_stream(seed: u64, config: &Config) -> Vec<Record> {
+        let (faint, uncertainty) = (at("faint"), at("uncertainty"));
+        let weights = config.policy.signals.weights();
+        let mut rng = Rng::new(seed);
+        let mut kinds = Vec::new();
+        (0..6000u64)
+            .map(|i| {
+                let scene = (i / 4) as usize;
+                if scene == kinds.len() {
+                    kinds.push(rng.below(6));
+                }
+                let mut r = record(i, 0.0, 0);
+                match kinds[scene] {
+                    0 => {
+                        r.errors.misses = 1;
+                        r.scores.signals[faint] = 0.9;
+                    }
+                    1 => {
+                        r.errors.false_positives = 3;
+                        r.scores.signals[uncertainty] = 0.9;
+                    }
+                    _ => {}
+                }
+                r.scores.value = r
+                    .scores
+                    .signals
+                    .iter()
+                    .zip(&weights)
+                    .map(|(s, w)| s * w)
+                    .sum();
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_objective_decides_which_errors_the_weights_chase() {
+        let config = load("[signals.uncertainty]\nweight = 1.0\n[signals.faint]\nweight = 1.0\n");
+        let streams: Vec<(u64, Vec<Record>)> =
+            (1..=2).map(|s| (s, trade_off_stream(s, &config))).collect();
+        let (faint, uncertainty) = (at("faint"), at("uncertainty"));
+        let misses = tune(&config, &streams, Objective::Misses, |_, _| {});
+        let errors = tune(&config, &streams, Objective::Errors, |_, _| {});
+        assert!(
+            misses.after[faint] > misses.after[uncertainty],
+            "for misses, faint leads: {:?}",
+            misses.after
+        );
+        assert!(
+            errors.after[uncertainty] > errors.after[faint],
+            "for errors, uncertainty leads: {:?}",
+            errors.after
+        );
+        assert!(misses.lifts_after.misses > errors.lifts_after.misses);
+        assert!(errors.lifts_after.errors > misses.lifts_after.errors);
     }
 
     #[test]
     fn the_overlay_loads_as_a_config_with_the_tuned_weights() {
         let config = Config::default();
         let mut after = config.policy.signals.weights();
-        after[3] = 0.15;
-        after[0] = 2.0;
+        after[at("exposure")] = 0.15;
+        after[at("uncertainty")] = 2.0;
         let tuned = Tuned {
             before: config.policy.signals.weights(),
             after,

@@ -276,6 +276,14 @@ pub(crate) mod tests {
         }
     }
 
+    /// Where signal `name` is registered.
+    pub(crate) fn at(name: &str) -> usize {
+        signals::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .expect("registered")
+    }
+
     pub(crate) fn sharp() -> FrameStats {
         FrameStats {
             luma_mean: 100.0,
@@ -303,10 +311,10 @@ pub(crate) mod tests {
         let mut rng = crate::capture::synthetic::Rng::new(17);
         let mut fired = [0usize; signals::COUNT];
         for _ in 0..20_000 {
-            let n = rng.below(6) as usize;
+            let n = rng.below(10) as usize;
             let dets: Vec<Detection> = (0..n)
                 .map(|_| {
-                    let score = 0.1 + 0.9 * rng.unit();
+                    let score = 0.02 + 0.98 * rng.unit();
                     det(score, score * rng.unit())
                 })
                 .collect();
@@ -342,11 +350,15 @@ pub(crate) mod tests {
                 fired[i] += usize::from(v >= 0.5);
             }
         }
-        for name in ["uncertainty", "margin", "blur", "exposure", "count"] {
-            let i = signals::NAMES
-                .iter()
-                .position(|n| *n == name)
-                .expect("registered");
+        for name in [
+            "uncertainty",
+            "faint",
+            "margin",
+            "blur",
+            "exposure",
+            "count",
+        ] {
+            let i = at(name);
             assert!(fired[i] > 500, "{name} exercised: {fired:?}");
         }
     }
@@ -355,9 +367,11 @@ pub(crate) mod tests {
     fn a_confident_sharp_frame_scores_nothing() {
         let config = Config::default().policy;
         let s = Policy::new(&config).score(&facts(&[det(0.95, 0.01)], &sharp()));
-        assert_eq!(s.signals[0], 0.0);
-        assert!(s.signals[1] < 0.02);
-        assert_eq!(s.signals[2], 0.0);
+        let signal = |name: &str| s.signals[at(name)];
+        assert_eq!(signal("uncertainty"), 0.0);
+        assert_eq!(signal("faint"), 0.0);
+        assert!(signal("margin") < 0.02);
+        assert_eq!(signal("blur"), 0.0);
         assert!(s.reasons.names().next().is_none());
         assert!(s.value < config.min_value);
     }
@@ -371,7 +385,7 @@ pub(crate) mod tests {
             ..sharp()
         };
         let s = Policy::new(&config).score(&facts(&[], &stats));
-        assert_eq!(s.signals[2], 1.0, "the value is still recorded");
+        assert_eq!(s.signals[at("blur")], 1.0, "the value is still recorded");
         assert_eq!(s.value, 0.0);
         assert!(s.reasons.names().next().is_none());
     }

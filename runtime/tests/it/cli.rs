@@ -432,14 +432,27 @@ fn evaluate_tune_writes_a_weight_overlay_that_loads() {
         out_s,
         "--tune-streams",
         "1",
+        "--tune-for",
+        "misses",
     ]));
     let stdout = String::from_utf8_lossy(&ran.stdout);
     assert!(stdout.contains("Held-out stream 6"), "{stdout}");
     let text = std::fs::read_to_string(&out).expect("the overlay");
     assert!(text.contains("streams 5–5"), "{text}");
+    assert!(text.contains("--tune-for misses"), "{text}");
     let table: toml::Table = text.parse().expect("toml");
     let signals = table["signals"].as_table().expect("[signals]");
-    assert_eq!(signals.len(), 8, "{text}");
+    // Every registered signal, as the default config lists them.
+    let default = run_ok(&mut framesift(&["config", "default"]));
+    let default: toml::Table = String::from_utf8_lossy(&default.stdout)
+        .parse()
+        .expect("default toml");
+    let registered = default["signals"].as_table().expect("[signals]");
+    assert_eq!(
+        signals.keys().collect::<Vec<_>>(),
+        registered.keys().collect::<Vec<_>>(),
+        "{text}"
+    );
     for (name, t) in signals {
         let w = t["weight"]
             .as_float()

@@ -79,12 +79,14 @@ fn check(got: &[(String, f64, bool, [f64; 4])], want: &[(&str, f64, bool, [f64; 
 
 #[test]
 fn yolov8_layout_from_metadata_without_a_manifest() {
-    // Anchor 1 (same box, 0.8) is suppressed by NMS; anchor 3 (0.05) is below the band.
+    // Anchor 1 (same box, 0.8) is suppressed by NMS; anchor 3 (0.05, below the
+    // uncertainty band) is kept as a below-threshold candidate for faint (floor 0.04).
     check(
         &detect(&model("v8.onnx")),
         &[
             ("a", 0.9, false, [44.0, 22.0, 84.0, 42.0]),
             ("b", 0.6, false, [12.0, 40.0, 28.0, 56.0]),
+            ("b", 0.05, true, [96.0, 4.0, 104.0, 12.0]),
         ],
     );
 }
@@ -104,11 +106,13 @@ fn yolov5_layout_multiplies_objectness() {
 
 #[test]
 fn end_to_end_layout_skips_nms() {
+    // The 0.05 box lies above the frame; clipped, it keeps its width only.
     check(
         &detect(&model("e2e.onnx")),
         &[
             ("a", 0.9, false, [44.0, 22.0, 84.0, 42.0]),
             ("a", 0.7, false, [46.0, 22.0, 86.0, 42.0]),
+            ("b", 0.05, true, [0.0, 0.0, 8.0, 0.0]),
         ],
     );
 }
@@ -200,6 +204,7 @@ fn a_dynamic_input_model_takes_its_size_from_the_manifest() {
         &[
             ("a", 0.9, false, [44.0, 22.0, 84.0, 42.0]),
             ("b", 0.6, false, [12.0, 40.0, 28.0, 56.0]),
+            ("b", 0.05, true, [96.0, 4.0, 104.0, 12.0]),
         ],
     );
 }

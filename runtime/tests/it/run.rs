@@ -510,10 +510,10 @@ fn replay_refuses_frames_above_the_size_limit() {
 }
 
 /// Every kept frame's sidecar records every registered signal, the signals that can be
-/// recomputed from the sidecar alone (uncertainty, margin, blur, exposure) have the
-/// values their documented formulas give for its detections and statistics, the value
-/// is the weighted sum with the configured weights, and the decoder still keeps detections
-/// down to the uncertainty band's lower edge.
+/// recomputed from the sidecar alone (uncertainty, faint, margin, blur, exposure) have
+/// the values their documented formulas give for its detections and statistics, the
+/// value is the weighted sum with the configured weights, and the decoder keeps
+/// detections down to faint's floor and no lower.
 #[test]
 fn sidecars_record_every_signal_and_the_values_their_formulas_give() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -521,6 +521,7 @@ fn sidecars_record_every_signal_and_the_values_their_formulas_give() {
     // Weights of its own, all different, so the value check does not follow the defaults.
     let weights = [
         ("uncertainty", 1.0f32),
+        ("faint", 0.8),
         ("margin", 0.25),
         ("blur", 0.5),
         ("exposure", 2.0),
@@ -546,20 +547,24 @@ fn sidecars_record_every_signal_and_the_values_their_formulas_give() {
     ]));
     let entries = spool_entries(&spool);
     assert_eq!(entries.len(), 80);
-    let (mut below, mut fired) = (0, std::collections::BTreeSet::new());
+    let (mut below, mut deep, mut fired) = (0, 0, std::collections::BTreeSet::new());
     for s in &entries {
-        let (mut uncertain, mut margin) = (0.0f32, 0.0f32);
+        let (mut uncertain, mut faint, mut margin) = (0.0f32, 0.0f32, 0.0f32);
         for d in s["detections"].as_array().expect("detections") {
             let score = d["score"].as_f64().expect("score") as f32;
             let second = d["second_score"].as_f64().expect("second") as f32;
             assert!(
-                score >= 0.10 - 1e-6,
-                "nothing below the band is kept: {score}"
+                score >= 0.04 - 1e-6,
+                "nothing below faint's floor is kept: {score}"
             );
             below += usize::from(d["below_threshold"] == true);
+            deep += usize::from(score < 0.10);
             let distance = (score - 0.25).abs();
             if distance <= 0.15 {
                 uncertain += 1.0 - distance / 0.15;
+            }
+            if score < 0.25 {
+                faint += (score - 0.04) / 0.21;
             }
             if score >= 0.25 {
                 margin = margin.max((second / score).clamp(0.0, 1.0));
@@ -580,6 +585,7 @@ fn sidecars_record_every_signal_and_the_values_their_formulas_give() {
         assert_eq!(names, want, "every registered signal, by name");
         for (name, expected) in [
             ("uncertainty", (uncertain / 2.0).min(1.0)),
+            ("faint", (faint / 4.0).min(1.0)),
             ("margin", margin),
             ("blur", blur),
             ("exposure", exposure),
@@ -608,6 +614,10 @@ fn sidecars_record_every_signal_and_the_values_their_formulas_give() {
     assert!(
         below > 0,
         "detections below the threshold were kept for the band"
+    );
+    assert!(
+        deep > 0,
+        "candidates below the uncertainty band were kept for faint"
     );
     assert!(fired.contains("uncertain"), "{fired:?}");
 }

@@ -137,6 +137,7 @@ macro_rules! signals {
 // The registration line: `module::Type` per signal, in the order sidecars list them.
 signals!(
     uncertainty::Uncertainty,
+    faint::Faint,
     margin::Margin,
     blur::Blur,
     exposure::Exposure,

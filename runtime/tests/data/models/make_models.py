@@ -49,7 +49,8 @@ meta = {"names": NAMES, "imgsz": "[64, 64]", "stride": "32", "task": "detect"}
 #  anchor 0: class a 0.9 at (32, 32) 20x10 (class b 0.1)
 #  anchor 1: class a 0.8, same box shifted 1 px -> suppressed by NMS
 #  anchor 2: class b 0.6 at (10, 40) 8x8 (class a 0.05)
-#  anchor 3: class b 0.05 -> below every threshold
+#  anchor 3: class b 0.05 -> below the threshold and the uncertainty band, above
+#            faint's floor (0.04)
 v8 = np.array(
     [
         [32, 33, 10, 50],
