@@ -123,14 +123,39 @@ pub fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The log filter without `FRAMESIFT_LOG`.
+const DEFAULT_LOG: &str = "info,ort=warn";
+
+/// `FRAMESIFT_LOG` as a list of `level` and `target=level` directives. (`Targets`, not
+/// `EnvFilter`: the same syntax without span and field matching, and without the regex
+/// engine EnvFilter links into the board's binary; cross/README.md has the size.)
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FRAMESIFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
+    let asked = std::env::var("FRAMESIFT_LOG").ok();
+    let (filter, refused) = match asked.as_deref().map(str::parse::<Targets>) {
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(error)) => (default_log_filter(), Some(error)),
+        None => (default_log_filter(), None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
+        .with(filter)
         .try_init();
+    if let (Some(asked), Some(error)) = (asked, refused) {
+        tracing::warn!(
+            "FRAMESIFT_LOG={asked:?} is not a log filter ({error}); logging at {DEFAULT_LOG:?}. \
+             Write a level (error, warn, info, debug, trace) or target=level pairs, \
+             e.g. FRAMESIFT_LOG=framesift=debug,ort=info"
+        );
+    }
+}
+
+fn default_log_filter() -> tracing_subscriber::filter::Targets {
+    DEFAULT_LOG.parse().expect("the default log filter parses")
 }
 
 /// The config `files` (or the defaults when there are none), validated; an invalid

@@ -15,6 +15,47 @@ fn default_config_prints_and_validates() {
 }
 
 #[test]
+fn framesift_log_takes_levels_per_target_and_names_a_bad_filter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let overlay = dir.path().join("spool.toml");
+    std::fs::write(&overlay, format!("[spool]\ndir = {:?}\n", spool)).expect("write");
+    let run = |log: &str| {
+        let out = run_ok(
+            framesift(&[
+                "run",
+                "--config",
+                overlay.to_str().expect("utf8"),
+                "--max-frames",
+                "3",
+            ])
+            .env("FRAMESIFT_LOG", log),
+        );
+        text(&out.stderr)
+    };
+    let debug = run("warn,framesift=debug");
+    assert!(
+        debug.contains("DEBUG"),
+        "framesift=debug shows debug lines:\n{debug}"
+    );
+    let quiet = run("error");
+    assert!(
+        !quiet.contains("INFO") && !quiet.contains("DEBUG"),
+        "{quiet}"
+    );
+    let bad = run("framesift=loud");
+    assert!(
+        bad.contains("FRAMESIFT_LOG=\"framesift=loud\" is not a log filter")
+            && bad.contains("e.g. FRAMESIFT_LOG=framesift=debug,ort=info"),
+        "a bad filter is named with what to write:\n{bad}"
+    );
+    assert!(
+        bad.contains("INFO"),
+        "and the default level applies:\n{bad}"
+    );
+}
+
+#[test]
 fn validate_reports_every_error_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bad.toml");
