@@ -460,8 +460,8 @@ impl Model {
         Ok(Model { info, session })
     }
 
-    /// Input and output tensors bound to this session and reused for every run, one set
-    /// per inference thread.
+    /// Input and output tensors bound to this session, held for every run: one set per
+    /// inference thread.
     pub fn runner(&self) -> Result<Runner, ModelError> {
         Runner::new(&self.session, &self.info)
     }
