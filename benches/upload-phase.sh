@@ -4,7 +4,9 @@
 #
 #   benches/upload-phase.sh [framesift bench options, e.g. --frames 3000 --rounds 10]
 #
-# UPLOAD_MAX_BYTES_PER_SEC, if set, becomes the phase's [upload] max_bytes_per_sec.
+# UPLOAD_MAX_BYTES_PER_SEC and UPLOAD_BUSY_MAX_BYTES_PER_SEC, if set, become the phase's
+# [upload] max_bytes_per_sec and busy_max_bytes_per_sec (0: a full-speed drain even
+# while the detector runs flat out, as it does with an unpaced camera).
 # FRAMESIFT (default target/release/framesift) is the binary measured; s3s-fs comes from
 # scripts/setup-test-servers.sh. On a cart the store is across the network; here the
 # server shares the bench's cores, so it runs in the idle scheduling class, as the
@@ -33,6 +35,7 @@ cat >"$work/upload.toml" <<TOML
 url = "s3://bench/frames"
 endpoint_url = "http://127.0.0.1:$port"
 max_bytes_per_sec = ${UPLOAD_MAX_BYTES_PER_SEC:-0}
+busy_max_bytes_per_sec = ${UPLOAD_BUSY_MAX_BYTES_PER_SEC:-100000}
 TOML
 AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret \
   "$framesift" bench "$@" --upload-config "$work/upload.toml"

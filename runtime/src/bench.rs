@@ -21,7 +21,9 @@
 //!   runs dry) to the destination, ÷ the same in runs with no uploader; capture is off
 //!   in both, so the uploader is the only difference. The destination is a scratch
 //!   directory (`file://`) unless `--upload-config` names an `[upload]` table, e.g. an
-//!   S3-protocol server on loopback (`benches/upload-phase.sh`).
+//!   S3-protocol server on loopback (`benches/upload-phase.sh`). An unpaced camera
+//!   keeps the detector running flat out, so with the `[upload]` defaults the uploader
+//!   drains at `busy_max_bytes_per_sec`; set it to 0 there to measure a full-speed drain.
 
 use std::{
     sync::Arc,
@@ -238,6 +240,8 @@ pub struct BenchReport {
     /// What the uploader delivered during the uploading runs, and its failed attempts.
     pub upload_delivered: u64,
     pub upload_delivered_mib: f64,
+    /// Delivered bytes ÷ the uploading runs' time, in MB (10^6 bytes) a second.
+    pub upload_mb_per_sec: f64,
     pub upload_failures: u64,
     /// Uploading runs in which the spool ran dry before the run ended (the uploader
     /// then idles, so the ratio understates its cost; the next round has more).
@@ -301,6 +305,7 @@ pub fn run(
     let mut upload_rounds = Vec::with_capacity(opts.rounds as usize);
     let (mut upload_delivered, mut upload_bytes, mut upload_failures, mut upload_dry) =
         (0u64, 0u64, 0u64, 0u32);
+    let mut upload_secs = 0.0;
 
     // Pre-made input tensors for the bare loop: the first frames of the same source.
     let tensors = premade_tensors(&base, &model, per_round.min(32) as usize)?;
@@ -461,6 +466,7 @@ pub fn run(
             fps[usize::from(uploading)] = frames as f64 / steady.as_secs_f64().max(1e-9);
             upload_hist[usize::from(uploading)].merge(m.stage(Stage::Inference));
             if uploading {
+                upload_secs += summary.inference_elapsed.as_secs_f64();
                 upload_delivered += summary.uploaded;
                 upload_bytes += summary.uploaded_bytes;
                 upload_failures += summary.upload_failures;
@@ -546,6 +552,7 @@ pub fn run(
         upload_p99_ratio: upload_on_p99 / upload_off_p99.max(1e-9),
         upload_delivered,
         upload_delivered_mib: upload_bytes as f64 / (1024.0 * 1024.0),
+        upload_mb_per_sec: upload_bytes as f64 / 1e6 / upload_secs.max(1e-9),
         upload_failures,
         upload_runs_dry: upload_dry,
     })
@@ -927,12 +934,13 @@ impl BenchReport {
         let (lo, hi) = range(&self.upload_fps_ratio_rounds);
         let _ = writeln!(
             s,
-            "  upload_fps_ratio   {:8.3}       (uploader draining a spool to {} ÷ none, capture off in both; median of {} rounds, range {lo:.3}–{hi:.3}; {} frames ({:.1} MiB) delivered, {} failed attempts, {} runs ran dry)",
+            "  upload_fps_ratio   {:8.3}       (uploader draining a spool to {} ÷ none, capture off in both; median of {} rounds, range {lo:.3}–{hi:.3}; {} frames ({:.1} MiB, {:.2} MB/s) delivered, {} failed attempts, {} runs ran dry)",
             self.upload_fps_ratio,
             self.upload_destination,
             self.upload_fps_ratio_rounds.len(),
             self.upload_delivered,
             self.upload_delivered_mib,
+            self.upload_mb_per_sec,
             self.upload_failures,
             self.upload_runs_dry
         );

@@ -93,7 +93,7 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
                 frames += 1;
                 backoff.reset();
                 delivered_at = Instant::now();
-                crate::ops::metrics::event::uploaded(&metrics, &id, bytes);
+                crate::ops::metrics::event::uploaded(&metrics, &id, bytes, false);
                 bar.inc(bytes);
                 bar.set_message(format!("{frames}/{total} frames"));
                 std::thread::sleep(throttle(

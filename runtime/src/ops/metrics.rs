@@ -149,6 +149,11 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
+    /// The sum of every observation, in nanoseconds.
+    pub fn sum_ns(&self) -> u64 {
+        self.sum_ns.load(Relaxed)
+    }
+
     /// Add every observation of `other` to this histogram.
     pub fn merge(&self, other: &Histogram) {
         for (a, b) in self.buckets.iter().zip(&other.buckets) {
@@ -193,7 +198,8 @@ pub struct Metrics {
     pub upload_failures: AtomicU64,
     /// Entries found corrupt when read for upload (and removed).
     pub spool_corrupt: AtomicU64,
-    /// 0 idle, 1 uploading, 2 paused (window/docking), 3 failing.
+    /// 0 idle, 1 uploading, 2 paused (window/docking), 3 failing, 4 yielding (uploading
+    /// at `busy_max_bytes_per_sec` while the detector is busy).
     pub upload_state: AtomicU64,
     /// Times a camera's drift band changed.
     pub drift_changes: AtomicU64,
@@ -233,6 +239,7 @@ impl Metrics {
             0 => "idle",
             1 => "uploading",
             2 => "paused",
+            4 => "yielding",
             _ => "failing",
         }
     }
@@ -329,10 +336,11 @@ pub mod event {
         m.count_drop(Drop::DiskFull);
     }
 
-    pub fn uploaded(m: &Metrics, id: &str, bytes: u64) {
+    /// An entry delivered; `yielding`: at the busy rate, the detector running flat out.
+    pub fn uploaded(m: &Metrics, id: &str, bytes: u64, yielding: bool) {
         m.uploaded.fetch_add(1, Relaxed);
         m.uploaded_bytes.fetch_add(bytes, Relaxed);
-        m.upload_state.store(1, Relaxed);
+        m.upload_state.store(if yielding { 4 } else { 1 }, Relaxed);
         tracing::debug!(id, bytes, "uploaded");
     }
 

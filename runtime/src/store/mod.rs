@@ -39,7 +39,8 @@ pub(crate) struct DaemonStatus {
     pub evicted: u64,
     pub dropped_spool_full: u64,
     pub dropped_disk_full: u64,
-    /// "idle", "uploading", "paused", "failing", or "off" (no [upload]).
+    /// "idle", "uploading", "yielding" (slowed while the detector is busy), "paused",
+    /// "failing", or "off" (no [upload]).
     pub upload_state: String,
 }
 

@@ -1,6 +1,7 @@
 //! The uploader stage and its `[upload]` table: delivers spool entries, highest value
 //! first, whenever uploading is allowed (inside an upload window, while docked), with
-//! retries on a capped, jittered exponential backoff and an optional bandwidth limit.
+//! retries on a capped, jittered exponential backoff and an optional bandwidth limit,
+//! and slowed to a trickle while the detector runs flat out (`DetectorLoad`).
 //!
 //! It runs on its own thread and talks to the spool only: nothing it does — a slow
 //! network, a refused credential, a server that is down — reaches the inference path.
@@ -23,7 +24,7 @@ use super::{
 };
 use crate::{
     config::{Checker, Config},
-    ops::metrics::{Metrics, event},
+    ops::metrics::{Metrics, Stage, event},
     supervisor::{Command, StageContext, StageFailure},
 };
 
@@ -40,6 +41,7 @@ pub(crate) struct RawUpload {
     profile: String,
     request_timeout_secs: f64,
     max_bytes_per_sec: i64,
+    busy_max_bytes_per_sec: i64,
     windows: Vec<String>,
     docked_file: String,
     retry_initial_ms: i64,
@@ -57,6 +59,7 @@ impl Default for RawUpload {
             profile: "default".into(),
             request_timeout_secs: 30.0,
             max_bytes_per_sec: 0,
+            busy_max_bytes_per_sec: 100_000,
             windows: Vec::new(),
             docked_file: String::new(),
             retry_initial_ms: 100,
@@ -69,6 +72,7 @@ impl Default for RawUpload {
 pub(crate) const LIVE_KEYS: &[&str] = &[
     "request_timeout_secs",
     "max_bytes_per_sec",
+    "busy_max_bytes_per_sec",
     "windows",
     "docked_file",
     "retry_initial_ms",
@@ -118,6 +122,8 @@ pub struct UploadConfig {
     pub request_timeout: Duration,
     /// 0: unlimited.
     pub max_bytes_per_sec: u64,
+    /// The rate while the detector runs flat out (`DetectorLoad`). 0: no slowdown.
+    pub busy_max_bytes_per_sec: u64,
     /// Empty: any time.
     pub windows: Vec<Window>,
     /// Upload only while this file exists.
@@ -246,6 +252,12 @@ impl UploadConfig {
                 .max(0.001),
             ),
             max_bytes_per_sec: c.int("max_bytes_per_sec", u.max_bytes_per_sec, 0, i64::MAX) as u64,
+            busy_max_bytes_per_sec: c.int(
+                "busy_max_bytes_per_sec",
+                u.busy_max_bytes_per_sec,
+                0,
+                i64::MAX,
+            ) as u64,
             windows,
             docked_file: (!u.docked_file.is_empty()).then(|| PathBuf::from(&u.docked_file)),
             retry_initial: Duration::from_millis(initial as u64),
@@ -361,6 +373,76 @@ impl Backoff {
     }
 }
 
+/// Whether the detector runs flat out: in `session.run` for at least
+/// [`Self::BUSY_SHARE`] of the last second (cameras share one session, so that is a
+/// share of wall time). A detector that waits for its cameras leaves the cores free
+/// between frames, and a drain at full speed takes nothing measurable from it. One that
+/// never waits loses to any drain, whatever the uploader's scheduling class: the
+/// kernel's file, network and journal work on the uploader's behalf is not in that
+/// class. Then the uploader slows to `busy_max_bytes_per_sec`.
+struct DetectorLoad {
+    created: Instant,
+    /// The current window's start and the detector's total run time then; `None` until
+    /// the first inference (or [`Self::NO_DETECTOR`] without one), so a pipeline's
+    /// start-up is not taken for spare time.
+    window: Option<(Instant, u64)>,
+    busy: bool,
+}
+
+impl DetectorLoad {
+    const WINDOW: Duration = Duration::from_secs(1);
+    const BUSY_SHARE: f64 = 0.8;
+    /// With no inference by then, the detector is taken to be idle (a camera that
+    /// never came up must not hold the drain back).
+    const NO_DETECTOR: Duration = Duration::from_secs(5);
+
+    fn new(now: Instant) -> Self {
+        DetectorLoad {
+            created: now,
+            window: None,
+            // Until measured: the detector comes first.
+            busy: true,
+        }
+    }
+
+    /// Whether the detector was busy over the last complete window before `now`.
+    fn busy(&mut self, metrics: &Metrics, now: Instant) -> bool {
+        let inference = metrics.stage(Stage::Inference);
+        let ran = inference.sum_ns();
+        match self.window {
+            None => {
+                if inference.count() > 0 || now - self.created >= Self::NO_DETECTOR {
+                    self.window = Some((now, ran));
+                }
+            }
+            Some((start, ran_then)) => {
+                let elapsed = now - start;
+                if elapsed >= Self::WINDOW {
+                    let share = ran.saturating_sub(ran_then) as f64 / elapsed.as_nanos() as f64;
+                    let busy = share >= Self::BUSY_SHARE;
+                    if busy != self.busy {
+                        tracing::debug!(share, busy, "detector load changed");
+                    }
+                    self.busy = busy;
+                    self.window = Some((now, ran));
+                }
+            }
+        }
+        self.busy
+    }
+}
+
+/// The rate limit to keep: `max_bytes_per_sec`, or the lower busy rate while the
+/// detector is busy (0: no limit).
+fn rate_limit(config: &UploadConfig, busy: bool) -> (u64, bool) {
+    let (max, slow) = (config.max_bytes_per_sec, config.busy_max_bytes_per_sec);
+    if busy && slow > 0 && (max == 0 || slow < max) {
+        (slow, true)
+    } else {
+        (max, false)
+    }
+}
+
 /// The uploader stage.
 pub(crate) struct Uploader {
     spool: SharedSpool,
@@ -370,6 +452,7 @@ pub(crate) struct Uploader {
     destination: Option<Box<dyn Destination>>,
     config: UploadConfig,
     metrics: Arc<Metrics>,
+    load: DetectorLoad,
 }
 
 impl Uploader {
@@ -386,6 +469,7 @@ impl Uploader {
             destination: None,
             config: upload.clone(),
             metrics,
+            load: DetectorLoad::new(Instant::now()),
         })
     }
 
@@ -414,8 +498,10 @@ impl Uploader {
                     event::upload_recovered(&self.metrics);
                 }
                 backoff.reset();
-                event::uploaded(&self.metrics, &id, bytes);
-                throttle(bytes, t0.elapsed(), self.config.max_bytes_per_sec)
+                let (limit, yielding) =
+                    rate_limit(&self.config, self.load.busy(&self.metrics, Instant::now()));
+                event::uploaded(&self.metrics, &id, bytes, yielding);
+                throttle(bytes, t0.elapsed(), limit)
             }
             Ok(Delivery::Corrupt { id, reason }) => {
                 event::upload_corrupt(&self.metrics, &id, &reason);
@@ -505,6 +591,7 @@ mod tests {
             target: None,
             request_timeout: Duration::from_secs(1),
             max_bytes_per_sec: 0,
+            busy_max_bytes_per_sec: 0,
             windows: vec![w],
             docked_file: Some(docked.clone()),
             retry_initial: Duration::from_millis(100),
@@ -522,6 +609,7 @@ mod tests {
             target: None,
             request_timeout: Duration::from_secs(1),
             max_bytes_per_sec: 0,
+            busy_max_bytes_per_sec: 0,
             windows: Vec::new(),
             docked_file: None,
             retry_initial: Duration::from_millis(100),
@@ -538,6 +626,119 @@ mod tests {
         assert!(waits.windows(2).any(|p| p[0] != p[1]), "jittered");
         b.reset();
         assert!(b.failed(&config) <= Duration::from_millis(125));
+    }
+
+    #[test]
+    fn the_uploader_slows_while_the_detector_runs_flat_out() {
+        let (metrics, t0) = (Metrics::default(), Instant::now());
+        let ms = Duration::from_millis;
+        let mut load = DetectorLoad::new(t0);
+        // Busy until measured: no inference yet, then a window that is not complete.
+        assert!(load.busy(&metrics, t0 + ms(200)));
+        metrics.record(Stage::Inference, ms(15));
+        assert!(load.busy(&metrics, t0 + ms(300)), "the window starts now");
+        // 850 ms of session.run in the next second: busy.
+        for _ in 0..50 {
+            metrics.record(Stage::Inference, ms(17));
+        }
+        assert!(load.busy(&metrics, t0 + ms(900)), "window not complete");
+        assert!(load.busy(&metrics, t0 + ms(1300)));
+        // 30 fps of 17 ms runs: half the time waiting for the camera.
+        for _ in 0..30 {
+            metrics.record(Stage::Inference, ms(17));
+        }
+        assert!(!load.busy(&metrics, t0 + ms(2300)));
+        assert!(
+            !load.busy(&metrics, t0 + ms(2500)),
+            "holds until the window ends"
+        );
+        // A detector that never ran is idle after NO_DETECTOR.
+        let mut idle = DetectorLoad::new(t0);
+        let none = Metrics::default();
+        assert!(idle.busy(&none, t0 + ms(4900)));
+        assert!(idle.busy(&none, t0 + ms(5000)));
+        assert!(!idle.busy(&none, t0 + ms(6000)));
+
+        let mut config = UploadConfig::to_dir("/tmp".into());
+        config.busy_max_bytes_per_sec = 100_000;
+        assert_eq!(rate_limit(&config, false), (0, false));
+        assert_eq!(rate_limit(&config, true), (100_000, true));
+        config.max_bytes_per_sec = 50_000;
+        assert_eq!(rate_limit(&config, true), (50_000, false), "already slower");
+        config.max_bytes_per_sec = 1_000_000;
+        assert_eq!(rate_limit(&config, true), (100_000, true));
+        config.busy_max_bytes_per_sec = 0;
+        assert_eq!(
+            rate_limit(&config, true),
+            (1_000_000, false),
+            "0: no slowdown"
+        );
+    }
+
+    #[test]
+    fn a_busy_detector_spaces_deliveries_to_the_busy_rate() {
+        use crate::store::{
+            fs::OsFs,
+            spool::{Budget, ImageEncoding, NewEntry, Spool},
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let budget = Budget {
+            max_bytes: 1 << 30,
+            min_free_bytes: 0,
+        };
+        let (spool, _) =
+            Spool::open(Arc::new(OsFs), &dir.path().join("spool"), budget, None).expect("open");
+        let spool: SharedSpool = Arc::new(std::sync::Mutex::new(spool));
+        for n in 0..2u64 {
+            let entry = NewEntry {
+                value: 0.5,
+                camera: "cam0",
+                captured_unix_ms: 1_795_298_707_123 + n,
+            };
+            spool
+                .lock()
+                .expect("spool")
+                .write(
+                    entry,
+                    &[7u8; 50_000],
+                    ImageEncoding::Encoded,
+                    |id, record| {
+                        serde_json::to_vec(&serde_json::json!({
+                            "id": id, "camera": "cam0", "value": 0.5,
+                            "captured_unix_ms": 1_795_298_707_123 + n, "image": record,
+                        }))
+                    },
+                )
+                .expect("write");
+        }
+        let config = Config {
+            upload: UploadConfig {
+                busy_max_bytes_per_sec: 100_000,
+                ..UploadConfig::to_dir(dir.path().join("dest"))
+            },
+            ..Config::default()
+        };
+        let metrics = Arc::new(Metrics::default());
+        let mut uploader = Uploader::build(&config, spool.clone(), metrics.clone()).expect("built");
+        let (mut backoff, mut failing) = (Backoff::new(1), false);
+        // No detector window measured yet: the detector comes first.
+        let t0 = Instant::now();
+        let wait = uploader.step(&mut backoff, &mut failing);
+        let bytes = metrics
+            .uploaded_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(bytes > 50_000, "{bytes}");
+        let due = Duration::from_secs_f64(bytes as f64 / 100_000.0);
+        assert!(
+            wait <= due && wait + t0.elapsed() >= due,
+            "{wait:?} for {bytes} bytes"
+        );
+        assert_eq!(metrics.upload_state(), "yielding");
+        // With the busy rate off, the next one goes at full speed.
+        uploader.config.busy_max_bytes_per_sec = 0;
+        assert_eq!(uploader.step(&mut backoff, &mut failing), Duration::ZERO);
+        assert_eq!(metrics.upload_state(), "uploading");
+        assert_eq!(spool.lock().expect("spool").len(), 0);
     }
 
     #[test]

@@ -449,7 +449,8 @@ fn cut_plan(rng: &mut Rng) -> Vec<Cut> {
 /// The daemon's config and the restart's (`upload --once`, no bandwidth limit).
 ///
 /// The daemon keeps every frame it sees (five to ten a second, 150–300 KB each) into a
-/// 1 MiB spool and uploads at 800 KB/s (three or four entries a second), so the keeper
+/// 1 MiB spool and uploads at 800 KB/s (three or four entries a second, however busy the
+/// detector: `busy_max_bytes_per_sec = 0`), so the keeper
 /// and the uploader are always busy, the spool always holds a few entries and the
 /// budget evicts a few entries a second.
 fn write_configs(dir: &Path, dest: &Path) -> (PathBuf, PathBuf) {
@@ -461,7 +462,7 @@ fn write_configs(dir: &Path, dest: &Path) -> (PathBuf, PathBuf) {
             "[policy]\nmin_value = 0.0\n\
              [keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\nwindow_secs = 0.5\ncapacity = 16\n\
              [spool]\nmax_bytes = 1048576\nmin_free_bytes = 0\n\
-             [upload]\n{url}max_bytes_per_sec = 800000\n"
+             [upload]\n{url}max_bytes_per_sec = 800000\nbusy_max_bytes_per_sec = 0\n"
         ),
     )
     .expect("write the daemon's config");
