@@ -460,8 +460,8 @@ impl Model {
         Ok(Model { info, session })
     }
 
-    /// Input and output tensors bound to this session, held for every run: one set per
-    /// inference thread.
+    /// A runner: input and output tensors bound to this session. Each inference thread
+    /// makes one and reuses it for all its runs.
     pub fn runner(&self) -> Result<Runner, ModelError> {
         Runner::new(&self.session, &self.info)
     }

@@ -183,7 +183,7 @@ impl Destination for FileDestination {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -213,37 +213,49 @@ mod tests {
         }
     }
 
-    #[test]
-    fn entries_go_highest_value_first_image_before_sidecar_and_leave_the_spool() {
+    /// A spool in `dir` holding one entry of `image` per value, written in order, the
+    /// way the keeper writes them; returns it and the entries' ids.
+    pub(crate) fn spool_of(
+        dir: &std::path::Path,
+        values: &[f32],
+        image: &[u8],
+    ) -> (SharedSpool, Vec<String>) {
         use crate::store::{
             fs::OsFs,
             spool::{Budget, ImageEncoding, NewEntry, Spool},
         };
-        let dir = tempfile::tempdir().expect("tempdir");
         let budget = Budget {
             max_bytes: 1 << 30,
             min_free_bytes: 0,
         };
         let (spool, _) =
-            Spool::open(std::sync::Arc::new(OsFs), dir.path(), budget, Some("cart")).expect("open");
+            Spool::open(std::sync::Arc::new(OsFs), dir, budget, Some("cart")).expect("open");
         let spool: SharedSpool = std::sync::Arc::new(std::sync::Mutex::new(spool));
         let mut ids = Vec::new();
-        for (n, value) in [0.2f32, 0.9, 0.5, 0.7].into_iter().enumerate() {
+        for (n, &value) in values.iter().enumerate() {
+            let ms = 1_795_298_707_123 + n as u64;
             let entry = NewEntry {
                 value,
                 camera: "cam0",
-                captured_unix_ms: 1_795_298_707_123 + n as u64,
+                captured_unix_ms: ms,
             };
             let written = lock(&spool)
-                .write(entry, b"jpeg", ImageEncoding::Encoded, |id, record| {
+                .write(entry, image, ImageEncoding::Encoded, |id, record| {
                     serde_json::to_vec(&serde_json::json!({
                         "id": id, "camera": "cam0", "value": value,
-                        "captured_unix_ms": 1_795_298_707_123 + n as u64, "image": record,
+                        "captured_unix_ms": ms, "image": record,
                     }))
                 })
                 .expect("write");
             ids.push(written.id);
         }
+        (spool, ids)
+    }
+
+    #[test]
+    fn entries_go_highest_value_first_image_before_sidecar_and_leave_the_spool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, ids) = spool_of(dir.path(), &[0.2, 0.9, 0.5, 0.7], b"jpeg");
         let mut recorder = Recorder(Vec::new());
         let mut delivered = Vec::new();
         while let Delivery::Delivered { id, .. } =

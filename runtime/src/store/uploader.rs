@@ -677,40 +677,12 @@ mod tests {
 
     #[test]
     fn a_busy_detector_spaces_deliveries_to_the_busy_rate() {
-        use crate::store::{
-            fs::OsFs,
-            spool::{Budget, ImageEncoding, NewEntry, Spool},
-        };
         let dir = tempfile::tempdir().expect("tempdir");
-        let budget = Budget {
-            max_bytes: 1 << 30,
-            min_free_bytes: 0,
-        };
-        let (spool, _) =
-            Spool::open(Arc::new(OsFs), &dir.path().join("spool"), budget, None).expect("open");
-        let spool: SharedSpool = Arc::new(std::sync::Mutex::new(spool));
-        for n in 0..2u64 {
-            let entry = NewEntry {
-                value: 0.5,
-                camera: "cam0",
-                captured_unix_ms: 1_795_298_707_123 + n,
-            };
-            spool
-                .lock()
-                .expect("spool")
-                .write(
-                    entry,
-                    &[7u8; 50_000],
-                    ImageEncoding::Encoded,
-                    |id, record| {
-                        serde_json::to_vec(&serde_json::json!({
-                            "id": id, "camera": "cam0", "value": 0.5,
-                            "captured_unix_ms": 1_795_298_707_123 + n, "image": record,
-                        }))
-                    },
-                )
-                .expect("write");
-        }
+        let (spool, _) = crate::store::upload::tests::spool_of(
+            &dir.path().join("spool"),
+            &[0.5, 0.5],
+            &[7u8; 50_000],
+        );
         let config = Config {
             upload: UploadConfig {
                 busy_max_bytes_per_sec: 100_000,
