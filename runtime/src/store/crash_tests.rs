@@ -148,7 +148,8 @@ fn check(ops: &[Op], cut: u64, seed: u64, skipped: &[SyncSite]) -> Result<(), St
         .map(|e| e.id.clone())
         .collect();
     for id in &ids {
-        if let Err(e) = spool.lock().expect("spool").read(id) {
+        let files = spool.lock().expect("spool").files(id);
+        if let Err(e) = files.read() {
             return Err(format!("a visible entry is not intact after recovery: {e}"));
         }
     }

@@ -14,7 +14,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use super::fs::{Fs, SyncSite};
@@ -50,8 +50,12 @@ struct State {
     failing_sync: Option<SyncSite>,
 }
 
+type ReadHook = dyn Fn(&Path) + Send + Sync;
+
 pub(crate) struct SimFs {
     state: Mutex<State>,
+    /// Runs before every read, outside the state's lock: a test can hold a read open.
+    before_read: Mutex<Option<Arc<ReadHook>>>,
 }
 
 fn split(path: &Path) -> (PathBuf, String) {
@@ -74,6 +78,7 @@ impl SimFs {
                 free: u64::MAX / 2,
                 ..State::default()
             }),
+            before_read: Mutex::new(None),
         }
     }
 
@@ -99,6 +104,11 @@ impl SimFs {
                 s.unreadable.remove(file);
             }
         });
+    }
+
+    /// Call `hook` with the path before every read.
+    pub(crate) fn before_read(&self, hook: impl Fn(&Path) + Send + Sync + 'static) {
+        *self.before_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
     }
 
     pub(crate) fn set_free(&self, bytes: u64) {
@@ -152,6 +162,7 @@ impl SimFs {
         s.cut = false;
         SimFs {
             state: Mutex::new(s),
+            before_read: Mutex::new(None),
         }
     }
 
@@ -253,6 +264,14 @@ impl Fs for SimFs {
     }
 
     fn read(&self, file: &Path) -> io::Result<Vec<u8>> {
+        let hook = self
+            .before_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(file);
+        }
         self.with(|s| {
             if s.cut {
                 return Err(power_cut());

@@ -573,13 +573,43 @@ impl Spool {
         }
     }
 
-    /// Read an entry's image and sidecar, checking the image against the sidecar's
-    /// checksum. A mismatch removes the entry (it can never be delivered intact).
-    pub(crate) fn read(&mut self, id: &str) -> Result<(Vec<u8>, Vec<u8>), SpoolError> {
-        let sidecar_path = self.path(&format!("{id}.json"));
-        let image_path = self.path(&format!("{id}.jpg"));
-        let sidecar = self.fs.read(&sidecar_path).map_err(io(&sidecar_path))?;
-        let image = self.fs.read(&image_path).map_err(io(&image_path))?;
+    /// An entry's files, to read without holding the spool (see [`EntryFiles`]).
+    pub(crate) fn files(&self, id: &str) -> EntryFiles {
+        EntryFiles {
+            fs: self.fs.clone(),
+            id: id.to_string(),
+            sidecar: self.path(&format!("{id}.json")),
+            image: self.path(&format!("{id}.jpg")),
+        }
+    }
+
+    /// Remove an entry [`EntryFiles::read`] found corrupt: it can never be delivered
+    /// intact.
+    pub(crate) fn remove_corrupt(&mut self, id: &str) {
+        if self.delete(id).is_some() {
+            self.counters.removed_corrupt += 1;
+        }
+    }
+}
+
+/// The paths of one entry and the filesystem that holds them. The uploader reads an
+/// entry in flight through this outside the spool's lock, so a slow card or a large
+/// image never holds up the keeper's writes; eviction skips entries in flight, so the
+/// files stay until the uploader confirms or gives the entry back.
+pub(crate) struct EntryFiles {
+    fs: Arc<dyn Fs>,
+    id: String,
+    sidecar: PathBuf,
+    image: PathBuf,
+}
+
+impl EntryFiles {
+    /// The image and the sidecar, the image checked against the sidecar's size and
+    /// sha256. A mismatch is [`SpoolError::Corrupt`]; the caller removes the entry
+    /// ([`Spool::remove_corrupt`]).
+    pub(crate) fn read(&self) -> Result<(Vec<u8>, Vec<u8>), SpoolError> {
+        let sidecar = self.fs.read(&self.sidecar).map_err(io(&self.sidecar))?;
+        let image = self.fs.read(&self.image).map_err(io(&self.image))?;
         let record: Result<ImageRecord, String> = serde_json::from_slice::<SidecarMeta>(&sidecar)
             .map(|m| m.image)
             .map_err(|e| format!("sidecar: {e}"));
@@ -593,15 +623,13 @@ impl Spool {
             }
             Ok(_) => None,
         };
-        if let Some(reason) = problem {
-            self.delete(id);
-            self.counters.removed_corrupt += 1;
-            return Err(SpoolError::Corrupt {
-                id: id.to_string(),
+        match problem {
+            Some(reason) => Err(SpoolError::Corrupt {
+                id: self.id.clone(),
                 reason,
-            });
+            }),
+            None => Ok((image, sidecar)),
         }
-        Ok((image, sidecar))
     }
 }
 
@@ -842,7 +870,7 @@ mod tests {
             fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(),
             0
         );
-        let (image, _) = spool.read(&w.id).expect("read back");
+        let (image, _) = spool.files(&w.id).read().expect("read back");
         assert_eq!(image, vec![7u8; 100]);
     }
 

@@ -88,10 +88,16 @@ pub(crate) fn deliver_one(
     let Some(entry) = lock(spool).take_for_upload() else {
         return Ok(Delivery::Empty);
     };
-    let read = lock(spool).read(&entry.id);
+    // Read outside the lock (its guard ends with the statement): the entry is in
+    // flight, so nothing evicts it meanwhile.
+    let files = lock(spool).files(&entry.id);
+    let read = files.read();
     let (image, sidecar) = match read {
         Ok(files) => files,
-        Err(SpoolError::Corrupt { id, reason }) => return Ok(Delivery::Corrupt { id, reason }),
+        Err(SpoolError::Corrupt { id, reason }) => {
+            lock(spool).remove_corrupt(&id);
+            return Ok(Delivery::Corrupt { id, reason });
+        }
         Err(e) => {
             lock(spool).give_back(&entry.id);
             return Err(DeliveryError::Unavailable(format!(
@@ -185,6 +191,7 @@ impl Destination for FileDestination {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn keys_are_prefix_device_date_and_id() {
@@ -220,17 +227,23 @@ pub(crate) mod tests {
         values: &[f32],
         image: &[u8],
     ) -> (SharedSpool, Vec<String>) {
-        use crate::store::{
-            fs::OsFs,
-            spool::{Budget, ImageEncoding, NewEntry, Spool},
-        };
+        spool_on(Arc::new(crate::store::fs::OsFs), dir, values, image)
+    }
+
+    /// [`spool_of`] on the filesystem `fs`.
+    fn spool_on(
+        fs: Arc<dyn crate::store::fs::Fs>,
+        dir: &std::path::Path,
+        values: &[f32],
+        image: &[u8],
+    ) -> (SharedSpool, Vec<String>) {
+        use crate::store::spool::{Budget, ImageEncoding, NewEntry, Spool};
         let budget = Budget {
             max_bytes: 1 << 30,
             min_free_bytes: 0,
         };
-        let (spool, _) =
-            Spool::open(std::sync::Arc::new(OsFs), dir, budget, Some("cart")).expect("open");
-        let spool: SharedSpool = std::sync::Arc::new(std::sync::Mutex::new(spool));
+        let (spool, _) = Spool::open(fs, dir, budget, Some("cart")).expect("open");
+        let spool: SharedSpool = Arc::new(std::sync::Mutex::new(spool));
         let mut ids = Vec::new();
         for (n, &value) in values.iter().enumerate() {
             let ms = 1_795_298_707_123 + n as u64;
@@ -280,6 +293,62 @@ pub(crate) mod tests {
             "{first:?}"
         );
         assert_eq!(lock(&spool).len(), 0);
+    }
+
+    #[test]
+    fn an_entry_whose_image_changed_is_removed_and_the_next_one_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, ids) = spool_of(dir.path(), &[0.9, 0.5], b"jpeg");
+        std::fs::write(dir.path().join(format!("{}.jpg", ids[0])), b"jpex").expect("tamper");
+        let mut recorder = Recorder(Vec::new());
+        match deliver_one(&spool, &mut recorder, "p").expect("deliver") {
+            Delivery::Corrupt { id, reason } => {
+                assert_eq!(id, ids[0]);
+                assert!(reason.contains("sha256"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(recorder.0.is_empty(), "nothing of it was stored");
+        assert!(!dir.path().join(format!("{}.jpg", ids[0])).exists());
+        assert_eq!(lock(&spool).counters.removed_corrupt, 1);
+        assert!(matches!(
+            deliver_one(&spool, &mut recorder, "p").expect("deliver"),
+            Delivery::Delivered { id, .. } if id == ids[1]
+        ));
+    }
+
+    #[test]
+    fn the_spool_stays_free_while_the_uploader_reads_an_entry() {
+        // A read held open (a slow card) must not hold the spool: the keeper writes on.
+        let fs = Arc::new(crate::store::sim::SimFs::new());
+        let (spool, ids) = spool_on(fs.clone(), std::path::Path::new("/s"), &[0.9], b"jpeg");
+        let (reading, started) = std::sync::mpsc::channel();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(gate);
+        fs.before_read(move |path| {
+            if path.extension().is_some_and(|e| e == "jpg") {
+                let _ = reading.send(());
+                let _ = gate.lock().expect("gate").recv();
+            }
+        });
+        let uploader = {
+            let spool = spool.clone();
+            std::thread::spawn(move || deliver_one(&spool, &mut Recorder(Vec::new()), "p"))
+        };
+        started
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the uploader reads the image");
+        let free = spool.try_lock().map(|mut s| s.take_for_upload().is_none());
+        release.send(()).expect("release");
+        assert_eq!(
+            free.ok(),
+            Some(true),
+            "the spool was locked during the read"
+        );
+        assert!(matches!(
+            uploader.join().expect("uploader").expect("deliver"),
+            Delivery::Delivered { id, .. } if id == ids[0]
+        ));
     }
 
     #[test]
