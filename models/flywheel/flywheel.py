@@ -109,6 +109,7 @@ frames_per_scene = {FRAMES_PER_SCENE}
 
 [keep]
 target_rate = {budget}
+control_seed = 1
 
 [spool]
 max_bytes = 1099511627776

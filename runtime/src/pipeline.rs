@@ -272,6 +272,11 @@ impl Pipeline {
             frame_size: (max_w, max_h),
             max_detections: config.model.max_detections,
         };
+        // Camera i draws its control sample from seed + i.
+        let control_seed = match config.keep.control_seed {
+            0 => spool.lock().unwrap_or_else(|p| p.into_inner()).run_seed(),
+            fixed => fixed - 1,
+        };
         let uploader = Uploader::build(config, spool.clone(), metrics.clone());
         let keeper = Keeper::build(config, info.clone(), spool, ends, pool, metrics.clone())?;
         spawn(
@@ -343,7 +348,10 @@ impl Pipeline {
             })?;
             let decision = match &decision {
                 Some(make) => make(index),
-                None => Box::new(TargetRate::new(config, index as u64)),
+                None => Box::new(TargetRate::new(
+                    config,
+                    control_seed.wrapping_add(index as u64),
+                )),
             };
             let inference = Inference::build(
                 config,

@@ -49,6 +49,7 @@ pub(crate) struct RawKeep {
     jpeg_quality: i64,
     target_rate: f64,
     control_share: f64,
+    control_seed: i64,
     dedupe_distance: f64,
     dedupe_secs: f64,
     context_frames: i64,
@@ -63,6 +64,7 @@ impl Default for RawKeep {
             jpeg_quality: 90,
             target_rate: 0.02,
             control_share: 0.1,
+            control_seed: 0,
             dedupe_distance: 4.0,
             dedupe_secs: 60.0,
             context_frames: 0,
@@ -74,7 +76,7 @@ impl Default for RawKeep {
 /// twice that many more per camera).
 pub(crate) const MAX_CONTEXT: usize = 8;
 
-/// `[keep]` keys that apply without a restart: all of them.
+/// `[keep]` keys that apply without a restart: all but `control_seed` and `context_frames`.
 pub(crate) const LIVE_KEYS: &[&str] = &[
     "capacity",
     "window_secs",
@@ -98,6 +100,9 @@ pub struct KeepConfig {
     pub target_rate: f64,
     /// The share of the target kept uniformly at random, tagged `control`.
     pub control_share: f64,
+    /// Seeds the control draws; 0: a seed of this run (the spool's device id and start
+    /// counter), so carts and restarts draw apart.
+    pub control_seed: u64,
     pub dedupe_distance: f32,
     pub dedupe_secs: f64,
     /// Frames kept before and after each frame a trigger fired on, as its group
@@ -148,6 +153,7 @@ impl KeepConfig {
                 "a share of frames from 0 (no target: min_value decides) to 1, e.g. 0.02",
             ),
             control_share: c.unit("control_share", k.control_share, "0.1"),
+            control_seed: c.int("control_seed", k.control_seed, 0, i64::MAX) as u64,
             dedupe_distance: c.float(
                 "dedupe_distance",
                 k.dedupe_distance,

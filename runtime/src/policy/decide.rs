@@ -44,8 +44,9 @@ pub(crate) struct TargetRate {
 }
 
 impl TargetRate {
-    /// A camera's decision; `seed` draws its control sample (the pipeline's camera
-    /// number, so a run repeats; `evaluate`'s stream seed).
+    /// A camera's decision; `seed` draws its control sample (in the pipeline
+    /// `[keep] control_seed` or the run's seed, plus the camera's number; `evaluate`'s
+    /// stream seed).
     pub(crate) fn new(config: &Config, seed: u64) -> Self {
         let mut d = TargetRate {
             min_value: 0.0,

@@ -304,6 +304,14 @@ impl Spool {
         self.dir.join(name)
     }
 
+    /// A seed no other run draws: from the device id and this start's number, the
+    /// parts of an entry id that never repeat across carts and restarts.
+    pub(crate) fn run_seed(&self) -> u64 {
+        let digest =
+            crate::digest::sha256_hex(format!("{}-{:08x}", self.device, self.boot).as_bytes());
+        u64::from_str_radix(&digest[..16], 16).unwrap_or_default()
+    }
+
     /// The id the next entry gets.
     fn next_id(&mut self) -> String {
         let id = format!("{}-{:08x}-{:08}", self.device, self.boot, self.seq);
@@ -911,6 +919,12 @@ mod tests {
         let other = tempfile::tempdir().expect("tempdir");
         let mut spool = open_in(Arc::new(OsFs), other.path(), ROOMY, None);
         assert!(!seen.contains(&put(&mut spool, 0.5, 1, 10).expect("write").id));
+        // Each start seeds its own random draws.
+        let seeds: BTreeSet<u64> = (0..3)
+            .map(|_| open_in(Arc::new(OsFs), dir.path(), ROOMY, None).run_seed())
+            .chain([spool.run_seed()])
+            .collect();
+        assert_eq!(seeds.len(), 4, "{seeds:?}");
         // A damaged boot counter starts at random rather than failing or reusing ids.
         drop(spool);
         fs::write(other.path().join(".meta/boot"), "garbage").expect("damage");

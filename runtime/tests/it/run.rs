@@ -693,3 +693,49 @@ fn trigger_frames_are_kept_with_their_context() {
         .count();
     assert!(credited <= 3, "per_minute = 3, credited {credited}");
 }
+
+#[test]
+fn the_control_sample_is_drawn_afresh_each_start_unless_seeded() {
+    // All of the budget is control, so about one frame in five is drawn.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controls = |name: &str, seed: u64| -> Vec<u64> {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[keep]\ntarget_rate = 0.2\ncontrol_share = 1.0\ncontrol_seed = {seed}\ncapacity = 64\nwindow_secs = 3600.0\ndedupe_distance = 0.0\n\n[[camera]]\nname = \"cam0\"\ntype = \"synthetic\"\nwidth = 320\nheight = 180\nseed = 5\n"
+            ),
+        )
+        .expect("write");
+        let spool = dir.path().join(name);
+        let out = run_ok(&mut framesift(&[
+            "run",
+            "--config",
+            config.to_str().expect("utf8"),
+            "--max-frames",
+            "200",
+            "--spool-dir",
+            spool.to_str().expect("utf8"),
+        ]));
+        let summary = text(&out.stdout);
+        assert!(summary.contains("dropped     0"), "{summary}");
+        let mut seqs: Vec<u64> = spool_entries(&spool)
+            .iter()
+            .filter(|s| s["control"] == true)
+            .map(|s| s["seq"].as_u64().expect("seq"))
+            .collect();
+        seqs.sort_unstable();
+        assert!(seqs.len() >= 10, "about 40 of 200 frames: {seqs:?}");
+        seqs
+    };
+    assert_eq!(
+        controls("fixed-a", 7),
+        controls("fixed-b", 7),
+        "a fixed seed repeats its draws"
+    );
+    assert_ne!(
+        controls("run-a", 0),
+        controls("run-b", 0),
+        "each start draws its own"
+    );
+}
