@@ -14,7 +14,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    framesift, run_ok,
+    framesift, run_frames, run_ok,
     servers::{ACCESS_KEY, BUCKET, FaultProxy, Kind, SECRET_KEY, Server, free_port},
     text,
 };
@@ -36,15 +36,7 @@ fn template() -> &'static (PathBuf, Entries) {
         )
         .expect("config");
         let spool = dir.join("spool");
-        run_ok(&mut framesift(&[
-            "run",
-            "--config",
-            config.to_str().expect("utf8"),
-            "--max-frames",
-            "40",
-            "--spool-dir",
-            spool.to_str().expect("utf8"),
-        ]));
+        run_frames(&config, 40, &spool);
         let entries = entries(&spool);
         assert!(entries.len() >= 20, "kept {} frames", entries.len());
         (spool, entries)

@@ -44,6 +44,19 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// `framesift run --config CONFIG --max-frames FRAMES --spool-dir SPOOL`, which must succeed.
+pub fn run_frames(config: &Path, frames: u32, spool: &Path) -> Output {
+    run_ok(&mut framesift(&[
+        "run",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--max-frames",
+        &frames.to_string(),
+        "--spool-dir",
+        spool.to_str().expect("utf8"),
+    ]))
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

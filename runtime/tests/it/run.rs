@@ -8,7 +8,7 @@ use std::{
 use serde_json::Value;
 use sha2::Digest;
 
-use crate::{framesift, run_ok, text};
+use crate::{framesift, run_frames, run_ok, text};
 
 /// Every complete spool entry's sidecar, checked against its image.
 fn spool_entries(dir: &Path) -> Vec<Value> {
@@ -54,15 +54,7 @@ fn default_run_keeps_frames_with_complete_sidecars() {
         "[keep]\ntarget_rate = 0.0\ndedupe_distance = 0.0\nwindow_secs = 3600.0\n",
     )
     .expect("write");
-    let out = run_ok(&mut framesift(&[
-        "run",
-        "--config",
-        config.to_str().expect("utf8"),
-        "--max-frames",
-        "60",
-        "--spool-dir",
-        spool.to_str().expect("utf8"),
-    ]));
+    let out = run_frames(&config, 60, &spool);
     let summary = text(&out.stdout);
     assert!(summary.contains("60 acquired, 60 inferred"), "{summary}");
     for stage in ["acquire", "preprocess", "inference", "decode+nms", "score"] {
@@ -536,15 +528,7 @@ fn sidecars_record_every_signal_and_the_values_their_formulas_give() {
     }
     std::fs::write(&config, text).expect("write");
     let spool = dir.path().join("spool");
-    run_ok(&mut framesift(&[
-        "run",
-        "--config",
-        config.to_str().expect("utf8"),
-        "--max-frames",
-        "80",
-        "--spool-dir",
-        spool.to_str().expect("utf8"),
-    ]));
+    run_frames(&config, 80, &spool);
     let entries = spool_entries(&spool);
     assert_eq!(entries.len(), 80);
     let (mut below, mut deep, mut fired) = (0, 0, std::collections::BTreeSet::new());
@@ -634,15 +618,7 @@ fn trigger_frames_are_kept_with_their_context() {
         "[keep]\ncontext_frames = 2\nwindow_secs = 3600.0\n\n[[trigger]]\nname = \"unsure\"\nsignal = \"uncertainty\"\nthreshold = 0.5\nweight = 5.0\nper_minute = 3\n\n[[camera]]\nname = \"cam0\"\ntype = \"synthetic\"\nwidth = 640\nheight = 360\nseed = 3\n",
     )
     .expect("write");
-    let out = run_ok(&mut framesift(&[
-        "run",
-        "--config",
-        config.to_str().expect("utf8"),
-        "--max-frames",
-        "150",
-        "--spool-dir",
-        spool.to_str().expect("utf8"),
-    ]));
+    let out = run_frames(&config, 150, &spool);
     let summary = text(&out.stdout);
     assert!(summary.contains("dropped     0"), "{summary}");
     let entries = spool_entries(&spool);
@@ -708,15 +684,7 @@ fn the_control_sample_is_drawn_afresh_each_start_unless_seeded() {
         )
         .expect("write");
         let spool = dir.path().join(name);
-        let out = run_ok(&mut framesift(&[
-            "run",
-            "--config",
-            config.to_str().expect("utf8"),
-            "--max-frames",
-            "200",
-            "--spool-dir",
-            spool.to_str().expect("utf8"),
-        ]));
+        let out = run_frames(&config, 200, &spool);
         let summary = text(&out.stdout);
         assert!(summary.contains("dropped     0"), "{summary}");
         let mut seqs: Vec<u64> = spool_entries(&spool)
