@@ -286,7 +286,7 @@ def report(base: dict, results: list[dict], args, wall_s: float) -> str:
     by = lambda arm, rnd: [r for r in results if r["arm"] == arm and r["round"] == rnd]  # noqa: E731
     seeds = sorted({r["seed"] for r in results})
     lines = [f"Stream: {args.frames} store frames per seed ({WIDTH}x{HEIGHT}, {FRAMES_PER_SCENE} frames "
-             f"a scene), label budget {args.budget:.0%}, seeds {', '.join(map(str, seeds))}; held-out "
+             f"a scene), label budget {args.budget * 100:g} %, seeds {', '.join(map(str, seeds))}; held-out "
              f"store set seed {args.eval_seed}, {args.eval_frames} frames; fine-tuning {args.steps} steps "
              f"of batch {args.batch}. Mean ± sample standard deviation (min–max) over seeds.", "",
              "| model | labelled frames | store mAP@0.5 | store mAP@0.5:0.95 | studio mAP@0.5 | "
