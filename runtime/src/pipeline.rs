@@ -272,7 +272,8 @@ impl Pipeline {
             frame_size: (max_w, max_h),
             max_detections: config.model.max_detections,
         };
-        // Camera i draws its control sample from seed + i.
+        // Camera i draws its control sample from seed + i; 0 in the config means "per
+        // start", so a fixed N ≥ 1 maps to seed N - 1 and every u64 seed is reachable.
         let control_seed = match config.keep.control_seed {
             0 => spool.lock().unwrap_or_else(|p| p.into_inner()).run_seed(),
             fixed => fixed - 1,

@@ -460,8 +460,8 @@ impl Model {
         Ok(Model { info, session })
     }
 
-    /// A runner: input and output tensors bound to this session. Each inference thread
-    /// makes one and reuses it for all its runs.
+    /// The [`Runner`] of one inference thread: this session's input and output tensors,
+    /// bound for all of that thread's runs.
     pub fn runner(&self) -> Result<Runner, ModelError> {
         Runner::new(&self.session, &self.info)
     }
