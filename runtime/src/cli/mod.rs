@@ -4,6 +4,7 @@ mod bench;
 mod calibrate;
 mod config;
 mod evaluate;
+mod lift;
 mod run;
 mod spool;
 mod synth;
@@ -48,6 +49,9 @@ enum Command {
     /// errors among kept frames for the policy, random sampling, an oracle and each
     /// signal alone, at one budget.
     Evaluate(evaluate::EvaluateArgs),
+    /// Measure the policy's lift on frames that came back labelled: errors per frame of
+    /// the chosen frames over the random control sample's, with a bootstrap interval.
+    Lift(lift::LiftArgs),
     /// Export a labelled dataset (images, YOLO labels, perturbation tags) from the
     /// synthetic scene source.
     Synth(synth::SynthArgs),
@@ -117,6 +121,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::bench(args),
         Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Evaluate(args) => evaluate::evaluate(args),
+        Command::Lift(args) => lift::lift(args),
         Command::Upload(args) => upload::upload(args),
         Command::Spool { command } => spool::spool(command),
         Command::Config { command } => Ok(config::config(command)),

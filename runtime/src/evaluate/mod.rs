@@ -6,8 +6,10 @@
 //! through each policy at the same budget ([`policies`]): the configured one (the
 //! inference thread's keep decision and the keeper's selection, the same code the
 //! pipeline runs), seeded random sampling, an oracle that knows the errors, and each
-//! signal alone.
+//! signal alone. [`field`] measures the same lift on frames that came back labelled
+//! from the carts (`framesift lift`).
 
+pub(crate) mod field;
 pub(crate) mod policies;
 pub(crate) mod truth;
 pub(crate) mod tune;

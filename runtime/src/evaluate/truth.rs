@@ -7,7 +7,8 @@
 //!   class at IoU ≥ [`MATCH_IOU`].
 //!
 //! Classes are matched by name, so a model whose classes are named differently from the
-//! synthetic catalogue ([`PRODUCT_NAMES`]) only scores where the names agree.
+//! labels' classes (the synthetic catalogue, [`PRODUCT_NAMES`], or a labeller's
+//! `classes.txt`) only scores where the names agree.
 
 use crate::{
     capture::synthetic::PRODUCT_NAMES,
@@ -31,19 +32,30 @@ impl Errors {
     }
 }
 
-/// Maps the model's class ids to catalogue product ids by name.
+/// Maps the model's class ids to label class ids (a [`TruthBox::class_id`]) by name.
 #[derive(Debug, Clone)]
 pub(crate) struct ClassMap {
-    /// Catalogue id of each model class, `None` when the catalogue has no such product.
+    /// Label id of each model class, `None` when the labels have no such class.
     product_of: Vec<Option<u16>>,
 }
 
 impl ClassMap {
+    /// Against the synthetic catalogue, whose ids the synthetic ground truth uses.
     pub(crate) fn new(model_names: &[String]) -> ClassMap {
+        ClassMap::between(model_names, PRODUCT_NAMES)
+    }
+
+    /// Against any list of label class names, in label-id order.
+    pub(crate) fn between<S: AsRef<str>>(model_names: &[String], labels: &[S]) -> ClassMap {
         ClassMap {
             product_of: model_names
                 .iter()
-                .map(|n| PRODUCT_NAMES.iter().position(|p| p == n).map(|i| i as u16))
+                .map(|n| {
+                    labels
+                        .iter()
+                        .position(|l| l.as_ref() == n)
+                        .map(|i| i as u16)
+                })
                 .collect(),
         }
     }

@@ -7,6 +7,7 @@
 mod cli;
 mod delivery;
 mod drift;
+mod lift;
 mod models;
 mod power_cut;
 mod run;

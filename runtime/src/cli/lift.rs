@@ -1,0 +1,219 @@
+//! `framesift lift`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+
+use crate::evaluate::field::{self, FEW_CONTROL_FRAMES, LabelSource, Lift, ModelReport};
+
+#[derive(Parser)]
+pub(super) struct LiftArgs {
+    /// Where the kept frames came back to: their JSON sidecars, searched recursively (a
+    /// copy of the bucket, a spool directory).
+    dir: PathBuf,
+    /// The labeller's YOLO label files, one `<entry id>.txt` per frame, searched
+    /// recursively (default: DIR).
+    #[arg(long, value_name = "DIR")]
+    labels: Option<PathBuf>,
+    /// The label class names, one per line in label-id order (default: classes.txt in
+    /// the labels directory, else in DIR).
+    #[arg(long, value_name = "FILE")]
+    classes: Option<PathBuf>,
+    /// Label synthetic frames with the ground truth their sidecars carry instead of
+    /// label files: the measurement end to end, with a perfect labeller.
+    #[arg(long, conflicts_with_all = ["labels", "classes"])]
+    truth: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn lift(args: LiftArgs) -> anyhow::Result<ExitCode> {
+    let source = if args.truth {
+        LabelSource::SyntheticTruth
+    } else {
+        let dir = args.labels.clone().unwrap_or_else(|| args.dir.clone());
+        let classes_file = match &args.classes {
+            Some(file) => file.clone(),
+            None => match [dir.join("classes.txt"), args.dir.join("classes.txt")]
+                .into_iter()
+                .find(|p| p.is_file())
+            {
+                Some(file) => file,
+                None => {
+                    eprintln!(
+                        "error: no classes.txt in {}: name the label classes with --classes FILE (one class name per line, in label-id order), or use --truth for synthetic frames",
+                        dir.display()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+            },
+        };
+        match read_classes(&classes_file) {
+            Ok(classes) => LabelSource::Files { dir, classes },
+            Err(problem) => {
+                eprintln!("error: {}: {problem}", classes_file.display());
+                return Ok(ExitCode::from(2));
+            }
+        }
+    };
+    let returns = match field::read(&args.dir, &source)? {
+        Ok(r) => r,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            eprintln!(
+                "{}; nothing measured",
+                super::plural(problems.len(), "problem")
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for (path, why) in &returns.skipped {
+        tracing::warn!(file = %path.display(), "skipped: {why}");
+    }
+    if returns.kept == 0 {
+        eprintln!(
+            "error: no framesift sidecars (*.json) under {}",
+            args.dir.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let reports = field::report(&returns);
+    if args.json {
+        let report = serde_json::json!({
+            "dir": args.dir,
+            "kept": returns.kept,
+            "labelled": returns.kept - returns.unlabelled.len(),
+            "unlabelled": returns.unlabelled.len(),
+            "labels_without_frame": returns.orphan_labels,
+            "skipped": returns.skipped.len(),
+            "models": reports,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&args, &source, &returns, &reports);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `classes.txt`: one name per line; trailing blank lines are ignored, others are not.
+fn read_classes(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let names: Vec<String> = text
+        .trim_end()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    if let Some(n) = names.iter().position(String::is_empty) {
+        return Err(format!(
+            "line {} is blank; write one class name per line, in label-id order",
+            n + 1
+        ));
+    }
+    if names.is_empty() {
+        return Err("no class names; write one per line, in label-id order".into());
+    }
+    Ok(names)
+}
+
+fn print_report(
+    args: &LiftArgs,
+    source: &LabelSource,
+    returns: &field::Returns,
+    reports: &[ModelReport],
+) {
+    println!(
+        "{} kept frames under {}, {} labelled ({} without {}{}); labels from {}",
+        returns.kept,
+        args.dir.display(),
+        returns.kept - returns.unlabelled.len(),
+        returns.unlabelled.len(),
+        match source {
+            LabelSource::Files { .. } => "a label file",
+            LabelSource::SyntheticTruth => "ground truth",
+        },
+        if returns.orphan_labels > 0 {
+            format!(
+                "; {} for frames not here",
+                super::plural(returns.orphan_labels, "label file")
+            )
+        } else {
+            String::new()
+        },
+        match source {
+            LabelSource::Files { dir, .. } => dir.display().to_string(),
+            LabelSource::SyntheticTruth => "the sidecars' synthetic ground truth".into(),
+        }
+    );
+    if !returns.skipped.is_empty() {
+        println!(
+            "{} skipped (see the warnings above)",
+            super::plural(returns.skipped.len(), ".json file")
+        );
+    }
+    for r in reports {
+        let sha = r.model.sha256.get(..8).unwrap_or(&r.model.sha256);
+        println!();
+        println!("model {} {} (sha256 {sha}…)", r.model.id, r.model.version);
+        println!(
+            "{:<10} {:>7} {:>8} {:>8} {:>8} {:>6}",
+            "group", "frames", "miss/fr", "fp/fr", "err/fr", "miss%"
+        );
+        for g in &r.groups {
+            let f = &g.figures;
+            if f.frames == 0 {
+                println!("{:<10} {:>7}", g.name, 0);
+                continue;
+            }
+            println!(
+                "{:<10} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>5.0}%",
+                g.name,
+                f.frames,
+                f.misses_per_frame,
+                f.false_positives_per_frame,
+                f.errors_per_frame,
+                100.0 * f.miss_precision
+            );
+        }
+        println!("lift of the chosen frames over the control sample (90 % bootstrap interval):");
+        for (name, lift) in [
+            ("misses", r.lift_misses),
+            ("false positives", r.lift_false_positives),
+            ("errors", r.lift_errors),
+        ] {
+            println!("  {name:<16} {}", show(lift));
+        }
+        let control = r.groups.iter().find(|g| g.name == "control");
+        let n = control.map_or(0, |g| g.figures.frames);
+        if n < FEW_CONTROL_FRAMES {
+            println!(
+                "  only {} came back labelled: read the lift with its interval, which narrows as more come back",
+                super::plural(n, "control frame")
+            );
+        }
+        if !r.reasons.is_empty() {
+            println!("chosen frames by reason (frames · misses / frame · errors / frame):");
+            for reason in &r.reasons {
+                println!(
+                    "  {:<24} {:>5} · {:.2} · {:.2}",
+                    reason.name,
+                    reason.figures.frames,
+                    reason.figures.misses_per_frame,
+                    reason.figures.errors_per_frame
+                );
+            }
+        }
+    }
+}
+
+fn show(l: Lift) -> String {
+    let num = |x: Option<f64>| x.map_or("∞".to_string(), |v| format!("{v:.2}"));
+    match (l.lift, l.interval) {
+        (None, None) => "— (needs both chosen and control frames)".into(),
+        (None, _) => "— (no such errors among the control frames)".into(),
+        (Some(v), Some([lo, hi])) => format!("{v:.2}  ({}–{})", num(lo), num(hi)),
+        (Some(v), None) => format!("{v:.2}"),
+    }
+}
