@@ -204,11 +204,11 @@ fn tune(
         |l: tune::Lifts| format!("lift_misses {:.2}, lift_errors {:.2}", l.misses, l.errors);
     let header = vec![
         format!(
-            "Signal weights from `framesift evaluate --tune --tune-for {}` for {model_name}: synthetic store streams {}–{last}, {} frames each, budget {:.1} %.",
+            "Signal weights from `framesift evaluate --tune --tune-for {}` for {model_name}: synthetic store streams {}–{last}, {} frames each, budget {}.",
             args.tune_for.name(),
             args.seed,
             args.frames,
-            100.0 * args.budget
+            percent(args.budget)
         ),
         format!(
             "Tuning streams: {} with the configured weights, {} with these.",
@@ -239,10 +239,10 @@ fn tune(
 
 fn print_table(frames: usize, opts: &EvaluateOptions, reports: &[PolicyReport]) {
     println!(
-        "{frames} synthetic store frames (seed {}, {} per scene), budget {:.1} % — errors at IoU 0.5 against ground truth",
+        "{frames} synthetic store frames (seed {}, {} per scene), budget {} — errors at IoU 0.5 against ground truth",
         opts.seed,
         opts.camera.frames_per_scene,
-        100.0 * opts.budget
+        percent(opts.budget)
     );
     println!(
         "{:<20} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
@@ -310,6 +310,18 @@ fn print_table(frames: usize, opts: &EvaluateOptions, reports: &[PolicyReport]) 
     );
 }
 
+/// A share as a percentage with one decimal, or two significant digits below 0.1 %
+/// (`2.0 %`, `0.5 %`, `0.025 %`), so a small budget never reads as 0.
+fn percent(share: f64) -> String {
+    let p = 100.0 * share;
+    if p >= 0.1 || p == 0.0 {
+        format!("{p:.1} %")
+    } else {
+        let decimals = (-p.log10().floor()) as usize + 1;
+        format!("{p:.decimals$} %")
+    }
+}
+
 fn progress_bar(total: u64) -> ProgressBar {
     let target = if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
@@ -322,4 +334,16 @@ fn progress_bar(total: u64) -> ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_small_budget_never_prints_as_zero() {
+        assert_eq!(super::percent(0.02), "2.0 %");
+        assert_eq!(super::percent(0.005), "0.5 %");
+        assert_eq!(super::percent(0.00025), "0.025 %");
+        assert_eq!(super::percent(0.0001), "0.010 %");
+        assert_eq!(super::percent(1.0), "100.0 %");
+    }
 }

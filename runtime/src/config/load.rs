@@ -324,8 +324,9 @@ fn locate(table: &DeTable<'_>, path: &[PathPart]) -> Option<Range<usize>> {
                 return Some(k.span());
             };
             match item.get_ref() {
+                // A key the table lacks: its first key as written.
                 DeValue::Table(inner) => locate(inner, &rest[1..])
-                    .or_else(|| inner.iter().next().map(|(k, _)| k.span()))
+                    .or_else(|| inner.keys().map(Spanned::span).min_by_key(|s| s.start))
                     .or(Some(item.span())),
                 _ => Some(item.span()),
             }

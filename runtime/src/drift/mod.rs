@@ -106,13 +106,13 @@ impl DriftConfig {
             "psi_moderate",
             raw.psi_moderate,
             |v| v > 0.0 && v < 10.0,
-            "a small positive number, e.g. 0.1",
+            "above 0 and below 10, e.g. 0.1",
         );
         let psi_significant = c.float(
             "psi_significant",
             raw.psi_significant,
             |v| v > 0.0 && v < 10.0,
-            "a small positive number, e.g. 0.25",
+            "above 0 and below 10, e.g. 0.25",
         );
         if psi_significant <= psi_moderate {
             c.fail(
@@ -134,7 +134,7 @@ impl DriftConfig {
                 "boost",
                 raw.boost,
                 |v| (1.0..=10.0).contains(&v),
-                "1 (off) to 10, e.g. 1.5",
+                "from 1 (off) to 10, e.g. 1.5",
             ) as f32,
         }
     }

@@ -150,7 +150,7 @@ impl KeepConfig {
                 "target_rate",
                 k.target_rate,
                 |v| (0.0..=1.0).contains(&v),
-                "a share of frames from 0 (no target: min_value decides) to 1, e.g. 0.02",
+                "from 0 (no target: min_value decides) to 1, the share of frames to keep, e.g. 0.02",
             ),
             control_share: c.unit("control_share", k.control_share, "0.1"),
             control_seed: c.int("control_seed", k.control_seed, 0, i64::MAX) as u64,

@@ -94,9 +94,14 @@ fn validate_one(raw: &RawTrigger, c: &mut Checker) -> Trigger {
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
     if !name_ok {
+        let problem = if raw.name.is_empty() {
+            "a [[trigger]] has no name".to_string()
+        } else {
+            format!("trigger name {:?} is not a plain word", raw.name)
+        };
         c.fail(
             "name",
-            format!("trigger name {:?} is empty or not a plain word", raw.name),
+            problem,
             "name it with letters, digits, _ or -, e.g. name = \"dark_aisle\"".to_string(),
         );
     }
@@ -118,7 +123,7 @@ fn validate_one(raw: &RawTrigger, c: &mut Checker) -> Trigger {
             "threshold",
             raw.threshold,
             |v| v > 0.0 && v <= 1.0,
-            "a signal value above 0 and at most 1, e.g. 0.8",
+            "above 0 and at most 1 (a signal value), e.g. 0.8",
         ) as f32,
         weight: c.float("weight", raw.weight, |v| v >= 0.0, "0 or more, e.g. 2.0") as f32,
         limits: [
@@ -294,5 +299,16 @@ mod tests {
             .to_string();
         assert!(err.contains("c.toml: line 3"), "{err}");
         assert!(err.contains("exposure"), "the fix lists the signals: {err}");
+
+        // A trigger without a name is pointed at by its first line, not by whichever of
+        // its keys the parser happens to list first.
+        let nameless = "[model]\nconfidence_threshold = 0.3\n\n[[trigger]]\nsignal = \"novelty\"\nthreshold = 0.8\nper_minute = 2\n";
+        let err = Config::parse(nameless, "c.toml")
+            .expect_err("no name")
+            .to_string();
+        assert!(
+            err.contains("c.toml: line 5, column 1: a [[trigger]] has no name"),
+            "{err}"
+        );
     }
 }

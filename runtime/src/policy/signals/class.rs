@@ -63,7 +63,7 @@ impl Signal for Class {
                 "rare_share",
                 raw.rare_share,
                 |v| (0.0..1.0).contains(&v),
-                "a share from 0 (off) up to 1, e.g. 0.02",
+                "from 0 (off) up to 1, e.g. 0.02",
             ) as f32,
             warm_up: c.int("warm_up", raw.warm_up, 1, i64::MAX) as u64,
             weight: super::weight(c, raw.weight, "1.0"),

@@ -67,7 +67,7 @@ impl Signal for Count {
             "expected",
             raw.expected,
             |v| v >= 0.0,
-            "0 (learn each camera's usual count) or the detections a frame usually holds, e.g. 4.0",
+            "of 0 or more: the detections a frame usually holds, or 0 to learn each camera's usual count, e.g. 4.0",
         ) as f32;
         Settings {
             expected: (expected > 0.0).then_some(expected),

@@ -56,13 +56,13 @@ impl Signal for Exposure {
             "dark_luma",
             raw.dark_luma,
             |v| v > 0.0 && v < 255.0,
-            "a mean luma between 0 and 255, e.g. 40.0",
+            "between 0 and 255 (a mean luma), e.g. 40.0",
         ) as f32;
         let bright_luma = c.float(
             "bright_luma",
             raw.bright_luma,
             |v| v > raw.dark_luma && v < 255.0,
-            "a mean luma above dark_luma and below 255, e.g. 200.0",
+            "above dark_luma and below 255 (a mean luma), e.g. 200.0",
         ) as f32;
         Settings {
             dark_luma,
@@ -71,7 +71,7 @@ impl Signal for Exposure {
                 "max_clipped",
                 raw.max_clipped,
                 |v| v > 0.0 && v <= 0.5,
-                "a share of the frame above 0 and at most 0.5, e.g. 0.05",
+                "above 0 and at most 0.5 (a share of the frame), e.g. 0.05",
             ) as f32,
             weight: super::weight(c, raw.weight, "2.0"),
         }
