@@ -299,12 +299,21 @@ pub(crate) fn compare(
         .take(k)
         .collect();
     let oracle_distinct = tally(records, &distinct);
+    // The configured selection — windows, near-duplicates, control slice — with a value
+    // that knows each frame's errors: the most this policy could find with perfect
+    // signals.
+    let (kept, control) = replay(config, records, seed, |r| {
+        r.errors.total() as f32 + 0.001 * r.errors.misses as f32
+    });
+    let mut oracle_policy = tally(records, &kept);
+    oracle_policy.control = control.iter().filter(|&&c| c).count() as f64;
 
     let mut reports = vec![
         framesift.report("framesift".into(), Some(&random)),
         random.report("random".into(), Some(&random)),
         oracle.report("oracle".into(), Some(&random)),
         oracle_distinct.report("oracle:distinct".into(), Some(&random)),
+        oracle_policy.report("oracle:policy".into(), Some(&random)),
     ];
     // Each signal alone: its own 0..1 value is the frame's value.
     for (i, name) in signals::NAMES.iter().enumerate() {
@@ -417,5 +426,54 @@ pub(crate) mod tests {
             / valued.len() as f64;
         assert!(mean > 3.5, "the valuable scenes: {mean}");
         assert!(control.iter().any(|&c| c), "a control slice");
+    }
+
+    #[test]
+    fn the_policy_oracle_is_the_configured_selection_with_perfect_signals() {
+        // A signal that knows nothing (a value drawn at random for each frame); misses on
+        // one scene in five, 1 to 4 of them.
+        let mut rng = Rng::new(9);
+        let records: Vec<Record> = (0..6000)
+            .map(|i| {
+                let s = i / 4;
+                let m = if s % 5 == 0 {
+                    (s / 5 % 4 + 1) as u32
+                } else {
+                    0
+                };
+                record(i, 0.5 + rng.unit(), m)
+            })
+            .collect();
+        let reports = compare(&Config::default(), &records, 0.02, 3);
+        let by = |name: &str| {
+            reports
+                .iter()
+                .find(|p| p.name == name)
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
+        let (ours, perfect, distinct) =
+            (by("framesift"), by("oracle:policy"), by("oracle:distinct"));
+        assert!(
+            ours.lift_misses < 1.6,
+            "a blind signal: {}",
+            ours.lift_misses
+        );
+        // Perfect signals through the same selection: the same control slice and the
+        // same spread, so the best scenes but not all of the budget on them.
+        assert_eq!(perfect.control, ours.control);
+        assert!(perfect.control >= 1.0, "a control slice");
+        assert!(perfect.distinct_share >= 0.9, "{}", perfect.distinct_share);
+        assert!(
+            perfect.lift_misses > 2.0 * ours.lift_misses,
+            "{} vs {}",
+            perfect.lift_misses,
+            ours.lift_misses
+        );
+        assert!(
+            perfect.lift_misses <= distinct.lift_misses,
+            "{} vs {}",
+            perfect.lift_misses,
+            distinct.lift_misses
+        );
     }
 }

@@ -409,6 +409,7 @@ fn evaluate_reports_every_policy_against_random_and_the_oracle() {
         "random",
         "oracle",
         "oracle:distinct",
+        "oracle:policy",
         "signal:exposure",
         "signal:uncertainty",
     ] {
