@@ -85,7 +85,8 @@ pub struct DerivedBands {
     /// The largest JS distance between a window of the reference and the rest of it;
     /// `None` when the sample was too short for two windows of any statistic.
     pub reference_noise: Option<f64>,
-    /// How many windows the noise was measured over, across all statistics.
+    /// How many sliding windows the noise was measured over, across all statistics
+    /// (besides [`RESAMPLES`] pseudo-windows per statistic).
     pub windows: usize,
     /// Each statistic's own noise, in the order given (`None`: shorter than two
     /// windows).
@@ -111,20 +112,24 @@ pub fn bands_for_noise(noise: Option<f64>, psi_moderate: f64, psi_significant: f
 /// Drift bands for windows of `window` samples, from the reference sample itself.
 ///
 /// Each entry of `samples` is one statistic: its bins and the bin index of each of its
-/// values in capture order. Windows of `window` values slide over each sequence with a
-/// stride of a tenth of a window, and each is compared (JS distance) with the rest of
-/// that statistic's sample — the whole minus the window, so that, like a camera's
-/// window, it is compared with values it is not part of (against the whole it would
-/// partly be compared with itself and look closer than a camera ever does). The noise is
-/// the largest distance over all windows and statistics. Statistics with fewer than two
-/// full windows are left out.
+/// values in capture order. A statistic's noise is the largest JS distance between a
+/// window of it and the rest of its sample — the whole minus the window, so that, like a
+/// camera's window, it is compared with values it is not part of (against the whole it
+/// would partly be compared with itself and look closer than a camera ever does) — over
+/// two kinds of window:
+/// - windows of `window` values sliding over the sequence with a stride of a tenth of a
+///   window ([`sliding_noise`]);
+/// - [`RESAMPLES`] pseudo-windows, each ten blocks of a tenth of a window drawn at
+///   random from the sample ([`resampled_noise`]). A sample a few windows long holds only a few distinct windows
+///   in capture order; a camera sees thousands over a long run, and the most extreme of
+///   those is what an alarm threshold must clear.
 ///
-/// The JS distances matching `psi_moderate` and `psi_significant` are the floor. The
-/// reference's own window-to-window spread, with a 1.5× margin, raises them when the
-/// sample is noisier than that (short windows, many bins, values correlated in time), so
-/// that a stationary stream like the reference does not alarm ([`bands_for_noise`]).
-/// `bands` is for the noisiest statistic; `noise` holds each statistic's own, for
-/// bands per statistic.
+/// Statistics with fewer than two full windows are left out. The JS distances matching
+/// `psi_moderate` and `psi_significant` are the floor; a statistic's noise, with a 1.5×
+/// margin, raises them when the sample is noisier than that (short windows, many bins,
+/// values correlated in time), so that a stationary stream like the reference does not
+/// alarm ([`bands_for_noise`]). `noise` holds each statistic's own, for its own bands;
+/// `bands` is for the noisiest statistic.
 ///
 /// # Panics
 /// If an index is not a bin of its statistic.
@@ -138,41 +143,14 @@ pub fn derive_bands(
     let mut windows = 0;
     let mut per_stat = Vec::with_capacity(samples.len());
     for &(bins, indices) in samples {
-        let mut noise: Option<f64> = None;
         if window == 0 || indices.len() < 2 * window {
-            per_stat.push(noise);
+            per_stat.push(None);
             continue;
         }
-        let mut whole = Histogram::new(bins);
-        for &i in indices {
-            whole.add_index(i as usize);
-        }
-        let mut current = Histogram::new(bins);
-        for &i in &indices[..window] {
-            current.add_index(i as usize);
-        }
-        let mut rest = vec![0; bins.count];
-        let mut start = 0;
-        loop {
-            for ((r, &w), &c) in rest.iter_mut().zip(&whole.counts).zip(&current.counts) {
-                *r = w - c;
-            }
-            let d = js_distance(&rest, &current.counts);
-            noise = Some(noise.map_or(d, |n| n.max(d)));
-            windows += 1;
-            let next = start + stride;
-            if next + window > indices.len() {
-                break;
-            }
-            for &i in &indices[start..next] {
-                current.remove_index(i as usize);
-            }
-            for &i in &indices[start + window..next + window] {
-                current.add_index(i as usize);
-            }
-            start = next;
-        }
-        per_stat.push(noise);
+        let (sliding, slid) = sliding_noise(bins, indices, window, stride);
+        windows += slid;
+        let resampled = resampled_noise(bins, indices, window, stride);
+        per_stat.push(Some(resampled.map_or(sliding, |r| r.max(sliding))));
     }
     let noise = per_stat.iter().flatten().copied().reduce(f64::max);
     DerivedBands {
@@ -180,6 +158,107 @@ pub fn derive_bands(
         reference_noise: noise,
         windows,
         noise: per_stat,
+    }
+}
+
+/// The largest JS distance between a window of `window` values, sliding by `stride`,
+/// and the rest of the sample; and how many windows that was. The sample holds at least
+/// one window.
+fn sliding_noise(bins: Bins, indices: &[u32], window: usize, stride: usize) -> (f64, usize) {
+    let mut whole = Histogram::new(bins);
+    for &i in indices {
+        whole.add_index(i as usize);
+    }
+    let mut current = Histogram::new(bins);
+    for &i in &indices[..window] {
+        current.add_index(i as usize);
+    }
+    let mut rest = vec![0; bins.count];
+    let (mut noise, mut windows, mut start) = (0.0f64, 0, 0);
+    loop {
+        for ((r, &w), &c) in rest.iter_mut().zip(&whole.counts).zip(&current.counts) {
+            *r = w - c;
+        }
+        noise = noise.max(js_distance(&rest, &current.counts));
+        windows += 1;
+        let next = start + stride;
+        if next + window > indices.len() {
+            break;
+        }
+        for &i in &indices[start..next] {
+            current.remove_index(i as usize);
+        }
+        for &i in &indices[start + window..next + window] {
+            current.add_index(i as usize);
+        }
+        start = next;
+    }
+    (noise, windows)
+}
+
+/// Pseudo-windows drawn per statistic by [`resampled_noise`].
+pub const RESAMPLES: usize = 1000;
+
+/// The largest JS distance between a pseudo-window — `window / block` distinct blocks of
+/// `block` consecutive values, drawn at random — and the rest of the sample, over
+/// [`RESAMPLES`] draws. Blocks keep the values' correlation in time (the frames of one
+/// scene), as a camera's window does. `None` below two windows' worth of blocks. The
+/// draws are seeded by the sample's length, so the same sample gives the same noise.
+fn resampled_noise(bins: Bins, indices: &[u32], window: usize, block: usize) -> Option<f64> {
+    let per_window = (window / block).max(1);
+    let counts: Vec<Vec<u64>> = indices
+        .chunks_exact(block)
+        .map(|chunk| {
+            let mut h = Histogram::new(bins);
+            for &i in chunk {
+                h.add_index(i as usize);
+            }
+            h.counts
+        })
+        .collect();
+    if counts.len() < 2 * per_window {
+        return None;
+    }
+    let mut whole = vec![0; bins.count];
+    for c in &counts {
+        for (w, &v) in whole.iter_mut().zip(c) {
+            *w += v;
+        }
+    }
+    let mut rng = SplitMix64(0x6472_6966_7473 ^ indices.len() as u64);
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    let (mut current, mut rest) = (vec![0; bins.count], vec![0; bins.count]);
+    let mut noise = 0.0f64;
+    for _ in 0..RESAMPLES {
+        current.fill(0);
+        // A partial Fisher–Yates shuffle: the first `per_window` blocks are a uniform
+        // draw without replacement.
+        for k in 0..per_window {
+            let j = k + rng.below(order.len() - k);
+            order.swap(k, j);
+            for (c, &v) in current.iter_mut().zip(&counts[order[k]]) {
+                *c += v;
+            }
+        }
+        for ((r, &w), &c) in rest.iter_mut().zip(&whole).zip(&current) {
+            *r = w - c;
+        }
+        noise = noise.max(js_distance(&rest, &current));
+    }
+    Some(noise)
+}
+
+/// SplitMix64: small, fast and the same on every platform.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// Uniform in 0..n (the modulo bias is negligible for the small n here).
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n as u64) as usize
     }
 }
 
@@ -384,9 +463,66 @@ mod tests {
                 .collect();
             want = want.max(js_distance(&rest, &h.counts));
         }
-        let derived = derive_bands(&[(bins(6), &a[..])], window, 0.1, 0.25);
-        let got = derived.reference_noise.expect("enough windows");
+        let (got, windows) = sliding_noise(bins(6), &a, window, 25);
+        assert_eq!(windows, 111);
         assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        // The resampled pseudo-windows can only raise it.
+        let derived = derive_bands(&[(bins(6), &a[..])], window, 0.1, 0.25);
+        assert!(derived.reference_noise.expect("enough windows") >= got);
+        assert_eq!(
+            derive_bands(&[(bins(6), &a[..])], window, 0.1, 0.25),
+            derived
+        );
+    }
+
+    /// A stationary statistic whose values come in scenes of 8 alike values (the frames
+    /// of one scene): each scene draws one of 12 bins, its frames that bin or the next.
+    fn scenes(n: usize, seed: u64) -> Vec<u32> {
+        let mut rng = Rng::new(seed);
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let bin = rng.below(12) as u32;
+            for _ in 0..8 {
+                out.push(bin + u32::from(rng.below(4) == 0));
+            }
+        }
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn resampled_windows_bound_a_long_stationary_run() {
+        // Bands from a 2000-value sample, judged on 100,000 fresh values of the same
+        // process, a verdict every 50 as a camera gets them, for five reference samples:
+        // none of the run's windows reaches the moderate band. Windows sliding over the
+        // sample in capture order alone see too few distinct windows to bound the run's
+        // tail: on one of the five, the run crosses the band they would set.
+        let (window, stride) = (500, 50);
+        let mut crossed_sliding = 0;
+        for seed in 1..=5 {
+            let reference = scenes(2000, seed);
+            let mut hist = Histogram::new(bins(13));
+            reference.iter().for_each(|&i| hist.add_index(i as usize));
+            let run = scenes(100_000, 100 + seed);
+            let mut worst: f64 = 0.0;
+            for start in (0..=run.len() - window).step_by(stride) {
+                let mut h = Histogram::new(bins(13));
+                run[start..start + window]
+                    .iter()
+                    .for_each(|&i| h.add_index(i as usize));
+                worst = worst.max(js_distance(&hist.counts, &h.counts));
+            }
+            let derived = derive_bands(&[(bins(13), &reference[..])], window, 0.1, 0.25);
+            assert!(
+                worst < derived.bands.js_moderate,
+                "reference {seed}: {worst} >= {}",
+                derived.bands.js_moderate
+            );
+            let (sliding, _) = sliding_noise(bins(13), &reference, window, stride);
+            crossed_sliding +=
+                usize::from(worst >= bands_for_noise(Some(sliding), 0.1, 0.25).js_moderate);
+        }
+        assert_eq!(crossed_sliding, 1);
     }
 
     #[test]

@@ -13,11 +13,12 @@ mod histogram;
 mod reference;
 mod threshold;
 
-pub use bands::{Band, Bands, DerivedBands, bands_for_noise, derive_bands};
+pub use bands::{Band, Bands, DerivedBands, RESAMPLES, bands_for_noise, derive_bands};
 pub use divergence::{PSEUDO_COUNT, js_distance, js_matching_psi, psi};
 pub use histogram::{Bins, BinsError, Histogram, Scale};
 pub use reference::{
-    FORMAT, ModelStamp, NoveltyReference, Problem, Reference, ReferenceError, StatReference,
+    FORMAT, ModelStamp, NoveltyReference, OLDEST_FORMAT, Problem, Reference, ReferenceError,
+    StatReference,
 };
 pub use threshold::threshold_for_rate;
 

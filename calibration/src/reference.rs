@@ -14,15 +14,22 @@ use toml::de::{DeTable, Deserializer};
 
 use crate::{Bands, Bins, Scale};
 
-/// The format version this crate reads and writes.
-pub const FORMAT: u32 = 1;
+/// The format version this crate writes. In format 2 each statistic's `noise` covers
+/// resampled windows as well as sliding ones ([`crate::derive_bands`]), which bounds
+/// that statistic's own tail, so a reader may give each statistic its own bands.
+pub const FORMAT: u32 = 2;
+/// The oldest format this crate reads. A format 1 statistic's `noise` came from sliding
+/// windows alone, too few to bound its own tail: its readers share the noisiest
+/// statistic's bands ([`Reference::per_statistic_bands`]).
+pub const OLDEST_FORMAT: u32 = 1;
 
 /// Reference statistics measured on a sample, with the bands and thresholds derived from
 /// it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reference {
-    /// Format version, [`FORMAT`]; a file of another version is refused.
+    /// Format version, from [`OLDEST_FORMAT`] to [`FORMAT`]; a file of another version
+    /// is refused.
     pub format: u32,
     /// The model whose outputs the statistics describe.
     pub model: ModelStamp,
@@ -81,7 +88,8 @@ pub struct StatReference {
     /// One count per bin.
     pub counts: Vec<u64>,
     /// The largest JS distance between a window of the sample and the rest of it
-    /// ([`crate::derive_bands`]); `None` when the sample is shorter than two windows.
+    /// ([`crate::derive_bands`]: sliding and, from format 2, resampled windows); `None`
+    /// when the sample is shorter than two windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise: Option<f64>,
 }
@@ -140,6 +148,12 @@ impl Reference {
     /// The statistic called `name`.
     pub fn stat(&self, name: &str) -> Option<&StatReference> {
         self.stats.iter().find(|s| s.name == name)
+    }
+
+    /// Whether each statistic's `noise` bounds its own tail (format 2 on), so that it
+    /// can have bands of its own; else every statistic takes the bands of the noisiest.
+    pub fn per_statistic_bands(&self) -> bool {
+        self.format >= 2
     }
 
     /// Reads and checks the reference file at `path`.
@@ -315,10 +329,10 @@ fn parse(text: &str) -> Result<Reference, Vec<Problem>> {
         format: Spanned<i64>,
     }
     if let Ok(Version { format }) = Version::deserialize(Deserializer::from(doc.clone()))
-        && *format.get_ref() != i64::from(FORMAT)
+        && !(i64::from(OLDEST_FORMAT)..=i64::from(FORMAT)).contains(format.get_ref())
     {
         let message = format!(
-            "format = {} is not supported: this build reads format = {FORMAT}",
+            "format = {} is not supported: this build reads format = {OLDEST_FORMAT} to {FORMAT}",
             format.get_ref()
         );
         return Err(vec![at(Some(format.span()), message)]);

@@ -409,7 +409,6 @@ pub(crate) fn write_report(
         "\nTo keep about this share of frames like these, set `[policy] min_value = {:.4}`.\n",
         r.thresholds.get("min_value").copied().unwrap_or(f64::NAN)
     );
-    let bands = config.drift.bands(r.reference_noise, r.window_frames);
     let _ = writeln!(
         md,
         "## Drift bands for a {}-frame window\n",
@@ -417,29 +416,39 @@ pub(crate) fn write_report(
     );
     let _ = writeln!(
         md,
-        "A camera alerts on the JS distance of its window from this reference: moderate from \
-         {:.4}, significant from {:.4}. These are the JS values matching PSI {} and {}, raised \
-         to 1.5 times the largest distance between a window of this sample and the rest of it \
-         ({} windows over all statistics) where that is larger. Each statistic's own spread:\n",
-        bands.js_moderate,
-        bands.js_significant,
-        bands.psi_moderate,
-        bands.psi_significant,
-        cal.derived.windows
+        "A camera alerts on each statistic's JS distance between its window and this \
+         reference, against that statistic's own bands: the JS values matching PSI {} and {}, \
+         raised to 1.5 times the largest distance between a window of this sample and the \
+         rest of it where that is larger — over {} windows sliding through the sample and {} \
+         drawn from it at random per statistic, in blocks of a tenth of a window.\n",
+        config.drift.psi_moderate,
+        config.drift.psi_significant,
+        cal.derived.windows,
+        calibration::RESAMPLES
     );
-    let _ = writeln!(md, "| statistic | largest JS, window vs rest |\n|---|---|");
+    let _ = writeln!(
+        md,
+        "| statistic | largest JS, window vs rest | moderate from | significant from |\n|---|---|---|---|"
+    );
+    let mut unreachable = false;
     for stat in &r.stats {
+        let bands = config.drift.bands(stat.noise, r.window_frames);
+        unreachable |= bands.js_significant >= 1.0;
         let spread = stat.noise.map_or_else(
             || "— (sample shorter than two windows)".to_string(),
             |n| format!("{n:.4}"),
         );
-        let _ = writeln!(md, "| `{}` | {spread} |", stat.name);
-    }
-    if bands.js_significant >= 1.0 {
         let _ = writeln!(
             md,
-            "\nThe significant band cannot be reached (JS is at most 1): this sample varies too \
-             much between windows this short; raise `[drift] window_frames`."
+            "| `{}` | {spread} | {:.4} | {:.4} |",
+            stat.name, bands.js_moderate, bands.js_significant
+        );
+    }
+    if unreachable {
+        let _ = writeln!(
+            md,
+            "\nA significant band at 1 or above cannot be reached (JS is at most 1): this \
+             sample varies too much between windows this short; raise `[drift] window_frames`."
         );
     }
     let _ = writeln!(md);

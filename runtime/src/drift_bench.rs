@@ -2,14 +2,19 @@
 //! how often it cries wolf on an unchanged one, on synthetic streams run through the
 //! real model.
 //!
-//! Each case calibrates a reference on one synthetic cart (seed 1: its basket and
-//! background), then feeds the monitor scenes of the same cart it has not shown yet:
+//! Each case calibrates a reference on one synthetic cart (`seed`, 1 by default: its
+//! basket and background), then feeds the monitor scenes of the same cart it has not shown yet:
 //! `before` frames like the reference, then `after` frames of the changed world.
 //! Reported: frames after the change until the camera leaves `stable`, and any band
 //! change before it (a false alarm). The stationary runs feed `stationary` frames like
 //! the reference: fresh scenes scored once, then drawn again as whole scenes, in random
 //! order, to reach the count (a block bootstrap: frames of a scene are correlated,
 //! scenes are the independent draws).
+//!
+//! Every case and stationary run is judged twice on the same frames, side by side: with
+//! each statistic's own bands (`own`, what a reference of the current format gives) and
+//! with every statistic sharing the noisiest one's (`shared`, what a format 1 reference
+//! gives).
 
 use std::time::Instant;
 
@@ -39,6 +44,8 @@ pub(crate) struct DriftBenchOptions {
     /// Frames of each stationary run, and fresh frames scored for it.
     pub stationary: u64,
     pub stationary_fresh: u64,
+    /// The synthetic cart.
+    pub seed: u64,
 }
 
 /// One change case.
@@ -46,6 +53,8 @@ pub(crate) struct DriftBenchOptions {
 pub(crate) struct Case {
     pub name: &'static str,
     pub reference: &'static str,
+    /// `own` or `shared` ([`RULES`]).
+    pub bands: &'static str,
     /// Frames after the change until the band left `stable`; `None`: not within `after`.
     pub detected_after: Option<u64>,
     /// The band, worst statistic and its JS and PSI at the end of the stream.
@@ -62,6 +71,8 @@ pub(crate) struct Case {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Stationary {
     pub reference: &'static str,
+    /// `own` or `shared` ([`RULES`]).
+    pub bands: &'static str,
     pub frames: u64,
     pub fresh_frames: u64,
     pub false_alarms: u64,
@@ -74,6 +85,8 @@ pub(crate) struct Stationary {
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct DriftBenchReport {
+    /// The synthetic cart.
+    pub seed: u64,
     pub window_frames: usize,
     pub min_frames: usize,
     pub cases: Vec<Case>,
@@ -97,19 +110,23 @@ enum Change {
 const WIDTH: u32 = 640;
 const HEIGHT: u32 = 360;
 
+/// The band rules each case is judged by: each statistic's own bands, and the noisiest
+/// statistic's shared by all.
+const RULES: [&str; 2] = ["own", "shared"];
+
 /// Where each part of the benchmark starts in the cart's frame sequence, so no scene is
 /// used twice.
 const REFERENCE_AT: u64 = 0;
 const STREAM_AT: u64 = 10_000_000;
 const STATIONARY_AT: u64 = 20_000_000;
 
-/// The benchmark's cart (seed 1) in `split`, from frame `at`.
-fn source(split: Split, at: u64) -> SyntheticSource {
+/// The benchmark's cart `seed` in `split`, from frame `at`.
+fn source(seed: u64, split: Split, at: u64) -> SyntheticSource {
     SyntheticSource::new(SyntheticConfig {
         width: WIDTH,
         height: HEIGHT,
         split,
-        seed: 1,
+        seed,
         ..SyntheticConfig::default()
     })
     .starting_at(at)
@@ -191,7 +208,7 @@ pub(crate) fn run(
         let scored = score(
             &mut scorer,
             model,
-            &mut source(split, REFERENCE_AT),
+            &mut source(opts.seed, split, REFERENCE_AT),
             opts.reference,
             None,
             &mut scratch,
@@ -207,12 +224,16 @@ pub(crate) fn run(
                 describe: format!("synthetic {}", split.name()),
             },
         );
-        references.push((
-            split,
+        let shared = calibration::Reference {
+            format: calibration::OLDEST_FORMAT,
+            ..cal.reference.clone()
+        };
+        references.push([
             LoadedReference::from_reference(&cal.reference, drift),
-        ));
+            LoadedReference::from_reference(&shared, drift),
+        ]);
     }
-    let reference = |split: Split| &references[usize::from(split == Split::Store)].1;
+    let reference = |split: Split| &references[usize::from(split == Split::Store)];
 
     let cases = [
         ("lighting shift", Split::Studio, Change::Lighting),
@@ -223,7 +244,7 @@ pub(crate) fn run(
     let mut report_cases = Vec::new();
     for (name, split, change) in cases {
         progress(&format!("case: {name}"));
-        let mut stream = source(split, STREAM_AT);
+        let mut stream = source(opts.seed, split, STREAM_AT);
         let mut samples = score(
             &mut scorer,
             model,
@@ -235,6 +256,7 @@ pub(crate) fn run(
         )?;
         let mut changed = match change {
             Change::Split => source(
+                opts.seed,
                 if split == Split::Studio {
                     Split::Store
                 } else {
@@ -253,31 +275,33 @@ pub(crate) fn run(
             &mut scratch,
             &mut progress,
         )?);
-        let r = reference(split);
-        let mut monitor = Monitor::new(drift.window_frames, drift.min_frames);
-        let (mut detected_after, mut false_alarms) = (None, 0);
-        for (i, (_, sample)) in samples.iter().enumerate() {
-            let change = monitor.push(sample, r.baselines());
-            let i = i as u64;
-            if change.is_some() && i < opts.before {
-                false_alarms += 1;
+        for (bands, r) in RULES.into_iter().zip(reference(split)) {
+            let mut monitor = Monitor::new(drift.window_frames, drift.min_frames);
+            let (mut detected_after, mut false_alarms) = (None, 0);
+            for (i, (_, sample)) in samples.iter().enumerate() {
+                let change = monitor.push(sample, r.baselines());
+                let i = i as u64;
+                if change.is_some() && i < opts.before {
+                    false_alarms += 1;
+                }
+                if i >= opts.before && detected_after.is_none() && monitor.band != Band::Stable {
+                    detected_after = Some(i - opts.before + 1);
+                }
             }
-            if i >= opts.before && detected_after.is_none() && monitor.band != Band::Stable {
-                detected_after = Some(i - opts.before + 1);
-            }
+            let verdict = monitor.verdict;
+            report_cases.push(Case {
+                name,
+                reference: split.name(),
+                bands,
+                detected_after,
+                band: monitor.band,
+                worst: verdict.map(|v| v.worst.to_string()).unwrap_or_default(),
+                js: verdict.map_or(0.0, |v| v.js),
+                js_moderate: verdict.map_or(0.0, |v| v.js_moderate),
+                psi: verdict.map_or(0.0, |v| v.psi),
+                false_alarms,
+            });
         }
-        let verdict = monitor.verdict;
-        report_cases.push(Case {
-            name,
-            reference: split.name(),
-            detected_after,
-            band: monitor.band,
-            worst: verdict.map(|v| v.worst.to_string()).unwrap_or_default(),
-            js: verdict.map_or(0.0, |v| v.js),
-            js_moderate: verdict.map_or(0.0, |v| v.js_moderate),
-            psi: verdict.map_or(0.0, |v| v.psi),
-            false_alarms,
-        });
     }
 
     let mut stationary = Vec::new();
@@ -289,7 +313,7 @@ pub(crate) fn run(
         let fresh = score(
             &mut scorer,
             model,
-            &mut source(split, STATIONARY_AT),
+            &mut source(opts.seed, split, STATIONARY_AT),
             opts.stationary_fresh,
             None,
             &mut scratch,
@@ -297,33 +321,36 @@ pub(crate) fn run(
         )?;
         let per_scene = SyntheticConfig::default().frames_per_scene.max(1) as usize;
         let scenes: Vec<&[(Scores, Sample)]> = fresh.chunks(per_scene).collect();
-        let r = reference(split);
-        let mut monitor = Monitor::new(drift.window_frames, drift.min_frames);
-        let mut rng = Rng::new(0xd21f7);
-        let (mut fed, mut false_alarms) = (0u64, 0u64);
-        let mut closest: Option<crate::drift::monitor::Verdict> = None;
-        while fed < opts.stationary && !scenes.is_empty() {
-            let scene = scenes[rng.below(scenes.len() as u32) as usize];
-            for (_, sample) in scene {
-                false_alarms += u64::from(monitor.push(sample, r.baselines()).is_some());
-                if monitor.take_fresh()
-                    && let Some(v) = monitor.verdict
-                    && closest.is_none_or(|c| v.js / v.js_moderate > c.js / c.js_moderate)
-                {
-                    closest = Some(v);
+        for (bands, r) in RULES.into_iter().zip(reference(split)) {
+            let mut monitor = Monitor::new(drift.window_frames, drift.min_frames);
+            // The same draws for both rules.
+            let mut rng = Rng::new(0xd21f7);
+            let (mut fed, mut false_alarms) = (0u64, 0u64);
+            let mut closest: Option<crate::drift::monitor::Verdict> = None;
+            while fed < opts.stationary && !scenes.is_empty() {
+                let scene = scenes[rng.below(scenes.len() as u32) as usize];
+                for (_, sample) in scene {
+                    false_alarms += u64::from(monitor.push(sample, r.baselines()).is_some());
+                    if monitor.take_fresh()
+                        && let Some(v) = monitor.verdict
+                        && closest.is_none_or(|c| v.js / v.js_moderate > c.js / c.js_moderate)
+                    {
+                        closest = Some(v);
+                    }
+                    fed += 1;
                 }
-                fed += 1;
             }
+            stationary.push(Stationary {
+                reference: split.name(),
+                bands,
+                frames: fed,
+                fresh_frames: fresh.len() as u64,
+                false_alarms,
+                closest: closest.map(|v| v.worst.to_string()).unwrap_or_default(),
+                js: closest.map_or(0.0, |v| v.js),
+                js_moderate: closest.map_or(0.0, |v| v.js_moderate),
+            });
         }
-        stationary.push(Stationary {
-            reference: split.name(),
-            frames: fed,
-            fresh_frames: fresh.len() as u64,
-            false_alarms,
-            closest: closest.map(|v| v.worst.to_string()).unwrap_or_default(),
-            js: closest.map_or(0.0, |v| v.js),
-            js_moderate: closest.map_or(0.0, |v| v.js_moderate),
-        });
     }
 
     // The inference thread's part, as it runs there: a sample and a try_send into a
@@ -349,6 +376,7 @@ pub(crate) fn run(
     }
     times.sort_by(f64::total_cmp);
     Ok(DriftBenchReport {
+        seed: opts.seed,
         window_frames: drift.window_frames,
         min_frames: drift.min_frames,
         cases: report_cases,
@@ -364,21 +392,23 @@ impl DriftBenchReport {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "framesift bench --drift ({}-frame windows, verdicts from {} frames, every {} frames)",
+            "framesift bench --drift (cart {}, {}-frame windows, verdicts from {} frames, every {} frames)",
+            self.seed,
             self.window_frames,
             self.min_frames,
             (self.window_frames / 10).max(1)
         );
         let _ = writeln!(
             t,
-            "  case                 reference  detected after  band at end   worst: JS (moderate from), PSI          false alarms before"
+            "  case                 reference bands   detected after  band at end   worst: JS (moderate from), PSI          false alarms before"
         );
         for c in &self.cases {
             let _ = writeln!(
                 t,
-                "  {:<20} {:<10} {:>14} {:<13} {:<39} {}",
+                "  {:<20} {:<9} {:<7} {:>14} {:<13} {:<39} {}",
                 c.name,
                 c.reference,
+                c.bands,
                 c.detected_after
                     .map_or("not detected".to_string(), |n| format!("{n} frames")),
                 c.band.to_string(),
@@ -392,8 +422,9 @@ impl DriftBenchReport {
         for s in &self.stationary {
             let _ = writeln!(
                 t,
-                "  stationary {:<7} {} frames ({} fresh, drawn as whole scenes): {} false alarms; closest: {} at JS {:.4}, moderate from {:.4}",
+                "  stationary {:<7} {:<7} {} frames ({} fresh, drawn as whole scenes): {} false alarms; closest: {} at JS {:.4}, moderate from {:.4}",
                 s.reference,
+                s.bands,
                 s.frames,
                 s.fresh_frames,
                 s.false_alarms,

@@ -300,12 +300,11 @@ impl Pipeline {
         let mut drift = None;
         if let Some(path) = &config.drift.reference {
             let reference = LoadedReference::load(&config.drift, info)?;
-            let bands = reference.bands().unwrap_or_default();
+            let (lo, hi) = reference.moderate_range().unwrap_or_default();
             tracing::info!(
                 reference = %path.display(),
                 window_frames = config.drift.window_frames,
-                js_moderate = bands.js_moderate,
-                js_significant = bands.js_significant,
+                js_moderate = %format!("{lo:.3}–{hi:.3}"),
                 "drift monitor ready"
             );
             let names: Vec<String> = config.cameras.iter().map(|c| c.name.clone()).collect();

@@ -73,7 +73,7 @@ fn writes_readable_toml() {
     let text = sample().to_toml();
     let want =
         r#"# Reference statistics for framesift drift scoring, written by `framesift calibrate`.
-format = 1
+format = 2
 source = "synthetic store, 3000 frames, seed 1"
 frames = 3000
 window_frames = 300
@@ -246,15 +246,24 @@ fn other_formats_are_refused_naming_both() {
     // A later format may add keys; the version is what matters.
     let text = sample()
         .to_toml()
-        .replace("format = 1", "format = 2\nnew_key = true");
+        .replace("format = 2", "format = 3\nnew_key = true");
     assert_eq!(
         problems(&text),
         [problem(
             2,
             10,
-            "format = 2 is not supported: this build reads format = 1"
+            "format = 3 is not supported: this build reads format = 1 to 2"
         )]
     );
+}
+
+#[test]
+fn a_format_1_reference_still_loads_and_shares_its_bands() {
+    let text = sample().to_toml().replace("format = 2", "format = 1");
+    let old = Reference::parse(&text).expect("format 1 loads");
+    assert_eq!(old.format, 1);
+    assert!(!old.per_statistic_bands());
+    assert!(sample().per_statistic_bands());
 }
 
 #[test]

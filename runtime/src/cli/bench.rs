@@ -34,6 +34,9 @@ pub(super) struct BenchArgs {
     /// stationary frames. [drift] of --config sets the window and bands.
     #[arg(long)]
     drift: bool,
+    /// The synthetic cart the drift benchmark runs on (its basket, light and scenes).
+    #[arg(long, default_value_t = 1, requires = "drift")]
+    seed: u64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -73,6 +76,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             after: 1000,
             stationary: 100_000,
             stationary_fresh: 3000,
+            seed: args.seed,
         };
         let report = crate::drift_bench::run(&config, &model, &opts, |phase| {
             tracing::info!("bench --drift: {phase}")

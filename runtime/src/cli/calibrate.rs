@@ -136,19 +136,35 @@ pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
             "  [signals.exposure] dark_luma = {dark:.0}, bright_luma = {bright:.0} (this sample's mean luma spans {lo:.1} to {hi:.1}, 0.5 to 99.5 %)"
         );
     }
-    let bands = config.drift.bands(r.reference_noise, r.window_frames);
+    // Each statistic's bands, as the drift monitor will judge it.
+    let bands: Vec<(&str, calibration::Bands)> = r
+        .stats
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                config.drift.bands(s.noise, r.window_frames),
+            )
+        })
+        .collect();
+    let list: Vec<String> = bands
+        .iter()
+        .map(|(name, b)| format!("{name} {:.3}", b.js_moderate))
+        .collect();
     println!(
-        "  drift bands     JS moderate {:.4}, significant {:.4} for {}-frame windows{}",
-        bands.js_moderate,
-        bands.js_significant,
+        "  drift bands     JS moderate from, for {}-frame windows: {} (significant from 1.5 × that, at least the PSI-matching floor)",
         r.window_frames,
-        r.reference_noise
-            .map(|n| format!(" (this sample's own windows stray up to JS {n:.4})"))
-            .unwrap_or_default()
+        list.join(", ")
     );
-    if bands.js_significant >= 1.0 {
+    let unreachable: Vec<&str> = bands
+        .iter()
+        .filter(|(_, b)| b.js_significant >= 1.0)
+        .map(|(name, _)| *name)
+        .collect();
+    if !unreachable.is_empty() {
         println!(
-            "  warning: the significant band cannot be reached: this sample varies too much between windows this short; raise [drift] window_frames"
+            "  warning: the significant band of {} cannot be reached: this sample varies too much between windows this short; raise [drift] window_frames",
+            unreachable.join(", ")
         );
     }
     println!("  wrote {}", args.out.display());

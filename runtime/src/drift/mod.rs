@@ -218,13 +218,18 @@ impl LoadedReference {
         })
     }
 
-    /// Every statistic gets the bands of the reference's noisiest one: a sample's few
-    /// distinct windows understate how far one statistic strays over a long run
-    /// (`framesift bench --drift`: bands from each statistic's own spread raised 94
-    /// false alarms in 100,000 stationary studio frames, these none), and the noisiest
-    /// statistic's spread bounds them all.
+    /// Each statistic is judged by bands from its own noise, which a format 2 reference
+    /// measures over resampled windows as well as sliding ones: a quiet statistic (the
+    /// detections' confidence) then warns of a change long before the noisiest one would
+    /// (`framesift bench --drift`: after 50–350 frames, against 100–600 with one shared
+    /// band), and no statistic's tail crosses its band on a stationary stream (no false
+    /// alarm in 100,000 frames on four carts). A format 1 reference's per-statistic noise
+    /// came from sliding windows alone, which understate how far one statistic strays over
+    /// a long run (94 false alarms in 100,000 stationary studio frames), so its
+    /// statistics share the bands of the noisiest one.
     pub(crate) fn from_reference(reference: &Reference, config: &DriftConfig) -> Self {
-        let bands = config.bands(reference.reference_noise, reference.window_frames);
+        let shared = config.bands(reference.reference_noise, reference.window_frames);
+        let own = reference.per_statistic_bands();
         let baselines = STATS
             .iter()
             .map(|stat| {
@@ -238,7 +243,11 @@ impl LoadedReference {
                 };
                 Some(Baseline {
                     counts: found.counts.clone(),
-                    bands,
+                    bands: if own {
+                        config.bands(found.noise, reference.window_frames)
+                    } else {
+                        shared
+                    },
                 })
             })
             .collect();
@@ -252,9 +261,13 @@ impl LoadedReference {
         &self.baselines
     }
 
-    /// The bands the statistics are judged by, for logs.
-    pub(crate) fn bands(&self) -> Option<Bands> {
-        self.baselines.iter().flatten().map(|b| b.bands).next()
+    /// The lowest and highest moderate thresholds the statistics are judged by, for logs.
+    pub(crate) fn moderate_range(&self) -> Option<(f64, f64)> {
+        self.baselines
+            .iter()
+            .flatten()
+            .map(|b| (b.bands.js_moderate, b.bands.js_moderate))
+            .reduce(|(lo, hi), (a, b)| (lo.min(a), hi.max(b)))
     }
 }
 
@@ -432,5 +445,76 @@ impl DriftStage {
                 verdict.psi,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use stats::STATS;
+
+    /// A reference in `format` whose statistics' noise grows with their index.
+    fn reference(format: u32) -> Reference {
+        let stats: Vec<calibration::StatReference> = STATS
+            .iter()
+            .enumerate()
+            .map(|(i, s)| calibration::StatReference {
+                name: s.name.to_string(),
+                bins: s.bins,
+                counts: vec![1; s.bins.count],
+                noise: Some(0.02 * (i + 1) as f64),
+            })
+            .collect();
+        let worst = 0.02 * STATS.len() as f64;
+        Reference {
+            format,
+            model: calibration::ModelStamp {
+                id: "m".into(),
+                sha256: "00".into(),
+            },
+            source: "test".into(),
+            frames: 3000,
+            window_frames: 500,
+            bands: bands_for_noise(Some(worst), 0.1, 0.25),
+            reference_noise: Some(worst),
+            thresholds: Default::default(),
+            stats,
+            novelty: Default::default(),
+        }
+    }
+
+    #[test]
+    fn each_statistic_has_its_own_bands_unless_the_reference_predates_them() {
+        let config = Config::default().drift;
+        let moderate = |format: u32| -> Vec<f64> {
+            LoadedReference::from_reference(&reference(format), &config)
+                .baselines()
+                .iter()
+                .map(|b| b.as_ref().expect("every statistic").bands.js_moderate)
+                .collect()
+        };
+        let own = moderate(2);
+        let floor = js_matching_psi_floor(&config);
+        let noisiest = 1.5 * 0.02 * STATS.len() as f64;
+        // The quiet statistics keep the PSI-matching floor, the noisy ones are raised.
+        assert_eq!(own[0], floor);
+        assert!((own[STATS.len() - 1] - noisiest).abs() < 1e-12, "{own:?}");
+        assert!(own.windows(2).all(|w| w[0] <= w[1]), "{own:?}");
+        // Format 1: every statistic takes the noisiest one's bands.
+        let shared = moderate(1);
+        assert!(
+            shared.iter().all(|&m| (m - noisiest).abs() < 1e-12),
+            "{shared:?}"
+        );
+        let loaded = LoadedReference::from_reference(&reference(2), &config);
+        assert_eq!(
+            loaded.moderate_range(),
+            Some((own[0], own[STATS.len() - 1]))
+        );
+    }
+
+    fn js_matching_psi_floor(config: &DriftConfig) -> f64 {
+        bands_for_noise(None, config.psi_moderate, config.psi_significant).js_moderate
     }
 }
