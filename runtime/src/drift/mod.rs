@@ -219,14 +219,15 @@ impl LoadedReference {
     }
 
     /// Each statistic is judged by bands from its own noise, which a format 2 reference
-    /// measures over resampled windows as well as sliding ones: a quiet statistic (the
+    /// measures over resampled windows as well as sliding ones: a steady statistic (the
     /// detections' confidence) then warns of a change long before the noisiest one would
-    /// (`framesift bench --drift`: after 50–350 frames, against 100–600 with one shared
-    /// band), and no statistic's tail crosses its band on a stationary stream (no false
-    /// alarm in 100,000 frames on four carts). A format 1 reference's per-statistic noise
-    /// came from sliding windows alone, which understate how far one statistic strays over
-    /// a long run (94 false alarms in 100,000 stationary studio frames), so its
-    /// statistics share the bands of the noisiest one.
+    /// (`framesift bench --drift` on eight carts: after 100–350 frames, against 150–800
+    /// and four changes missed with one shared band), and no statistic's tail crossed its
+    /// band on the stationary streams (1.6 million frames). A format 1 reference's
+    /// per-statistic noise came from sliding windows alone, which understate how far one
+    /// statistic strays over a long run (`calibration`'s test
+    /// `resampled_windows_bound_a_long_stationary_run`), so its statistics share the
+    /// bands of the noisiest one.
     pub(crate) fn from_reference(reference: &Reference, config: &DriftConfig) -> Self {
         let shared = config.bands(reference.reference_noise, reference.window_frames);
         let own = reference.per_statistic_bands();
