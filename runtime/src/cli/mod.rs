@@ -113,6 +113,9 @@ impl Inputs {
 /// Entry point of the binary.
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_) | Command::Upload(_)) {
+        end_quietly_when_stdout_closes();
+    }
     init_logging();
     match cli.command {
         Command::Run(args) => run::run(args),
@@ -125,6 +128,19 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Upload(args) => upload::upload(args),
         Command::Spool { command } => spool::spool(command),
         Command::Config { command } => Ok(config::config(command)),
+    }
+}
+
+/// Let a report command end as a Unix filter does when its reader goes away (`framesift
+/// lift DIR | head`): Rust starts with SIGPIPE ignored, so the next `println!` would
+/// panic. `run` and `upload` keep it ignored: a service must outlive a log socket that
+/// closes under it (`run` prints its summary to stdout only after its spool is flushed).
+#[allow(unsafe_code)]
+fn end_quietly_when_stdout_closes() {
+    // SAFETY: called from `main` before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

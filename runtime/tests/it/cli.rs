@@ -15,6 +15,24 @@ fn default_config_prints_and_validates() {
 }
 
 #[test]
+fn a_report_piped_into_a_closed_reader_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = framesift(&["config", "default"])
+        .stdout(writer)
+        .output()
+        .expect("spawn framesift");
+    // Killed by SIGPIPE, as `head` expects of the commands before it, not a panic.
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn framesift_log_takes_levels_per_target_and_names_a_bad_filter() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = dir.path().join("spool");
