@@ -4,7 +4,8 @@
 //! JPEG goes through libjpeg-turbo (the `turbojpeg` crate, built from its vendored
 //! source): it decodes 1280×720 about twice as fast as the pure-Rust decoder, and it can
 //! decode at 1/2 or 1/4 scale, which skips most of the inverse DCT and colour conversion
-//! when the model only needs a 320-pixel letterbox. PNG goes through `image`.
+//! when the model only needs a 320-pixel letterbox. CMYK JPEGs (print and photo-editing
+//! tools) are decoded to CMYK and converted here. PNG goes through `image`.
 
 pub(crate) mod mjpeg;
 mod yuyv;
@@ -14,7 +15,7 @@ pub use yuyv::{YuyvError, yuyv_to_rgb};
 use std::io::Cursor;
 
 use image::ImageDecoder;
-use turbojpeg::{Compressor, Decompressor, Image, PixelFormat, ScalingFactor, Subsamp};
+use turbojpeg::{Colorspace, Compressor, Decompressor, Image, PixelFormat, ScalingFactor, Subsamp};
 
 use crate::frame::Frame;
 
@@ -59,6 +60,8 @@ pub struct FrameDecoder {
     fit: Option<(u32, u32)>,
     /// Larger images (by their header, at captured size) are refused.
     max_pixels: u64,
+    /// CMYK pixels of a print-workflow JPEG, before they become RGB; empty until one comes.
+    cmyk: Vec<u8>,
 }
 
 impl FrameDecoder {
@@ -68,6 +71,7 @@ impl FrameDecoder {
             jpeg: None,
             fit: None,
             max_pixels: DEFAULT_MAX_FRAME_PIXELS,
+            cmyk: Vec::new(),
         }
     }
 
@@ -80,6 +84,7 @@ impl FrameDecoder {
             jpeg: None,
             fit: Some((input_w, input_h)),
             max_pixels: DEFAULT_MAX_FRAME_PIXELS,
+            cmyk: Vec::new(),
         }
     }
 
@@ -152,12 +157,21 @@ impl FrameDecoder {
             header.width as u32,
             header.height as u32,
         );
+        // libjpeg-turbo converts anything but CMYK to RGB itself; images saved by print
+        // and photo-editing tools can be CMYK (or YCCK, which it decodes to CMYK).
+        let four_channels = matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK);
+        let (pixels, format, channels) = if four_channels {
+            self.cmyk.resize(scaled.width * scaled.height * 4, 0);
+            (&mut self.cmyk[..], PixelFormat::CMYK, 4)
+        } else {
+            (&mut frame.rgb[..], PixelFormat::RGB, 3)
+        };
         let image = Image {
-            pixels: &mut frame.rgb[..],
+            pixels,
             width: scaled.width,
-            pitch: scaled.width * 3,
+            pitch: scaled.width * channels,
             height: scaled.height,
-            format: PixelFormat::RGB,
+            format,
         };
         // libjpeg-turbo also fails on warnings, e.g. corrupt entropy data: such a frame is
         // reported as corrupt rather than scored half-grey. One warning leaves the image
@@ -165,8 +179,23 @@ impl FrameDecoder {
         // (Stray bytes between header segments fail `read_header` above, and the frame
         // is skipped as corrupt.)
         match jpeg.decompress(bytes, image) {
-            Err(e) if e.to_string().contains(STRAY_BYTES_WARNING) => Ok(()),
-            result => result.map_err(corrupt),
+            Err(e) if e.to_string().contains(STRAY_BYTES_WARNING) => {}
+            result => result.map_err(corrupt)?,
+        }
+        if four_channels {
+            cmyk_to_rgb(&self.cmyk, &mut frame.rgb);
+        }
+        Ok(())
+    }
+}
+
+/// CMYK as JPEGs store it (Adobe's convention, which libjpeg-turbo follows: 255 is no
+/// ink) to RGB: each channel is what its ink and the black leave of the light.
+fn cmyk_to_rgb(cmyk: &[u8], rgb: &mut [u8]) {
+    for (src, dst) in cmyk.chunks_exact(4).zip(rgb.chunks_exact_mut(3)) {
+        let k = u32::from(src[3]);
+        for (d, &ink) in dst.iter_mut().zip(&src[..3]) {
+            *d = ((u32::from(ink) * k + 127) / 255) as u8;
         }
     }
 }
@@ -384,6 +413,83 @@ mod tests {
             err / (rgb.len() as u64) < 4,
             "mean abs error {}",
             err / rgb.len() as u64
+        );
+    }
+
+    /// A CMYK JPEG, as print and photo-editing tools save them, decodes to the colours it
+    /// was made from, at full size and DCT-scaled.
+    #[test]
+    fn cmyk_jpegs_decode_to_their_colours() {
+        let (w, h) = (64u32, 48u32);
+        let rgb = gradient(w, h);
+        // RGB to Adobe CMYK (255 is no ink), as libjpeg-turbo's own tools convert.
+        let cmyk: Vec<u8> = rgb
+            .chunks_exact(3)
+            .flat_map(|p| {
+                let ink = [p[0], p[1], p[2]].map(|v| 1.0 - f64::from(v) / 255.0);
+                let k = ink.iter().copied().fold(1.0, f64::min);
+                let share = |c: f64| if k < 1.0 { (c - k) / (1.0 - k) } else { 1.0 };
+                let byte = |c: f64| (255.0 - c * 255.0).round() as u8;
+                [
+                    byte(share(ink[0])),
+                    byte(share(ink[1])),
+                    byte(share(ink[2])),
+                    byte(k),
+                ]
+            })
+            .collect();
+        let mut compressor = Compressor::new().expect("compressor");
+        compressor.set_quality(95).expect("quality");
+        compressor.set_subsamp(Subsamp::None).expect("subsampling");
+        let jpeg = compressor
+            .compress_to_vec(Image {
+                pixels: &cmyk[..],
+                width: w as usize,
+                pitch: w as usize * 4,
+                height: h as usize,
+                format: PixelFormat::CMYK,
+            })
+            .expect("encode CMYK");
+        let header = Decompressor::new()
+            .expect("decompressor")
+            .read_header(&jpeg)
+            .expect("header");
+        assert!(matches!(
+            header.colorspace,
+            Colorspace::CMYK | Colorspace::YCCK
+        ));
+
+        let mut frame = Frame::with_capacity(8, 8);
+        FrameDecoder::full_size()
+            .decode_into(&jpeg, &mut frame)
+            .expect("a CMYK JPEG decodes");
+        assert_eq!((frame.width, frame.height), (w, h));
+        let err: u64 = frame
+            .rgb
+            .iter()
+            .zip(&rgb)
+            .map(|(a, b)| u64::from(a.abs_diff(*b)))
+            .sum();
+        assert!(
+            err / (rgb.len() as u64) < 4,
+            "mean abs error {}",
+            err / rgb.len() as u64
+        );
+
+        // Decoded at 1/4 for a 16-pixel input: a quarter of each side, the same colours.
+        let mut small = Frame::with_capacity(8, 8);
+        FrameDecoder::fitting(16, 16)
+            .decode_into(&jpeg, &mut small)
+            .expect("a scaled CMYK JPEG decodes");
+        assert_eq!((small.width, small.height), (w / 4, h / 4));
+        let centre = |f: &Frame| {
+            let i = ((f.height / 2 * f.width + f.width / 2) * 3) as usize;
+            [f.rgb[i], f.rgb[i + 1], f.rgb[i + 2]]
+        };
+        let (a, b) = (centre(&small), centre(&frame));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) < 12),
+            "{a:?} vs {b:?}"
         );
     }
 
