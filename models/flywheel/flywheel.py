@@ -87,15 +87,23 @@ def cached(path: Path, key: dict, compute):
 # Capture: the real binary on the synthetic store stream
 # ---------------------------------------------------------------------------
 
-# The framesift arm's signal weights: those chosen for the studio model the loop starts
-# from, pinned so its results do not move with the runtime's defaults (which are tuned
-# for the shipped model, the product of this loop).
+# The framesift arm's signal weights by default: those chosen for the studio model the loop
+# starts from, pinned so its results do not move with the runtime's defaults (which are
+# tuned for the shipped model, the product of this loop). `--policy` names another file
+# for another starting model.
 STUDIO_POLICY = REPO / "models" / "detector" / "studio" / "policy.toml"
-FRAMESIFT_WEIGHTS = {name: table["weight"]
-                     for name, table in tomllib.loads(STUDIO_POLICY.read_text())["signals"].items()}
 
 
-def run_config(seed: int, budget: float, arm: str) -> str:
+def policy_weights(path: Path) -> dict[str, float]:
+    """The `[signals.<name>] weight`s of a framesift config file."""
+    signals = tomllib.loads(path.read_text()).get("signals", {})
+    weights = {name: table["weight"] for name, table in signals.items() if "weight" in table}
+    if not weights:
+        sys.exit(f"{path}: no [signals.<name>] weight to run the framesift arm with")
+    return weights
+
+
+def run_config(seed: int, budget: float, arm: str, policy: Path) -> str:
     """The `framesift run` config of a capture arm: one synthetic camera on the stream."""
     cfg = f"""# framesift run config written by models/flywheel/flywheel.py ({arm} arm)
 [[camera]]
@@ -116,24 +124,26 @@ max_bytes = 1099511627776
 min_free_bytes = 0
 device_id = "flywheel"
 """
+    weights = policy_weights(policy)
     if arm == "uncertainty":
         # Only the uncertainty signal decides; no random control slice.
         cfg = cfg.replace("[spool]", "control_share = 0.0\n\n[spool]")
-        for sig in FRAMESIFT_WEIGHTS:
+        for sig in weights:
             if sig != "uncertainty":
                 cfg += f"\n[signals.{sig}]\nweight = 0.0\n"
     else:
-        cfg += f"\n# The signal weights of {STUDIO_POLICY.relative_to(REPO)}.\n"
-        for sig, weight in FRAMESIFT_WEIGHTS.items():
+        shown = policy.relative_to(REPO) if policy.is_relative_to(REPO) else policy
+        cfg += f"\n# The signal weights of {shown}.\n"
+        for sig, weight in weights.items():
             cfg += f"\n[signals.{sig}]\nweight = {weight}\n"
     return cfg
 
 
 def capture(binary: Path, model: Path, seed: int, frames: int, budget: float, arm: str,
-            out: Path) -> list[dict]:
+            policy: Path, out: Path) -> list[dict]:
     """Run `framesift run` over `frames` frames of stream `seed`; -> the kept frames'
     sidecars (seq, value, control, truth), in seq order."""
-    config = run_config(seed, budget, arm)
+    config = run_config(seed, budget, arm, policy)
     key = {"config": config, "model": sha256(model), "frames": frames}
     return cached(out.with_name(out.name + ".json"), key,
                   lambda: run_capture(binary, model, config, seed, frames, arm, out))
@@ -352,6 +362,9 @@ def main(argv=None) -> int:
     ap.add_argument("--framesift", default=None, help="framesift binary (default target/release)")
     ap.add_argument("--model", type=Path, default=DETECTOR / "studio" / "model.onnx",
                     help="the starting detector (default: the studio-trained model)")
+    ap.add_argument("--policy", type=Path, default=STUDIO_POLICY,
+                    help="a framesift config whose [signals.*] weights the framesift arm runs with "
+                         "(default: those chosen for the studio model)")
     ap.add_argument("--out", type=Path, default=REPO / "target" / "flywheel")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -377,7 +390,7 @@ def main(argv=None) -> int:
 
     base = cached(args.out / "base.json", {**common, "model": sha256(args.model)},
                   lambda: evaluate_model(args.model, common))
-    log(f"studio model: store mAP@0.5 {base['store']['map50']:.3f}, studio {base['studio']['map50']:.3f}")
+    log(f"starting model: store mAP@0.5 {base['store']['map50']:.3f}, studio {base['studio']['map50']:.3f}")
 
     def round_jobs(rnd: int, inits: dict, prior: dict) -> tuple[list[dict], dict]:
         jobs, chosen_by = [], {}
@@ -388,7 +401,8 @@ def main(argv=None) -> int:
             kept = {}
             for arm in ("framesift", "uncertainty"):
                 kept[arm] = capture(binary, inits.get((arm, s), args.model), stream_seed, args.frames,
-                                    args.budget, arm, args.out / f"round{rnd}" / f"seed{s}" / f"capture-{arm}")
+                                    args.budget, arm, args.policy,
+                                    args.out / f"round{rnd}" / f"seed{s}" / f"capture-{arm}")
             for arm_kept in kept.values():
                 check_stream(stream, arm_kept)
             for arm in ARMS:

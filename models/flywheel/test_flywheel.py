@@ -117,27 +117,38 @@ class Stream(unittest.TestCase):
 
     @unittest.skipIf(binary() is None, "no framesift binary in target/")
     def test_each_arms_run_config_is_valid_and_uncertainty_only_turns_the_rest_off(self):
+        # Every signal the binary registers, from its default config.
+        default = subprocess.run([str(binary()), "config", "default"], capture_output=True,
+                                 text=True, env={**os.environ}, check=True).stdout
+        registered = set(tomllib.loads(default)["signals"])
+        studio = fw.policy_weights(fw.STUDIO_POLICY)
+        self.assertEqual(set(studio), registered, "the studio policy weighs every registered signal")
         with tempfile.TemporaryDirectory() as d:
-            for arm in ("framesift", "uncertainty"):
-                p = Path(d) / f"{arm}.toml"
-                p.write_text(fw.run_config(5, 0.02, arm))
-                r = subprocess.run([str(binary()), "validate", str(p)], capture_output=True, text=True,
-                                   env={**os.environ})
-                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            # Every signal the binary registers, from its default config.
-            default = subprocess.run([str(binary()), "config", "default"], capture_output=True,
-                                     text=True, env={**os.environ}, check=True).stdout
-            registered = set(tomllib.loads(default)["signals"])
-            self.assertEqual(set(fw.FRAMESIFT_WEIGHTS), registered,
-                             "the studio policy weighs every registered signal")
-            text = (Path(d) / "uncertainty.toml").read_text()
-            self.assertIn("control_share = 0.0", text)
-            for sig in registered - {"uncertainty"}:
-                self.assertIn(f"[signals.{sig}]\nweight = 0.0", text)
-            text = (Path(d) / "framesift.toml").read_text()
-            for sig, weight in fw.FRAMESIFT_WEIGHTS.items():
-                self.assertIn(f"[signals.{sig}]\nweight = {weight}\n", text)
+            # The default policy and another one (`--policy`): the runtime's own defaults.
+            runtime = Path(d) / "runtime-defaults.toml"
+            runtime.write_text(default)
+            self.assertNotEqual(fw.policy_weights(runtime), studio)
+            for policy in (fw.STUDIO_POLICY, runtime):
+                for arm in ("framesift", "uncertainty"):
+                    p = Path(d) / f"{arm}.toml"
+                    p.write_text(fw.run_config(5, 0.02, arm, policy))
+                    r = subprocess.run([str(binary()), "validate", str(p)], capture_output=True,
+                                       text=True, env={**os.environ})
+                    self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                text = (Path(d) / "uncertainty.toml").read_text()
+                self.assertIn("control_share = 0.0", text)
+                for sig in registered - {"uncertainty"}:
+                    self.assertIn(f"[signals.{sig}]\nweight = 0.0", text)
+                text = (Path(d) / "framesift.toml").read_text()
+                for sig, weight in fw.policy_weights(policy).items():
+                    self.assertIn(f"[signals.{sig}]\nweight = {weight}\n", text)
 
+    def test_a_policy_without_signal_weights_is_refused(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "empty.toml"
+            p.write_text("[keep]\ntarget_rate = 0.02\n")
+            with self.assertRaises(SystemExit):
+                fw.policy_weights(p)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
