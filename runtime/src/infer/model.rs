@@ -460,8 +460,8 @@ impl Model {
         Ok(Model { info, session })
     }
 
-    /// The [`Runner`] of one inference thread: this session's input and output tensors,
-    /// bound for all of that thread's runs.
+    /// The [`Runner`] of one inference thread: tensors bound to this model's inputs and
+    /// outputs, reused for every run on that thread.
     pub fn runner(&self) -> Result<Runner, ModelError> {
         Runner::new(&self.session, &self.info)
     }
