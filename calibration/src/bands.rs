@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::Bins;
 use crate::divergence::{js_distance, js_matching_psi};
 use crate::histogram::Histogram;
+use crate::rng::Rng;
 
 /// Where moderate and significant drift start, in PSI and in JS distance. Alerts use JS
 /// (bounded and symmetric); PSI is reported beside it because it is the figure people
@@ -120,9 +121,9 @@ pub fn bands_for_noise(noise: Option<f64>, psi_moderate: f64, psi_significant: f
 /// - windows of `window` values sliding over the sequence with a stride of a tenth of a
 ///   window ([`sliding_noise`]);
 /// - [`RESAMPLES`] pseudo-windows, each ten blocks of a tenth of a window drawn at
-///   random from the sample ([`resampled_noise`]). A sample a few windows long holds only a few distinct windows
-///   in capture order; a camera sees thousands over a long run, and the most extreme of
-///   those is what an alarm threshold must clear.
+///   random from the sample ([`resampled_noise`]). A sample a few windows long holds
+///   only a few distinct windows in capture order; a camera sees thousands over a long
+///   run, and the most extreme of those is what an alarm threshold must clear.
 ///
 /// Statistics with fewer than two full windows are left out. The JS distances matching
 /// `psi_moderate` and `psi_significant` are the floor; a statistic's noise, with a 1.5×
@@ -225,7 +226,7 @@ fn resampled_noise(bins: Bins, indices: &[u32], window: usize, block: usize) -> 
             *w += v;
         }
     }
-    let mut rng = SplitMix64(0x6472_6966_7473 ^ indices.len() as u64);
+    let mut rng = Rng::new(0x6472_6966_7473 ^ indices.len() as u64);
     let mut order: Vec<usize> = (0..counts.len()).collect();
     let (mut current, mut rest) = (vec![0; bins.count], vec![0; bins.count]);
     let mut noise = 0.0f64;
@@ -234,7 +235,7 @@ fn resampled_noise(bins: Bins, indices: &[u32], window: usize, block: usize) -> 
         // A partial Fisher–Yates shuffle: the first `per_window` blocks are a uniform
         // draw without replacement.
         for k in 0..per_window {
-            let j = k + rng.below(order.len() - k);
+            let j = k + rng.below((order.len() - k) as u64) as usize;
             order.swap(k, j);
             for (c, &v) in current.iter_mut().zip(&counts[order[k]]) {
                 *c += v;
@@ -248,25 +249,10 @@ fn resampled_noise(bins: Bins, indices: &[u32], window: usize, block: usize) -> 
     Some(noise)
 }
 
-/// SplitMix64: small, fast and the same on every platform.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// Uniform in 0..n (the modulo bias is negligible for the small n here).
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Scale;
-    use crate::test_rng::Rng;
 
     fn bins(count: usize) -> Bins {
         Bins {

@@ -22,17 +22,17 @@ pub use reference::{
 };
 pub use threshold::threshold_for_rate;
 
-/// A small deterministic generator for test samples (SplitMix64).
-#[cfg(test)]
-mod test_rng {
-    pub struct Rng(u64);
+/// SplitMix64: a small deterministic generator, the same on every platform (the
+/// resampled drift windows, and test samples).
+mod rng {
+    pub(crate) struct Rng(u64);
 
     impl Rng {
-        pub fn new(seed: u64) -> Self {
+        pub(crate) fn new(seed: u64) -> Self {
             Self(seed)
         }
 
-        pub fn next_u64(&mut self) -> u64 {
+        fn next_u64(&mut self) -> u64 {
             self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut z = self.0;
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -41,7 +41,7 @@ mod test_rng {
         }
 
         /// Uniform in 0..n (the modulo bias is negligible for small n).
-        pub fn below(&mut self, n: u64) -> u64 {
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
             self.next_u64() % n
         }
     }
