@@ -3,8 +3,9 @@
 //! real model.
 //!
 //! Each case calibrates a reference on one synthetic cart (`seed`, 1 by default: its
-//! basket and background), then feeds the monitor scenes of the same cart it has not shown yet:
-//! `before` frames like the reference, then `after` frames of the changed world.
+//! basket and background), then feeds the monitor scenes of the same cart it has not
+//! shown yet: `before` frames like the reference, then `after` frames of the changed
+//! world.
 //! Reported: frames after the change until the camera leaves `stable`, and any band
 //! change before it (a false alarm). The stationary runs feed `stationary` frames like
 //! the reference: fresh scenes scored once, then drawn again as whole scenes, in random
