@@ -252,7 +252,8 @@ fn validate_camera(c: &mut Checker, index: usize, cam: &RawCamera) -> CameraConf
                 c.fail(
                     "type",
                     format!("camera[{index}] has type = \"replay\" but no dir"),
-                    "add dir = \"/path/to/frames\" (a directory of .jpg/.png files)".to_string(),
+                    "add dir = \"/path/to/frames\" (a directory of .jpg/.png/.bmp/.webp files)"
+                        .to_string(),
                 );
             }
             SourceConfig::Replay(ReplayConfig {

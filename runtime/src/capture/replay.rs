@@ -1,4 +1,4 @@
-//! Replay: a directory of JPEG/PNG frames, in file-name order, optionally paced and looped.
+//! Replay: a directory of JPEG, PNG, BMP or WebP frames, in file-name order, optionally paced and looped.
 //!
 //! Bad files (truncated, empty, not an image) are skipped: `next_frame` returns
 //! [`SourceError::BadFrame`] for each, the pipeline warns and counts it, and the stream
@@ -37,7 +37,7 @@ pub struct ReplaySource {
 }
 
 /// File extensions replay picks up (case-insensitive).
-const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
 
 impl ReplaySource {
     pub fn open(config: ReplayConfig) -> Result<Self, SourceError> {
@@ -76,7 +76,7 @@ fn list_frames(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
     files.sort();
     if files.is_empty() {
         return Err(SourceError::Fatal(format!(
-            "replay directory {} holds no .jpg, .jpeg or .png files",
+            "replay directory {} holds no .jpg, .jpeg, .png, .bmp or .webp files",
             dir.display()
         )));
     }
@@ -185,6 +185,46 @@ mod tests {
             Err(SourceError::BadFrame { .. })
         ));
         assert_eq!(source.next_frame(&mut frame).expect("end"), Next::End);
+    }
+
+    #[test]
+    fn every_listed_format_is_read_whatever_the_case_of_its_extension() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_jpeg(&dir.path().join("a.JPEG"), 16, 8);
+        let image =
+            image::RgbImage::from_fn(12, 6, |x, y| image::Rgb([x as u8 * 20, y as u8 * 40, 7]));
+        for (name, format) in [
+            ("b.png", image::ImageFormat::Png),
+            ("c.Bmp", image::ImageFormat::Bmp),
+            ("d.webp", image::ImageFormat::WebP),
+        ] {
+            image
+                .save_with_format(dir.path().join(name), format)
+                .expect("save");
+        }
+        let mut source = ReplaySource::open(ReplayConfig {
+            dir: dir.path().into(),
+            fps: 0.0,
+            looping: false,
+        })
+        .expect("open");
+        let mut frame = Frame::with_capacity(16, 8);
+        let mut read = Vec::new();
+        while source.next_frame(&mut frame).expect("frame") == Next::Frame {
+            read.push(frame.origin.clone());
+            if frame.width == 12 {
+                assert!(
+                    frame.rgb == *image.as_raw(),
+                    "{}: pixels differ",
+                    frame.origin
+                );
+                assert!(
+                    frame.encoded.is_empty(),
+                    "only JPEG bytes are passed through"
+                );
+            }
+        }
+        assert_eq!(read, ["a.JPEG", "b.png", "c.Bmp", "d.webp"]);
     }
 
     #[test]

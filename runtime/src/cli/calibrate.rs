@@ -17,7 +17,7 @@ use crate::{
 
 #[derive(Parser)]
 pub(super) struct CalibrateArgs {
-    /// A directory of reference frames (JPEG/PNG, e.g. a known-good week of a store);
+    /// A directory of reference frames (JPEG, PNG, BMP or WebP, e.g. a known-good week of a store);
     /// with --synthetic, the number of synthetic frames.
     #[arg(long, value_name = "DIR|N")]
     frames: String,

@@ -5,7 +5,7 @@
 //! source): it decodes 1280×720 about twice as fast as the pure-Rust decoder, and it can
 //! decode at 1/2 or 1/4 scale, which skips most of the inverse DCT and colour conversion
 //! when the model only needs a 320-pixel letterbox. CMYK JPEGs (print and photo-editing
-//! tools) are decoded to CMYK and converted here. PNG goes through `image`.
+//! tools) are decoded to CMYK and converted here. PNG, BMP and WebP go through `image`.
 
 pub(crate) mod mjpeg;
 mod yuyv;
@@ -24,7 +24,7 @@ use crate::frame::Frame;
 pub enum DecodeError {
     #[error("empty file")]
     Empty,
-    #[error("not a JPEG or PNG image")]
+    #[error("not a JPEG, PNG, BMP or WebP image")]
     UnknownFormat,
     #[error("{0}")]
     Corrupt(String),
@@ -96,16 +96,16 @@ impl FrameDecoder {
     }
 
     /// The largest encoded file worth reading for an image of at most `max_pixels`:
-    /// raw RGB of that size plus room for headers, far above any real JPEG or PNG.
+    /// raw RGBA of that size (an uncompressed 32-bit BMP) plus room for headers.
     pub fn max_file_bytes(&self) -> u64 {
-        self.max_pixels.saturating_mul(3).saturating_add(1 << 20)
+        self.max_pixels.saturating_mul(4).saturating_add(1 << 20)
     }
 
     fn check_size(&self, width: u64, height: u64) -> Result<(), DecodeError> {
         check_size(self.max_pixels, width, height)
     }
 
-    /// Decode a JPEG or PNG held in memory into `frame.rgb` (resized in place, capacity
+    /// Decode a JPEG, PNG, BMP or WebP held in memory into `frame.rgb` (resized in place, capacity
     /// reused). Sets the frame's size; leaves the other metadata to the caller.
     pub fn decode_into(&mut self, bytes: &[u8], frame: &mut Frame) -> Result<(), DecodeError> {
         if bytes.is_empty() {
@@ -114,17 +114,34 @@ impl FrameDecoder {
         if is_jpeg(bytes) {
             return self.decode_jpeg(bytes, frame);
         }
-        match image::guess_format(bytes).map_err(|_| DecodeError::UnknownFormat)? {
-            image::ImageFormat::Png => {
-                let corrupt = |e: image::ImageError| DecodeError::Corrupt(e.to_string());
-                let decoder =
-                    image::codecs::png::PngDecoder::new(Cursor::new(bytes)).map_err(corrupt)?;
-                let (w, h) = decoder.dimensions();
-                self.check_size(u64::from(w), u64::from(h))?;
-                read_rgb(decoder, frame).map_err(corrupt)
-            }
+        let corrupt = |e: image::ImageError| DecodeError::Corrupt(e.to_string());
+        let bytes = Cursor::new(bytes);
+        match image::guess_format(bytes.get_ref()).map_err(|_| DecodeError::UnknownFormat)? {
+            image::ImageFormat::Png => self.read_checked(
+                image::codecs::png::PngDecoder::new(bytes).map_err(corrupt)?,
+                frame,
+            ),
+            image::ImageFormat::Bmp => self.read_checked(
+                image::codecs::bmp::BmpDecoder::new(bytes).map_err(corrupt)?,
+                frame,
+            ),
+            image::ImageFormat::WebP => self.read_checked(
+                image::codecs::webp::WebPDecoder::new(bytes).map_err(corrupt)?,
+                frame,
+            ),
             _ => Err(DecodeError::UnknownFormat),
         }
+    }
+
+    /// Check a decoder's image size against the limit, then read its pixels as RGB8.
+    fn read_checked(
+        &self,
+        decoder: impl ImageDecoder,
+        frame: &mut Frame,
+    ) -> Result<(), DecodeError> {
+        let (w, h) = decoder.dimensions();
+        self.check_size(u64::from(w), u64::from(h))?;
+        read_rgb(decoder, frame).map_err(|e| DecodeError::Corrupt(e.to_string()))
     }
 
     fn decode_jpeg(&mut self, bytes: &[u8], frame: &mut Frame) -> Result<(), DecodeError> {
@@ -486,6 +503,47 @@ mod tests {
         );
     }
 
+    /// PNG, BMP (24- and 32-bit) and lossless WebP come back pixel for pixel, alpha
+    /// dropped.
+    #[test]
+    fn lossless_formats_decode_to_their_pixels() {
+        let (w, h) = (37, 23);
+        let rgb = gradient(w, h);
+        let rgb_image = image::RgbImage::from_raw(w, h, rgb.clone()).expect("rgb");
+        let rgba_image = image::DynamicImage::ImageRgb8(rgb_image.clone()).into_rgba8();
+        let encode = |image: &dyn Fn(&mut Cursor<&mut Vec<u8>>) -> image::ImageResult<()>| {
+            let mut out = Vec::new();
+            image(&mut Cursor::new(&mut out)).expect("encode");
+            out
+        };
+        let files = [
+            (
+                "png",
+                encode(&|c| rgb_image.write_to(c, image::ImageFormat::Png)),
+            ),
+            (
+                "bmp",
+                encode(&|c| rgb_image.write_to(c, image::ImageFormat::Bmp)),
+            ),
+            (
+                "bmp rgba",
+                encode(&|c| rgba_image.write_to(c, image::ImageFormat::Bmp)),
+            ),
+            (
+                "webp",
+                encode(&|c| rgba_image.write_to(c, image::ImageFormat::WebP)),
+            ),
+        ];
+        for (name, bytes) in files {
+            let mut frame = Frame::with_capacity(8, 8);
+            FrameDecoder::full_size()
+                .decode_into(&bytes, &mut frame)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!((frame.width, frame.height), (w, h), "{name}");
+            assert!(frame.rgb == rgb, "{name}: pixels differ");
+        }
+    }
+
     #[test]
     fn bad_inputs_are_named() {
         let mut frame = Frame::with_capacity(8, 8);
@@ -530,7 +588,15 @@ mod tests {
         let crc = crc32(&png[12..29]);
         png[29..33].copy_from_slice(&crc.to_be_bytes());
 
-        for (name, bytes) in [("jpeg", &jpeg), ("png", &png)] {
+        // A BMP whose info header claims it (width and height, little-endian i32).
+        let mut bmp = Vec::new();
+        image::RgbImage::new(8, 8)
+            .write_to(&mut Cursor::new(&mut bmp), image::ImageFormat::Bmp)
+            .expect("bmp");
+        bmp[18..22].copy_from_slice(&i32::from(SIDE).to_le_bytes());
+        bmp[22..26].copy_from_slice(&i32::from(SIDE).to_le_bytes());
+
+        for (name, bytes) in [("jpeg", &jpeg), ("png", &png), ("bmp", &bmp)] {
             for mut decoder in [FrameDecoder::full_size(), FrameDecoder::fitting(320, 320)] {
                 let mut frame = Frame::with_capacity(64, 48);
                 let capacity = frame.rgb.capacity();

@@ -260,7 +260,7 @@ fn camera_keys_must_fit_the_type() {
     let text = "[[camera]]\ntype = \"synthetic\"\ndir = \"/x\"\n\n[[camera]]\nname = \"b\"\ntype = \"replay\"\n";
     insta::assert_snapshot!(errors(text), @r#"
     error: config.toml: line 3, column 1: camera[0].dir does not apply to type = "synthetic"; remove it, or set type = "replay"
-    error: config.toml: line 7, column 1: camera[1] has type = "replay" but no dir; add dir = "/path/to/frames" (a directory of .jpg/.png files)
+    error: config.toml: line 7, column 1: camera[1] has type = "replay" but no dir; add dir = "/path/to/frames" (a directory of .jpg/.png/.bmp/.webp files)
     "#);
 }
 
