@@ -29,6 +29,27 @@ pub(super) struct LiftArgs {
 }
 
 pub(super) fn lift(args: LiftArgs) -> anyhow::Result<ExitCode> {
+    let dirs = [
+        (
+            "DIR",
+            Some(&args.dir),
+            "the kept frames' sidecars came back to",
+        ),
+        (
+            "--labels",
+            args.labels.as_ref(),
+            "holding the labeller's .txt files",
+        ),
+    ];
+    for (what, dir, holding) in dirs {
+        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+            eprintln!(
+                "error: {what} {} is not a directory: give the directory {holding}",
+                dir.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
     let source = if args.truth {
         LabelSource::SyntheticTruth
     } else {

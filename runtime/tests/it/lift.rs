@@ -266,6 +266,21 @@ fn lift_names_every_bad_label_and_measures_nothing() {
     std::fs::write(dir.path().join("notes.json"), r#"{"hello": 1}"#).expect("write");
     let dir_s = dir.path().to_str().expect("utf8");
 
+    let missing = dir.path().join("nope");
+    let missing_s = missing.to_str().expect("utf8");
+    for args in [
+        vec!["lift", missing_s],
+        vec!["lift", dir_s, "--labels", missing_s],
+    ] {
+        let out = framesift(&args).output().expect("spawn");
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("{missing_s} is not a directory")),
+            "{err}"
+        );
+    }
+
     let out = framesift(&["lift", dir_s]).output().expect("spawn");
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
