@@ -147,6 +147,15 @@ impl FrameSource for ReplaySource {
 mod tests {
     use super::*;
 
+    /// A replay of `dir` as fast as it goes.
+    fn open(dir: &Path, looping: bool) -> Result<ReplaySource, SourceError> {
+        ReplaySource::open(ReplayConfig {
+            dir: dir.into(),
+            fps: 0.0,
+            looping,
+        })
+    }
+
     fn write_jpeg(path: &Path, w: u32, h: u32) {
         let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
         let mut out = Vec::new();
@@ -161,12 +170,7 @@ mod tests {
         write_jpeg(&dir.path().join("a.jpg"), 16, 8);
         std::fs::write(dir.path().join("c.jpg"), b"").expect("write");
         std::fs::write(dir.path().join("notes.txt"), b"ignored").expect("write");
-        let mut source = ReplaySource::open(ReplayConfig {
-            dir: dir.path().into(),
-            fps: 0.0,
-            looping: false,
-        })
-        .expect("open");
+        let mut source = open(dir.path(), false).expect("open");
         assert_eq!(source.files.len(), 3);
         let mut frame = Frame::with_capacity(32, 24);
         assert_eq!(source.next_frame(&mut frame).expect("a"), Next::Frame);
@@ -202,12 +206,7 @@ mod tests {
                 .save_with_format(dir.path().join(name), format)
                 .expect("save");
         }
-        let mut source = ReplaySource::open(ReplayConfig {
-            dir: dir.path().into(),
-            fps: 0.0,
-            looping: false,
-        })
-        .expect("open");
+        let mut source = open(dir.path(), false).expect("open");
         let mut frame = Frame::with_capacity(16, 8);
         let mut read = Vec::new();
         while source.next_frame(&mut frame).expect("frame") == Next::Frame {
@@ -231,12 +230,7 @@ mod tests {
     fn loops_when_asked() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_jpeg(&dir.path().join("only.jpg"), 16, 16);
-        let mut source = ReplaySource::open(ReplayConfig {
-            dir: dir.path().into(),
-            fps: 0.0,
-            looping: true,
-        })
-        .expect("open");
+        let mut source = open(dir.path(), true).expect("open");
         let mut frame = Frame::with_capacity(16, 16);
         for seq in 0..3 {
             assert_eq!(source.next_frame(&mut frame).expect("frame"), Next::Frame);
@@ -247,17 +241,9 @@ mod tests {
     #[test]
     fn missing_or_empty_directory_is_fatal() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let empty = ReplaySource::open(ReplayConfig {
-            dir: dir.path().into(),
-            fps: 0.0,
-            looping: false,
-        });
+        let empty = open(dir.path(), false);
         assert!(matches!(empty, Err(SourceError::Fatal(m)) if m.contains("no .jpg")));
-        let missing = ReplaySource::open(ReplayConfig {
-            dir: dir.path().join("nope"),
-            fps: 0.0,
-            looping: false,
-        });
+        let missing = open(&dir.path().join("nope"), false);
         assert!(matches!(missing, Err(SourceError::Fatal(_))));
     }
 }

@@ -511,28 +511,11 @@ mod tests {
         let rgb = gradient(w, h);
         let rgb_image = image::RgbImage::from_raw(w, h, rgb.clone()).expect("rgb");
         let rgba_image = image::DynamicImage::ImageRgb8(rgb_image.clone()).into_rgba8();
-        let encode = |image: &dyn Fn(&mut Cursor<&mut Vec<u8>>) -> image::ImageResult<()>| {
-            let mut out = Vec::new();
-            image(&mut Cursor::new(&mut out)).expect("encode");
-            out
-        };
         let files = [
-            (
-                "png",
-                encode(&|c| rgb_image.write_to(c, image::ImageFormat::Png)),
-            ),
-            (
-                "bmp",
-                encode(&|c| rgb_image.write_to(c, image::ImageFormat::Bmp)),
-            ),
-            (
-                "bmp rgba",
-                encode(&|c| rgba_image.write_to(c, image::ImageFormat::Bmp)),
-            ),
-            (
-                "webp",
-                encode(&|c| rgba_image.write_to(c, image::ImageFormat::WebP)),
-            ),
+            ("png", encode(&rgb_image, image::ImageFormat::Png)),
+            ("bmp", encode(&rgb_image, image::ImageFormat::Bmp)),
+            ("bmp rgba", encode(&rgba_image, image::ImageFormat::Bmp)),
+            ("webp", encode(&rgba_image, image::ImageFormat::WebP)),
         ];
         for (name, bytes) in files {
             let mut frame = Frame::with_capacity(8, 8);
@@ -579,20 +562,14 @@ mod tests {
         jpeg[sof + 5..sof + 7].copy_from_slice(&SIDE.to_be_bytes());
         jpeg[sof + 7..sof + 9].copy_from_slice(&SIDE.to_be_bytes());
         // A PNG whose IHDR claims the same (the decoder checks the chunk's CRC).
-        let mut png = Vec::new();
-        image::RgbImage::new(8, 8)
-            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
-            .expect("png");
+        let mut png = encode(&image::RgbImage::new(8, 8), image::ImageFormat::Png);
         png[16..20].copy_from_slice(&u32::from(SIDE).to_be_bytes());
         png[20..24].copy_from_slice(&u32::from(SIDE).to_be_bytes());
         let crc = crc32(&png[12..29]);
         png[29..33].copy_from_slice(&crc.to_be_bytes());
 
         // A BMP whose info header claims it (width and height, little-endian i32).
-        let mut bmp = Vec::new();
-        image::RgbImage::new(8, 8)
-            .write_to(&mut Cursor::new(&mut bmp), image::ImageFormat::Bmp)
-            .expect("bmp");
+        let mut bmp = encode(&image::RgbImage::new(8, 8), image::ImageFormat::Bmp);
         bmp[18..22].copy_from_slice(&i32::from(SIDE).to_le_bytes());
         bmp[22..26].copy_from_slice(&i32::from(SIDE).to_le_bytes());
 
@@ -626,6 +603,20 @@ mod tests {
                 max_pixels: 1_000
             })
         ));
+    }
+
+    /// `image` encoded as a `format` file.
+    fn encode<P, C>(image: &image::ImageBuffer<P, C>, format: image::ImageFormat) -> Vec<u8>
+    where
+        P: image::PixelWithColorType,
+        [P::Subpixel]: image::EncodableLayout,
+        C: std::ops::Deref<Target = [P::Subpixel]>,
+    {
+        let mut out = Vec::new();
+        image
+            .write_to(&mut Cursor::new(&mut out), format)
+            .expect("encode");
+        out
     }
 
     /// CRC-32 (ISO-HDLC), as PNG chunks use.
