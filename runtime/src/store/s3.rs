@@ -4,8 +4,9 @@
 //!
 //! A PUT carries `If-None-Match: *`, so the store refuses to replace an object that is
 //! there (412): the object is then fetched and compared, and the same bytes count as
-//! delivered. Signed URLs carry a signature and the access key id; no message built here
-//! contains one.
+//! delivered. A PUT whose connection breaks is checked the same way, since a store may
+//! answer 412 before reading the body and close on the rest of it. Signed URLs carry a
+//! signature and the access key id; no message built here contains one.
 
 use std::{io::Read, path::Path, time::Duration};
 
@@ -176,6 +177,19 @@ impl S3Destination {
         }
     }
 
+    /// [`Stored::Existing`] if `bytes` are at `key`, `None` if nothing is there, a
+    /// conflict if other bytes are.
+    fn existing(&self, key: &str, bytes: &[u8]) -> Result<Option<Stored>, DeliveryError> {
+        match self.get(key)? {
+            Some(existing) if existing == bytes => Ok(Some(Stored::Existing)),
+            Some(_) => Err(DeliveryError::Conflict(format!(
+                "{key} on {} exists with other contents",
+                self.name
+            ))),
+            None => Ok(None),
+        }
+    }
+
     /// The object at `key`, if there is one.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, DeliveryError> {
         let url = GetObject::new(&self.bucket, Some(&self.credentials), key).sign(SIGNED_FOR);
@@ -251,30 +265,39 @@ impl Destination for S3Destination {
         let mut body = Paced::new(bytes, self.max_bytes_per_sec);
         // The length is known: a paced reader must not turn the PUT into a chunked one,
         // which S3 refuses.
-        let response = self
+        let sent = self
             .agent
             .put(url.as_str())
             .header("Content-Type", content_type)
             .header("Content-Length", bytes.len())
             .header("If-None-Match", "*")
-            .send(ureq::SendBody::from_reader(&mut body))
-            .map_err(|e| self.unreachable(key, &e))?;
+            .send(ureq::SendBody::from_reader(&mut body));
+        let response = match sent {
+            Ok(response) => response,
+            // A store may answer 412 as soon as it has the headers and close the
+            // connection on the rest of the body, so an object that is there shows up
+            // here as a broken pipe; so does one stored just before the connection
+            // dropped. Either way retrying the PUT cannot succeed: look at the key.
+            Err(e @ ureq::Error::Io(_)) => {
+                return match self.existing(key, bytes) {
+                    Ok(Some(stored)) => Ok(stored),
+                    Ok(None) | Err(DeliveryError::Unavailable(_)) => Err(self.unreachable(key, &e)),
+                    Err(other) => Err(other),
+                };
+            }
+            Err(e) => return Err(self.unreachable(key, &e)),
+        };
         let status = response.status().as_u16();
         let body = response.into_body().read_to_string().unwrap_or_default();
         match status {
             200..=299 => Ok(Stored::New),
             // Something is at the key: ours from an earlier attempt, or a collision.
-            412 => match self.get(key)? {
-                Some(existing) if existing == bytes => Ok(Stored::Existing),
-                Some(_) => Err(DeliveryError::Conflict(format!(
-                    "{key} on {} exists with other contents",
-                    self.name
-                ))),
-                None => Err(DeliveryError::Unavailable(format!(
+            412 => self.existing(key, bytes)?.ok_or_else(|| {
+                DeliveryError::Unavailable(format!(
                     "{key} on {}: refused as existing, then not found",
                     self.name
-                ))),
-            },
+                ))
+            }),
             _ => Err(self.refused(key, status, &body)),
         }
     }
@@ -312,6 +335,86 @@ mod tests {
         // Unlimited: one read takes all that fits.
         let mut fast = Paced::new(&bytes, 0);
         assert_eq!(fast.read(&mut buf).expect("read"), buf.len());
+    }
+
+    /// A store that answers every PUT with 412 as soon as it has the headers and
+    /// closes on the body, as some S3 servers do, and every GET with `stored`.
+    fn early_refusing_store(stored: Vec<u8>) -> u16 {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut head = Vec::new();
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push(line);
+                }
+                let answer = if head.first().is_some_and(|l| l.starts_with("PUT")) {
+                    b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+                } else {
+                    let mut a = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        stored.len()
+                    )
+                    .into_bytes();
+                    a.extend_from_slice(&stored);
+                    a
+                };
+                let _ = stream.write_all(&answer);
+                // Closing with the body unread resets the connection under the sender.
+            }
+        });
+        port
+    }
+
+    fn destination(port: u16, dir: &Path) -> S3Destination {
+        let credentials = dir.join("credentials");
+        std::fs::write(
+            &credentials,
+            "[default]\naws_access_key_id = AKID\naws_secret_access_key = secret\n",
+        )
+        .expect("credentials");
+        let target = Target::S3 {
+            bucket: "frames".into(),
+            prefix: String::new(),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            region: "us-east-1".into(),
+            path_style: true,
+            credentials_file: Some(credentials),
+            profile: "default".into(),
+        };
+        let mut config = crate::config::Config::default().upload;
+        // Paced, so the body is still going out when the store has answered.
+        config.max_bytes_per_sec = 1_000_000;
+        config.request_timeout = Duration::from_secs(10);
+        S3Destination::new(&target, &config).expect("destination")
+    }
+
+    #[test]
+    fn an_object_there_is_recognised_when_the_store_refuses_before_the_body() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let mut same = destination(early_refusing_store(bytes.clone()), dir.path());
+        assert_eq!(
+            same.put("a.jpg", &bytes, "image/jpeg"),
+            Ok(Stored::Existing)
+        );
+        let mut other = bytes.clone();
+        other[0] ^= 1;
+        let mut different = destination(early_refusing_store(other), dir.path());
+        assert!(
+            matches!(
+                different.put("a.jpg", &bytes, "image/jpeg"),
+                Err(DeliveryError::Conflict(_))
+            ),
+            "other bytes at the key are a conflict"
+        );
     }
 
     #[test]

@@ -213,6 +213,28 @@ fn every_kept_frame_reaches_moto_and_a_signature_checking_server_once() {
         ok(&out);
         assert!(text(&out.stdout).contains("uploaded 0 frames"));
         assert_delivered_once(&server, expected);
+
+        // The spool as it was before the deletes (a crash after the store confirmed),
+        // sent again over a paced link: every object is found there, even where the
+        // store answers 412 before the body and closes on the rest of it.
+        let again = tempfile::tempdir().expect("tempdir");
+        let spool = spool_copy(again.path());
+        let config = upload_config(
+            again.path(),
+            &server.endpoint(),
+            "max_bytes_per_sec = 1000000\n",
+        );
+        let out = upload_once(&config, &spool, SECRET_KEY)
+            .output()
+            .expect("upload");
+        ok(&out);
+        assert!(
+            text(&out.stdout).contains(&format!("uploaded {} frames", expected.len())),
+            "{kind:?}: {}",
+            text(&out.stdout)
+        );
+        assert_delivered_once(&server, expected);
+        assert_spool_empty(&spool);
     }
 }
 
