@@ -1,4 +1,5 @@
-//! Replay: a directory of JPEG, PNG, BMP or WebP frames, in file-name order, optionally paced and looped.
+//! Replay: a directory of JPEG, PNG, BMP or WebP frames, in file-name order, optionally
+//! paced and looped.
 //!
 //! Bad files (truncated, empty, not an image) are skipped: `next_frame` returns
 //! [`SourceError::BadFrame`] for each, the pipeline warns and counts it, and the stream

@@ -17,8 +17,8 @@ use crate::{
 
 #[derive(Parser)]
 pub(super) struct CalibrateArgs {
-    /// A directory of reference frames (JPEG, PNG, BMP or WebP, e.g. a known-good week of a store);
-    /// with --synthetic, the number of synthetic frames.
+    /// A directory of reference frames (JPEG, PNG, BMP or WebP, e.g. a known-good week of
+    /// a store); with --synthetic, the number of synthetic frames.
     #[arg(long, value_name = "DIR|N")]
     frames: String,
     /// Calibrate on the synthetic scene source instead of a directory: `studio` (what

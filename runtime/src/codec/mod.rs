@@ -105,8 +105,8 @@ impl FrameDecoder {
         check_size(self.max_pixels, width, height)
     }
 
-    /// Decode a JPEG, PNG, BMP or WebP held in memory into `frame.rgb` (resized in place, capacity
-    /// reused). Sets the frame's size; leaves the other metadata to the caller.
+    /// Decode a JPEG, PNG, BMP or WebP held in memory into `frame.rgb` (resized in place,
+    /// capacity reused). Sets the frame's size; leaves the other metadata to the caller.
     pub fn decode_into(&mut self, bytes: &[u8], frame: &mut Frame) -> Result<(), DecodeError> {
         if bytes.is_empty() {
             return Err(DecodeError::Empty);
