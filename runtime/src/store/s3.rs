@@ -30,6 +30,8 @@ pub(crate) struct S3Destination {
     agent: ureq::Agent,
     /// `[upload] max_bytes_per_sec` (0: unlimited): bodies go out paced to it.
     max_bytes_per_sec: u64,
+    /// `[upload] request_timeout_secs`, plus a paced body's time on the wire for a PUT.
+    request_timeout: Duration,
     /// `s3://bucket/prefix at endpoint`, for logs.
     name: String,
 }
@@ -138,6 +140,7 @@ impl S3Destination {
             credentials: credentials(credentials_file.as_deref(), profile)?,
             agent,
             max_bytes_per_sec: config.max_bytes_per_sec,
+            request_timeout: config.request_timeout,
             name: super::uploader::describe(target),
         })
     }
@@ -263,11 +266,20 @@ impl Destination for S3Destination {
     ) -> Result<Stored, DeliveryError> {
         let url = PutObject::new(&self.bucket, Some(&self.credentials), key).sign(SIGNED_FOR);
         let mut body = Paced::new(bytes, self.max_bytes_per_sec);
+        // A paced body takes its time on the wire on top of the request's own: a low
+        // rate and a large frame must not make every attempt time out.
+        let pacing = match self.max_bytes_per_sec {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs_f64(bytes.len() as f64 / rate as f64),
+        };
         // The length is known: a paced reader must not turn the PUT into a chunked one,
         // which S3 refuses.
         let sent = self
             .agent
             .put(url.as_str())
+            .config()
+            .timeout_global(Some(self.request_timeout + pacing))
+            .build()
             .header("Content-Type", content_type)
             .header("Content-Length", bytes.len())
             .header("If-None-Match", "*")
@@ -337,9 +349,17 @@ mod tests {
         assert_eq!(fast.read(&mut buf).expect("read"), buf.len());
     }
 
-    /// A store that answers every PUT with 412 as soon as it has the headers and
-    /// closes on the body, as some S3 servers do, and every GET with `stored`.
-    fn early_refusing_store(stored: Vec<u8>) -> u16 {
+    /// How the hand-made store answers a PUT.
+    #[derive(Clone, Copy)]
+    enum OnPut {
+        /// 412 as soon as it has the headers, closing on the body, as s3s does.
+        RefuseEarly,
+        /// 200 once it has read the whole body.
+        Store,
+    }
+
+    /// A store on loopback that answers PUTs `on_put` and every GET with `stored`.
+    fn store(on_put: OnPut, stored: Vec<u8>) -> u16 {
         use std::io::{BufRead, BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
@@ -356,7 +376,23 @@ mod tests {
                     head.push(line);
                 }
                 let answer = if head.first().is_some_and(|l| l.starts_with("PUT")) {
-                    b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+                    if let OnPut::Store = on_put {
+                        let length = head
+                            .iter()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|n| n.trim().parse::<u64>())
+                            })
+                            .and_then(Result::ok)
+                            .expect("content-length");
+                        std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())
+                            .expect("body");
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    } else {
+                        b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+                    }
                 } else {
                     let mut a = format!(
                         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -367,13 +403,15 @@ mod tests {
                     a
                 };
                 let _ = stream.write_all(&answer);
-                // Closing with the body unread resets the connection under the sender.
+                // After a refusal, closing with the body unread resets the connection
+                // under the sender.
             }
         });
         port
     }
 
-    fn destination(port: u16, dir: &Path) -> S3Destination {
+    /// A destination at `port`, pacing bodies to 1 MB/s with a `timeout` per request.
+    fn destination(port: u16, dir: &Path, timeout: Duration) -> S3Destination {
         let credentials = dir.join("credentials");
         std::fs::write(
             &credentials,
@@ -390,9 +428,8 @@ mod tests {
             profile: "default".into(),
         };
         let mut config = crate::config::Config::default().upload;
-        // Paced, so the body is still going out when the store has answered.
         config.max_bytes_per_sec = 1_000_000;
-        config.request_timeout = Duration::from_secs(10);
+        config.request_timeout = timeout;
         S3Destination::new(&target, &config).expect("destination")
     }
 
@@ -400,14 +437,22 @@ mod tests {
     fn an_object_there_is_recognised_when_the_store_refuses_before_the_body() {
         let dir = tempfile::tempdir().expect("tempdir");
         let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
-        let mut same = destination(early_refusing_store(bytes.clone()), dir.path());
+        // Paced, so the body is still going out when the store has answered.
+        let refusing = |stored| {
+            destination(
+                store(OnPut::RefuseEarly, stored),
+                dir.path(),
+                Duration::from_secs(10),
+            )
+        };
+        let mut same = refusing(bytes.clone());
         assert_eq!(
             same.put("a.jpg", &bytes, "image/jpeg"),
             Ok(Stored::Existing)
         );
         let mut other = bytes.clone();
         other[0] ^= 1;
-        let mut different = destination(early_refusing_store(other), dir.path());
+        let mut different = refusing(other);
         assert!(
             matches!(
                 different.put("a.jpg", &bytes, "image/jpeg"),
@@ -436,5 +481,18 @@ mod tests {
         let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>…</Message></Error>";
         assert_eq!(error_code(body), Some("SignatureDoesNotMatch"));
         assert_eq!(error_code("nothing"), None);
+    }
+
+    #[test]
+    fn a_paced_body_gets_its_time_on_the_wire_on_top_of_the_request_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 300 kB at 1 MB/s is 0.3 s on the wire, three times the request timeout.
+        let bytes = vec![7u8; 300_000];
+        let mut slow = destination(
+            store(OnPut::Store, Vec::new()),
+            dir.path(),
+            Duration::from_millis(100),
+        );
+        assert_eq!(slow.put("a.jpg", &bytes, "image/jpeg"), Ok(Stored::New));
     }
 }
