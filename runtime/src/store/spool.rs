@@ -150,6 +150,8 @@ pub(crate) struct Entry {
     pub captured_unix_ms: u64,
     /// Handed to the uploader and not yet confirmed or given back.
     pub in_flight: bool,
+    /// Times the store refused this entry's objects since the spool was opened.
+    pub refusals: u32,
 }
 
 /// A total order on values, oldest first among equals, then by id.
@@ -437,6 +439,7 @@ impl Spool {
                     camera: entry.camera.to_string(),
                     captured_unix_ms: entry.captured_unix_ms,
                     in_flight: false,
+                    refusals: 0,
                 };
                 let _ = self
                     .fs
@@ -557,19 +560,34 @@ impl Spool {
         result.map(|()| sidecar_path)
     }
 
-    /// Hand the highest-value entry not in flight to the uploader.
+    /// Hand the uploader the highest-value entry not in flight among those the store
+    /// refused the fewest times, so one entry it keeps refusing (other bytes at its key,
+    /// say) cannot hold up the rest.
     pub(crate) fn take_for_upload(&mut self) -> Option<Entry> {
-        let (_, _, id) = self.index.waiting.last()?.clone();
+        let mut best: Option<(u32, &str)> = None;
+        for (_, _, id) in self.index.waiting.iter().rev() {
+            let refusals = self.index.entries.get(id).map_or(u32::MAX, |e| e.refusals);
+            if best.is_none_or(|(fewest, _)| refusals < fewest) {
+                best = Some((refusals, id));
+            }
+            if refusals == 0 {
+                break;
+            }
+        }
+        let id = best?.1.to_string();
         let mut e = self.index.remove(&id)?;
         e.in_flight = true;
         self.index.insert(e.clone());
         Some(e)
     }
 
-    /// An entry the uploader could not deliver goes back to waiting.
-    pub(crate) fn give_back(&mut self, id: &str) {
+    /// An entry the uploader could not deliver goes back to waiting; `refused`: the
+    /// store answered and said no (not a network or server failure, which says nothing
+    /// about the entry and leaves the order by value alone).
+    pub(crate) fn give_back(&mut self, id: &str, refused: bool) {
         if let Some(mut e) = self.index.remove(id) {
             e.in_flight = false;
+            e.refusals += u32::from(refused);
             self.index.insert(e);
         }
     }
@@ -714,6 +732,7 @@ fn entry_from_sidecar(fs: &dyn Fs, dir: &Path, id: &str) -> Result<Entry, SpoolE
         camera: meta.camera,
         captured_unix_ms: meta.captured_unix_ms,
         in_flight: false,
+        refusals: 0,
     })
 }
 
@@ -745,6 +764,7 @@ fn read_index(fs: &dyn Fs, file: &Path) -> HashMap<String, Entry> {
                             camera: camera.to_string(),
                             captured_unix_ms: ms,
                             in_flight: false,
+                            refusals: 0,
                         },
                     );
                 }

@@ -1,4 +1,6 @@
-//! Delivery: moving spool entries to object storage, highest value first.
+//! Delivery: moving spool entries to object storage, highest value first; an entry the
+//! store refused waits behind those it refused fewer times (see
+//! [`Spool::take_for_upload`](super::Spool::take_for_upload)).
 //!
 //! Keys are deterministic per entry: `<prefix>/<device>/<yyyy-mm-dd>/<id>.jpg`, then
 //! `.json` — the image first, the sidecar last, so a sidecar in the bucket means its
@@ -99,7 +101,7 @@ pub(crate) fn deliver_one(
             return Ok(Delivery::Corrupt { id, reason });
         }
         Err(e) => {
-            lock(spool).give_back(&entry.id);
+            lock(spool).give_back(&entry.id, false);
             return Err(DeliveryError::Unavailable(format!(
                 "reading the spool: {e}"
             )));
@@ -119,7 +121,8 @@ pub(crate) fn deliver_one(
             })
         }
         Err(e) => {
-            lock(spool).give_back(&entry.id);
+            let refused = !matches!(e, DeliveryError::Unavailable(_));
+            lock(spool).give_back(&entry.id, refused);
             Err(e)
         }
     }
@@ -293,6 +296,72 @@ pub(crate) mod tests {
             "{first:?}"
         );
         assert_eq!(lock(&spool).len(), 0);
+    }
+
+    /// Fails every PUT whose key contains `id`, with `error`, and records the rest.
+    struct FailsOne {
+        id: String,
+        error: DeliveryError,
+        stored: Vec<String>,
+    }
+
+    impl Destination for FailsOne {
+        fn put(&mut self, key: &str, _: &[u8], _: &str) -> Result<Stored, DeliveryError> {
+            if key.contains(&self.id) {
+                return Err(self.error.clone());
+            }
+            self.stored.push(key.to_string());
+            Ok(Stored::New)
+        }
+        fn describe(&self) -> String {
+            "fails one".into()
+        }
+    }
+
+    /// What up to `n` delivery attempts did: each delivered id, or `-` for a failure.
+    fn attempts(spool: &SharedSpool, destination: &mut dyn Destination, n: usize) -> Vec<String> {
+        (0..n)
+            .map_while(|_| match deliver_one(spool, destination, "p") {
+                Ok(Delivery::Delivered { id, .. }) => Some(id),
+                Ok(Delivery::Empty) => None,
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => Some("-".into()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_the_store_refuses_goes_behind_the_rest_and_stays_in_the_spool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, ids) = spool_of(dir.path(), &[0.9, 0.5, 0.2], b"jpeg");
+        let conflict = DeliveryError::Conflict("other bytes at the key".into());
+        let mut store = FailsOne {
+            id: ids[0].clone(),
+            error: conflict,
+            stored: Vec::new(),
+        };
+        // Refused once, the most valuable entry waits behind the other two; then it is
+        // the only one left and is tried again, and again refused.
+        assert_eq!(
+            attempts(&spool, &mut store, 6),
+            ["-", &ids[1], &ids[2], "-", "-", "-"]
+        );
+        assert_eq!(store.stored.len(), 4, "two entries, image and sidecar");
+        assert_eq!(lock(&spool).len(), 1, "the refused entry stays");
+    }
+
+    #[test]
+    fn a_store_that_is_down_leaves_the_order_by_value_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, ids) = spool_of(dir.path(), &[0.9, 0.5, 0.2], b"jpeg");
+        let mut down = FailsOne {
+            id: String::new(), // every key
+            error: DeliveryError::Unavailable("connection refused".into()),
+            stored: Vec::new(),
+        };
+        assert_eq!(attempts(&spool, &mut down, 4), ["-"; 4]);
+        let mut recorder = Recorder(Vec::new());
+        assert_eq!(attempts(&spool, &mut recorder, 4), ids);
     }
 
     #[test]
