@@ -31,8 +31,8 @@ pub trait FrameSource: Send {
     fn describe(&self) -> String;
 }
 
-/// Errors from a frame source. [`SourceError::is_fatal`] tells the pipeline whether to
-/// stop the camera or to count the problem and carry on.
+/// Errors from a frame source. Only [`SourceError::Fatal`] stops the camera; the others
+/// are counted, or waited out, and the stream goes on.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// One input frame could not be used (truncated JPEG, zero-byte file, not an image).
