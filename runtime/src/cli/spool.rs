@@ -125,6 +125,9 @@ pub(super) fn spool(command: SpoolCommand) -> anyhow::Result<ExitCode> {
                 mib(d.uploaded_bytes),
                 d.failed_attempts
             );
+            if !d.last_upload_error.is_empty() {
+                println!("  last failure {}", d.last_upload_error);
+            }
             println!(
                 "  budget       {} evicted for better frames, {} dropped (spool full), {} dropped (disk full)",
                 d.evicted, d.dropped_spool_full, d.dropped_disk_full

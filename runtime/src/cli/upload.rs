@@ -107,9 +107,7 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
                 corrupt += 1;
             }
             Err(e) => {
-                metrics
-                    .upload_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.upload_failure(&e);
                 // Refused credentials or requests need a person, not a retry.
                 if matches!(e, DeliveryError::Refused(_))
                     || delivered_at.elapsed() > Duration::from_secs(args.give_up_secs)

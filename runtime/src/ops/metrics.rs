@@ -196,6 +196,9 @@ pub struct Metrics {
     pub uploaded: AtomicU64,
     pub uploaded_bytes: AtomicU64,
     pub upload_failures: AtomicU64,
+    /// The last failed attempt's error ("" while none has failed), for
+    /// `framesift spool status`. Written only on failures.
+    last_upload_error: std::sync::Mutex<String>,
     /// Entries found corrupt when read for upload (and removed).
     pub spool_corrupt: AtomicU64,
     /// 0 idle, 1 uploading, 2 paused (window/docking), 3 failing, 4 yielding (uploading
@@ -242,6 +245,23 @@ impl Metrics {
             4 => "yielding",
             _ => "failing",
         }
+    }
+
+    /// Count a failed upload attempt and keep its error for `spool status`.
+    pub fn upload_failure(&self, error: &dyn std::fmt::Display) {
+        self.upload_failures.fetch_add(1, Relaxed);
+        *self
+            .last_upload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = error.to_string();
+    }
+
+    /// The last failed attempt's error; empty while none has failed.
+    pub fn last_upload_error(&self) -> String {
+        self.last_upload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn count_drop(&self, reason: Drop) {
@@ -382,7 +402,7 @@ pub mod event {
         retry_in: Duration,
         first: bool,
     ) {
-        m.upload_failures.fetch_add(1, Relaxed);
+        m.upload_failure(error);
         m.upload_state.store(3, Relaxed);
         if first {
             tracing::warn!(

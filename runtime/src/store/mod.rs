@@ -36,6 +36,9 @@ pub(crate) struct DaemonStatus {
     pub uploaded: u64,
     pub uploaded_bytes: u64,
     pub failed_attempts: u64,
+    /// The last failed attempt's error ("" while none has failed); never holds a secret.
+    #[serde(default)]
+    pub last_upload_error: String,
     pub evicted: u64,
     pub dropped_spool_full: u64,
     pub dropped_disk_full: u64,
@@ -55,6 +58,7 @@ impl DaemonStatus {
             uploaded: m.uploaded.load(Relaxed),
             uploaded_bytes: m.uploaded_bytes.load(Relaxed),
             failed_attempts: m.upload_failures.load(Relaxed),
+            last_upload_error: m.last_upload_error(),
             evicted: m.spool_evicted.load(Relaxed),
             dropped_spool_full: m.drops(Drop::SpoolFull),
             dropped_disk_full: m.drops(Drop::DiskFull),

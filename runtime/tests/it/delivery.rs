@@ -374,6 +374,27 @@ fn refused_credentials_are_a_clear_error_and_the_frames_stay() {
     );
     assert_eq!(server.object_count(), 0);
     assert_eq!(entries(&spool).len(), expected.len(), "frames kept");
+    let status = spool_status(&spool);
+    let last = status["daemon"]["last_upload_error"]
+        .as_str()
+        .expect("string");
+    assert!(
+        last.contains("refused the credentials") && !last.contains(wrong),
+        "{status}"
+    );
+    let text_status = text(
+        &run_ok(&mut framesift(&[
+            "spool",
+            "status",
+            "--spool-dir",
+            spool.to_str().expect("utf8"),
+        ]))
+        .stdout,
+    );
+    assert!(
+        text_status.contains(&format!("  last failure {last}\n")),
+        "{text_status}"
+    );
 
     let out = upload_once(&config, &spool, SECRET_KEY)
         .output()
@@ -381,6 +402,7 @@ fn refused_credentials_are_a_clear_error_and_the_frames_stay() {
     ok(&out);
     assert_delivered_once(&server, expected);
     assert_spool_empty(&spool);
+    assert_eq!(spool_status(&spool)["daemon"]["last_upload_error"], "");
 }
 
 #[test]
