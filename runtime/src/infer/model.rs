@@ -479,7 +479,7 @@ impl Model {
         let api = ort::api();
         // SAFETY: the session and binding pointers come from live ort objects borrowed
         // for the whole call (`&mut self`, `&mut runner`), the binding was created from
-        // this session (Runner::new), and a null run-options pointer means defaults, as
+        // `self.session` (Runner::new), and a null run-options pointer means defaults, as
         // ORT documents. The returned status is released exactly once below.
         let status = unsafe {
             (api.RunWithBinding)(
