@@ -108,8 +108,16 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 metrics.upload_failure(&e);
-                // Refused credentials or requests need a person, not a retry.
+                // Refused credentials or requests need a person, not a retry; so do
+                // frames whose keys hold other bytes, once they are all that is left
+                // (the spool hands out every other frame before it retries one of them).
+                let only_conflicts = matches!(e, DeliveryError::Conflict(_))
+                    && spool
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .all_refused();
                 if matches!(e, DeliveryError::Refused(_))
+                    || only_conflicts
                     || delivered_at.elapsed() > Duration::from_secs(args.give_up_secs)
                 {
                     break Err(e);
@@ -163,14 +171,21 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
             let left = spool.lock().unwrap_or_else(|p| p.into_inner()).len();
             let why = match e {
                 DeliveryError::Refused(_) => "the store refused the upload".to_string(),
+                DeliveryError::Conflict(_) => "the store holds other bytes at the keys \
+                    of the frames left (does another cart share [spool] device_id?)"
+                    .to_string(),
                 _ => format!("nothing delivered for {} s; last error", args.give_up_secs),
             };
             eprintln!(
                 "error: {why}: {e}\n\
-                 uploaded {} ({}); {} stay in the spool{corrupt_note}",
+                 uploaded {} ({}); {} in the spool{corrupt_note}",
                 plural(frames, "frame"),
                 mib(uploaded_bytes),
-                plural(left, "frame"),
+                if left == 1 {
+                    "1 frame stays".to_string()
+                } else {
+                    format!("{left} frames stay")
+                },
             );
             Ok(ExitCode::FAILURE)
         }

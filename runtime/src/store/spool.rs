@@ -592,6 +592,12 @@ impl Spool {
         }
     }
 
+    /// Whether the store refused every entry at least once since the spool was opened
+    /// (true of an empty spool).
+    pub(crate) fn all_refused(&self) -> bool {
+        self.index.entries.values().all(|e| e.refusals > 0)
+    }
+
     /// The store confirmed both objects: the entry leaves the spool.
     pub(crate) fn uploaded(&mut self, id: &str) {
         if self.delete(id).is_some() {

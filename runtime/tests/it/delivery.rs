@@ -14,7 +14,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    framesift, run_frames, run_ok,
+    files_under, framesift, run_frames, run_ok,
     servers::{ACCESS_KEY, BUCKET, FaultProxy, Kind, SECRET_KEY, Server, free_port},
     text,
 };
@@ -403,6 +403,95 @@ fn refused_credentials_are_a_clear_error_and_the_frames_stay() {
     assert_delivered_once(&server, expected);
     assert_spool_empty(&spool);
     assert_eq!(spool_status(&spool)["daemon"]["last_upload_error"], "");
+}
+
+/// A frame whose key holds other bytes (a fleet where two carts share a device id)
+/// never goes, and is never overwritten; `upload --once` delivers every other frame,
+/// then stops on it at once instead of retrying until `--give-up-secs`.
+#[test]
+fn upload_once_delivers_the_rest_and_stops_on_a_key_that_holds_other_bytes() {
+    let (_, expected) = template();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("share");
+    let config = dir.path().join("share.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upload]\nurl = \"file://{}\"\nretry_initial_ms = 50\nretry_max_ms = 400\n",
+            dest.display()
+        ),
+    )
+    .expect("config");
+    let upload = |spool: &Path| {
+        let mut cmd = framesift(&[
+            "upload",
+            "--once",
+            "--config",
+            config.to_str().expect("utf8"),
+            "--spool-dir",
+            spool.to_str().expect("utf8"),
+            "--give-up-secs",
+            "3600",
+        ]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("upload");
+        let t0 = Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if t0.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "upload --once still retrying after 120 s:\n{}",
+                    text(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("output")
+    };
+
+    // One cart delivers its frames, then another object takes one frame's sidecar key
+    // in the share, and the same frames are uploaded again.
+    let first = tempfile::tempdir().expect("tempdir");
+    ok(&upload(&spool_copy(first.path())));
+    let clash = expected.keys().nth(expected.len() / 2).expect("an entry");
+    let sidecar_name = std::ffi::OsString::from(format!("{clash}.json"));
+    let in_share: Vec<_> = files_under(&dest)
+        .into_iter()
+        .filter(|p| p.file_name() == Some(sidecar_name.as_os_str()))
+        .collect();
+    assert_eq!(in_share.len(), 1, "{in_share:?}");
+    let theirs = br#"{"from": "another cart"}"#;
+    std::fs::write(&in_share[0], theirs).expect("replace the object");
+    let spool = spool_copy(dir.path());
+
+    let out = upload(&spool);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("other bytes")
+            && stderr.contains("device_id")
+            && stderr.contains(&format!("{clash}.json"))
+            && stderr.contains("1 frame stays in the spool"),
+        "{stderr}"
+    );
+    let left = entries(&spool);
+    assert_eq!(
+        left.keys().collect::<Vec<_>>(),
+        vec![clash],
+        "only the clashing frame stays"
+    );
+    assert_eq!(left[clash], expected[clash], "the frame stays whole");
+    assert_eq!(
+        std::fs::read(&in_share[0]).expect("read"),
+        theirs,
+        "the object there is not overwritten"
+    );
+    assert_eq!(
+        files_under(&dest).len(),
+        2 * expected.len(),
+        "nothing else is stored"
+    );
 }
 
 #[test]

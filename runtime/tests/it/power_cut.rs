@@ -45,7 +45,7 @@ use std::{
 
 use sha2::Digest;
 
-use crate::{framesift, text};
+use crate::{files_under, framesift, text};
 
 /// Set for the inner power-cut test, run in a private mount namespace.
 const INNER: &str = "FRAMESIFT_POWER_CUT_INNER";
@@ -927,23 +927,6 @@ fn ids_in(dest: &Path) -> BTreeSet<String> {
                 .map(str::to_string)
         })
         .collect()
-}
-
-/// Every file below `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                dirs.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 /// The figures of one filesystem's cuts.
