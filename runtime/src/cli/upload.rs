@@ -34,8 +34,9 @@ pub(super) struct UploadArgs {
     /// Spool directory, overriding [spool] dir.
     #[arg(long)]
     spool_dir: Option<PathBuf>,
-    /// Give up (exit 1, frames kept) after this many seconds without a delivery. A
-    /// refused request (credentials, permissions) gives up at once.
+    /// Give up (exit 1, frames kept) after this many seconds without a delivery. Refused
+    /// credentials or permissions give up at once; frames the store refuses, once
+    /// every other frame has gone.
     #[arg(long, default_value_t = 300)]
     give_up_secs: u64,
 }
@@ -108,16 +109,18 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 metrics.upload_failure(&e);
-                // Refused credentials or requests need a person, not a retry; so do
-                // frames whose keys hold other bytes, once they are all that is left
-                // (the spool hands out every other frame before it retries one of them).
-                let only_conflicts = matches!(e, DeliveryError::Conflict(_))
-                    && spool
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .all_refused();
-                if matches!(e, DeliveryError::Refused(_))
-                    || only_conflicts
+                // Refused credentials need a person, not a retry; so do frames the
+                // store refuses (other bytes at the key, a request it will not take),
+                // once they are all that is left: the spool hands out every other
+                // frame before it retries one of them.
+                let only_refused =
+                    matches!(e, DeliveryError::Refused(_) | DeliveryError::Conflict(_))
+                        && spool
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .all_refused();
+                if matches!(e, DeliveryError::Denied(_))
+                    || only_refused
                     || delivered_at.elapsed() > Duration::from_secs(args.give_up_secs)
                 {
                     break Err(e);
@@ -170,7 +173,8 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
         Err(e) => {
             let left = spool.lock().unwrap_or_else(|p| p.into_inner()).len();
             let why = match e {
-                DeliveryError::Refused(_) => "the store refused the upload".to_string(),
+                DeliveryError::Denied(_) => "the store refused the upload".to_string(),
+                DeliveryError::Refused(_) => "the store refused the frames left".to_string(),
                 DeliveryError::Conflict(_) => "the store holds other bytes at the keys \
                     of the frames left (does another cart share [spool] device_id?)"
                     .to_string(),

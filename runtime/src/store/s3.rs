@@ -36,6 +36,30 @@ pub(crate) struct S3Destination {
     name: String,
 }
 
+/// What an error answer means for delivery: a server that is down or busy
+/// (`Unavailable`, retried), a store that refuses this cart (`Denied`: credentials,
+/// permissions, no bucket), or one that refuses this request (`Refused`).
+fn status_error(status: u16, code: &str, message: String) -> DeliveryError {
+    if status >= 500 || status == 429 {
+        DeliveryError::Unavailable(message)
+    } else if matches!(status, 401 | 403)
+        || matches!(
+            code,
+            "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied"
+        )
+    {
+        DeliveryError::Denied(format!(
+            "{message}: the store refused the credentials; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the credentials file)"
+        ))
+    } else if code == "NoSuchBucket" {
+        DeliveryError::Denied(format!(
+            "{message}: the bucket is not there; check [upload] url (and endpoint_url)"
+        ))
+    } else {
+        DeliveryError::Refused(message)
+    }
+}
+
 /// Credentials from the environment, else from the AWS credentials file.
 fn credentials(file: Option<&Path>, profile: &str) -> Result<Credentials, DeliveryError> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -46,12 +70,12 @@ fn credentials(file: Option<&Path>, profile: &str) -> Result<Credentials, Delive
         });
     }
     let Some(file) = file else {
-        return Err(DeliveryError::Refused(
+        return Err(DeliveryError::Denied(
             "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, or name an AWS credentials file with [upload] credentials_file".into(),
         ));
     };
     let text = std::fs::read_to_string(file).map_err(|e| {
-        DeliveryError::Refused(format!(
+        DeliveryError::Denied(format!(
             "cannot read credentials file {}: {e}",
             file.display()
         ))
@@ -68,7 +92,7 @@ fn credentials(file: Option<&Path>, profile: &str) -> Result<Credentials, Delive
             Some(token) => Credentials::new_with_token(key, secret, token),
             None => Credentials::new(key, secret),
         }),
-        _ => Err(DeliveryError::Refused(format!(
+        _ => Err(DeliveryError::Denied(format!(
             "credentials file {} has no aws_access_key_id and aws_secret_access_key in [{profile}]",
             file.display()
         ))),
@@ -117,19 +141,19 @@ impl S3Destination {
             ..
         } = target
         else {
-            return Err(DeliveryError::Refused("not an s3:// target".into()));
+            return Err(DeliveryError::Denied("not an s3:// target".into()));
         };
         let endpoint = super::uploader::endpoint_url(endpoint, region);
         let url = endpoint
             .parse()
-            .map_err(|e| DeliveryError::Refused(format!("endpoint {endpoint}: {e}")))?;
+            .map_err(|e| DeliveryError::Denied(format!("endpoint {endpoint}: {e}")))?;
         let style = if *path_style {
             UrlStyle::Path
         } else {
             UrlStyle::VirtualHost
         };
         let bucket_handle = Bucket::new(url, style, bucket.clone(), region.clone())
-            .map_err(|e| DeliveryError::Refused(format!("bucket {bucket} at {endpoint}: {e}")))?;
+            .map_err(|e| DeliveryError::Denied(format!("bucket {bucket} at {endpoint}: {e}")))?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(config.request_timeout))
             .http_status_as_error(false)
@@ -163,21 +187,11 @@ impl S3Destination {
 
     fn refused(&self, key: &str, status: u16, body: &str) -> DeliveryError {
         let code = error_code(body).unwrap_or("");
-        let message = format!("{key} on {}: HTTP {status} {code}", self.name);
-        if status >= 500 || status == 429 {
-            DeliveryError::Unavailable(message)
-        } else if matches!(status, 401 | 403)
-            || matches!(
-                code,
-                "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied"
-            )
-        {
-            DeliveryError::Refused(format!(
-                "{message}: the store refused the credentials; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the credentials file)"
-            ))
-        } else {
-            DeliveryError::Refused(message)
-        }
+        status_error(
+            status,
+            code,
+            format!("{key} on {}: HTTP {status} {code}", self.name),
+        )
     }
 
     /// [`Stored::Existing`] if `bytes` are at `key`, `None` if nothing is there, a
@@ -460,6 +474,35 @@ mod tests {
             ),
             "other bytes at the key are a conflict"
         );
+    }
+
+    #[test]
+    fn answers_are_told_apart_by_whom_they_refuse() {
+        let kind = |status, code| match status_error(status, code, "k".into()) {
+            DeliveryError::Unavailable(_) => "unavailable",
+            DeliveryError::Denied(_) => "denied",
+            DeliveryError::Refused(_) => "refused",
+            DeliveryError::Conflict(_) => "conflict",
+        };
+        let cases = [
+            (500, "InternalError", "unavailable"),
+            (503, "SlowDown", "unavailable"),
+            (429, "", "unavailable"),
+            (403, "SignatureDoesNotMatch", "denied"),
+            (403, "", "denied"),
+            (401, "", "denied"),
+            (400, "InvalidAccessKeyId", "denied"),
+            (404, "NoSuchBucket", "denied"),
+            (400, "InvalidRequest", "refused"),
+            (413, "EntityTooLarge", "refused"),
+        ];
+        for (status, code, want) in cases {
+            assert_eq!(kind(status, code), want, "HTTP {status} {code}");
+        }
+        let DeliveryError::Denied(m) = status_error(404, "NoSuchBucket", "k".into()) else {
+            unreachable!()
+        };
+        assert!(m.contains("[upload] url"), "{m}");
     }
 
     #[test]

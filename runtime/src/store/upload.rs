@@ -35,7 +35,12 @@ pub(crate) enum DeliveryError {
     /// The store could not be reached or answered with a server error or not in time.
     #[error("{0}")]
     Unavailable(String),
-    /// The store refused the credentials or the request (4xx).
+    /// The store refused this cart: its credentials or permissions, or the bucket is
+    /// not there (401, 403, NoSuchBucket), or the destination cannot be made. Nothing
+    /// goes until a person acts; it says nothing about the entry.
+    #[error("{0}")]
+    Denied(String),
+    /// The store refused this request (another 4xx): it may still take other entries.
     #[error("{0}")]
     Refused(String),
     /// An object with other bytes is at the key.
@@ -121,7 +126,7 @@ pub(crate) fn deliver_one(
             })
         }
         Err(e) => {
-            let refused = !matches!(e, DeliveryError::Unavailable(_));
+            let refused = matches!(e, DeliveryError::Refused(_) | DeliveryError::Conflict(_));
             lock(spool).give_back(&entry.id, refused);
             Err(e)
         }
@@ -348,20 +353,27 @@ pub(crate) mod tests {
         );
         assert_eq!(store.stored.len(), 4, "two entries, image and sidecar");
         assert_eq!(lock(&spool).len(), 1, "the refused entry stays");
+        assert!(lock(&spool).all_refused());
     }
 
     #[test]
-    fn a_store_that_is_down_leaves_the_order_by_value_alone() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (spool, ids) = spool_of(dir.path(), &[0.9, 0.5, 0.2], b"jpeg");
-        let mut down = FailsOne {
-            id: String::new(), // every key
-            error: DeliveryError::Unavailable("connection refused".into()),
-            stored: Vec::new(),
-        };
-        assert_eq!(attempts(&spool, &mut down, 4), ["-"; 4]);
-        let mut recorder = Recorder(Vec::new());
-        assert_eq!(attempts(&spool, &mut recorder, 4), ids);
+    fn a_store_that_is_down_or_refuses_the_cart_leaves_the_order_by_value_alone() {
+        for error in [
+            DeliveryError::Unavailable("connection refused".into()),
+            DeliveryError::Denied("HTTP 403 AccessDenied".into()),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (spool, ids) = spool_of(dir.path(), &[0.9, 0.5, 0.2], b"jpeg");
+            let mut failing = FailsOne {
+                id: String::new(), // every key
+                error: error.clone(),
+                stored: Vec::new(),
+            };
+            assert_eq!(attempts(&spool, &mut failing, 4), ["-"; 4], "{error:?}");
+            assert!(!lock(&spool).all_refused(), "{error:?}");
+            let mut recorder = Recorder(Vec::new());
+            assert_eq!(attempts(&spool, &mut recorder, 4), ids, "{error:?}");
+        }
     }
 
     #[test]

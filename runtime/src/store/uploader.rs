@@ -512,7 +512,7 @@ impl Uploader {
                 Duration::from_millis(500)
             }
             Err(e) => {
-                if matches!(e, DeliveryError::Refused(_)) {
+                if matches!(e, DeliveryError::Denied(_)) {
                     // Rebuilt at the next attempt: credentials are read again.
                     self.destination = None;
                 }

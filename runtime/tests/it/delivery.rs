@@ -405,6 +405,38 @@ fn refused_credentials_are_a_clear_error_and_the_frames_stay() {
     assert_eq!(spool_status(&spool)["daemon"]["last_upload_error"], "");
 }
 
+#[test]
+fn a_bucket_that_is_not_there_is_named_at_once_and_the_frames_stay() {
+    let (_, expected) = template();
+    let Some(server) = Server::start(Kind::Moto) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = spool_copy(dir.path());
+    let config = dir.path().join("upload.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upload]\nurl = \"s3://no-such-bucket/fleet\"\nendpoint_url = \"{}\"\n",
+            server.endpoint()
+        ),
+    )
+    .expect("config");
+    let out = upload_once(&config, &spool, SECRET_KEY)
+        .output()
+        .expect("upload");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("NoSuchBucket")
+            && stderr.contains("the bucket is not there; check [upload] url")
+            && stderr.contains(&format!("{} frames stay in the spool", expected.len())),
+        "{stderr}"
+    );
+    assert_eq!(entries(&spool).len(), expected.len(), "frames kept");
+    assert_eq!(server.object_count(), 0);
+}
+
 /// A frame whose key holds other bytes (a fleet where two carts share a device id)
 /// never goes, and is never overwritten; `upload --once` delivers every other frame,
 /// then stops on it at once instead of retrying until `--give-up-secs`.
