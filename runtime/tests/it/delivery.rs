@@ -454,38 +454,12 @@ fn upload_once_delivers_the_rest_and_stops_on_a_key_that_holds_other_bytes() {
         ),
     )
     .expect("config");
-    let upload = |spool: &Path| {
-        let mut cmd = framesift(&[
-            "upload",
-            "--once",
-            "--config",
-            config.to_str().expect("utf8"),
-            "--spool-dir",
-            spool.to_str().expect("utf8"),
-            "--give-up-secs",
-            "3600",
-        ]);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("upload");
-        let t0 = Instant::now();
-        while child.try_wait().expect("wait").is_none() {
-            if t0.elapsed() > Duration::from_secs(120) {
-                let _ = child.kill();
-                let out = child.wait_with_output().expect("output");
-                panic!(
-                    "upload --once still retrying after 120 s:\n{}",
-                    text(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child.wait_with_output().expect("output")
-    };
-
     // One cart delivers its frames, then another object takes one frame's sidecar key
     // in the share, and the same frames are uploaded again.
     let first = tempfile::tempdir().expect("tempdir");
-    ok(&upload(&spool_copy(first.path())));
+    ok(&upload_once(&config, &spool_copy(first.path()), SECRET_KEY)
+        .output()
+        .expect("upload"));
     let clash = expected.keys().nth(expected.len() / 2).expect("an entry");
     let sidecar_name = std::ffi::OsString::from(format!("{clash}.json"));
     let in_share: Vec<_> = files_under(&dest)
@@ -497,9 +471,16 @@ fn upload_once_delivers_the_rest_and_stops_on_a_key_that_holds_other_bytes() {
     std::fs::write(&in_share[0], theirs).expect("replace the object");
     let spool = spool_copy(dir.path());
 
-    let out = upload(&spool);
+    let t0 = Instant::now();
+    let out = upload_once(&config, &spool, SECRET_KEY)
+        .output()
+        .expect("upload");
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "the clash is not retried until --give-up-secs"
+    );
     assert!(
         stderr.contains("other bytes")
             && stderr.contains("device_id")
