@@ -17,6 +17,8 @@ models/flywheel/setup.sh >target/flywheel-setup.log 2>&1 &
 flywheel_setup=$!
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all -- --check; else echo "test: rustfmt not installed; format check skipped" >&2; fi
 if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets -- -D warnings; else echo "test: clippy not installed; lint skipped" >&2; fi
+# The maintainers' docs (private items included) must build without a broken link.
+if rustdoc --version >/dev/null 2>&1; then RUSTDOCFLAGS="-D warnings" cargo doc -p framesift --no-deps --document-private-items --quiet; else echo "test: rustdoc not installed; doc check skipped" >&2; fi
 cargo test --workspace
 # benches/compare-python.sh end to end on a few frames: its venv from PyPI, the Python
 # baseline and framesift on the same JPEGs, the ratio. Uses the shared benchmark model.

@@ -7,6 +7,9 @@
 //!
 //! The public modules are the ones the `benches` crate and the integration tests drive
 //! directly (the per-frame path, frames and codecs); everything else is crate-private.
+//! These docs are for maintainers, so they link to private items: read them with
+//! `cargo doc -p framesift --no-deps --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod capture;
 pub mod cli;
