@@ -226,15 +226,20 @@ fn tune(
     let text = tune::overlay(&tuned, &header);
     std::fs::write(out, &text)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-    println!("{:<12} {:>10} {:>8}", "signal", "configured", "tuned");
-    for (i, name) in crate::policy::signals::NAMES.iter().enumerate() {
-        println!("{name:<12} {:>10} {:>8}", tuned.before[i], tuned.after[i]);
-    }
+    print_weights(&tuned);
     for line in &header[1..3] {
         println!("{line}");
     }
     println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each signal's configured and tuned weight.
+pub(super) fn print_weights(tuned: &crate::evaluate::tune::Tuned) {
+    println!("{:<12} {:>10} {:>8}", "signal", "configured", "tuned");
+    for (i, name) in crate::policy::signals::NAMES.iter().enumerate() {
+        println!("{name:<12} {:>10} {:>8}", tuned.before[i], tuned.after[i]);
+    }
 }
 
 fn print_table(frames: usize, opts: &EvaluateOptions, reports: &[PolicyReport]) {

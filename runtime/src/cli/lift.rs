@@ -4,7 +4,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
-use crate::evaluate::field::{self, FEW_CONTROL_FRAMES, LabelSource, Lift, ModelReport};
+use crate::evaluate::{
+    field::{self, FEW_CONTROL_FRAMES, LabelSource, Lift, MIN_TUNING_CONTROL, ModelReport},
+    tune::{Lifts, Objective},
+};
 
 #[derive(Parser)]
 pub(super) struct LiftArgs {
@@ -26,6 +29,20 @@ pub(super) struct LiftArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Search the signal weights that rank the labelled control frames with errors
+    /// first and write them to FILE as a config overlay (`framesift run -c cart.toml -c
+    /// FILE`). Needs 200 or more control frames of one model; it writes nothing when
+    /// the weights it finds do not hold on frames they were not searched on.
+    #[arg(long, value_name = "FILE", conflicts_with = "json")]
+    tune: Option<PathBuf>,
+    /// What the tuned weights maximise: `both` (the mean of the misses' and the errors'
+    /// lift), `misses` or `errors`.
+    #[arg(long, value_enum, default_value_t = Objective::Both, requires = "tune")]
+    tune_for: Objective,
+    /// The config files the carts ran, as for `run`: the search starts from their signal
+    /// weights (default: the built-in ones).
+    #[arg(long, short, requires = "tune")]
+    config: Vec<PathBuf>,
 }
 
 pub(super) fn lift(args: LiftArgs) -> anyhow::Result<ExitCode> {
@@ -102,6 +119,11 @@ pub(super) fn lift(args: LiftArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let reports = field::report(&returns);
+    if let Some(out) = &args.tune {
+        print_report(&args, &source, &returns, &reports);
+        println!();
+        return tune(&args, &returns, out);
+    }
     if args.json {
         let report = serde_json::json!({
             "dir": args.dir,
@@ -116,6 +138,81 @@ pub(super) fn lift(args: LiftArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_report(&args, &source, &returns, &reports);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--tune`: search the weights on the control frames of the model with the most of
+/// them, check them on held-out halves, report, and write the overlay when they hold.
+fn tune(
+    args: &LiftArgs,
+    returns: &field::Returns,
+    out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let config = match super::load_files(&args.config) {
+        Ok(loaded) => loaded.config,
+        Err(code) => return Ok(code),
+    };
+    let samples = field::control_samples(returns);
+    let Some((model, frames)) = samples.first() else {
+        eprintln!(
+            "error: no labelled control frames to tune on: they carry \"control\": true in their sidecars ([keep] control_share)"
+        );
+        return Ok(ExitCode::from(2));
+    };
+    if frames.len() < MIN_TUNING_CONTROL {
+        eprintln!(
+            "error: {} of model {} {} came back labelled; tuning needs {MIN_TUNING_CONTROL} or more: pool the returns of more carts and days under DIR, or raise [keep] control_share for a while",
+            super::plural(frames.len(), "control frame"),
+            model.id,
+            model.version
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let sha = model.sha256.get(..8).unwrap_or(&model.sha256);
+    let found = field::tune_on_control(config.policy.signals.weights(), frames, args.tune_for);
+    let tuned = &found.tuned;
+    let lifts = |l: Lifts| format!("misses {:.2}, errors {:.2}", l.misses, l.errors);
+    let header = [
+        format!(
+            "Signal weights from `framesift lift --tune --tune-for {}` for model {} {} (sha256 {sha}…): {} labelled control frames under {}.",
+            args.tune_for.name(),
+            model.id,
+            model.version,
+            frames.len(),
+            args.dir.display()
+        ),
+        format!(
+            "Lift of the top 5/10/20 % of the control frames by value: {} with the configured weights, {} with these.",
+            lifts(tuned.lifts_before),
+            lifts(tuned.lifts_after)
+        ),
+        format!(
+            "Held out (each half of the frames ranked by weights searched on the other): {} with the configured weights, {} with such weights.",
+            lifts(found.held_out_before),
+            lifts(found.held_out_after)
+        ),
+        "Use it as an overlay: framesift run -c cart.toml -c this.toml".into(),
+    ];
+    if samples.len() > 1 {
+        println!(
+            "tuning on model {} {} (sha256 {sha}…), which has the most control frames; the others' errors do not compare",
+            model.id, model.version
+        );
+    }
+    super::evaluate::print_weights(tuned);
+    for line in &header[1..3] {
+        println!("{line}");
+    }
+    if args.tune_for.of(found.held_out_after) <= args.tune_for.of(found.held_out_before) {
+        eprintln!(
+            "error: weights searched on half the control frames rank the other half's errors no higher than the configured ones: nothing written; keep the configured weights, or tune again when more frames come back"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let text = crate::evaluate::tune::overlay(tuned, &header);
+    std::fs::write(out, &text)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -21,11 +21,15 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::truth::{self, ClassMap, Errors};
+use super::{
+    truth::{self, ClassMap, Errors},
+    tune::{self, Lifts, Objective, Tuned},
+};
 use crate::{
     capture::synthetic::{PRODUCT_NAMES, Rng},
     frame::{GroundTruth, TruthBox},
     infer::Detection,
+    policy::signals,
     store::sidecar::SIDECAR_VERSION,
 };
 
@@ -55,6 +59,9 @@ struct SidecarIn {
     control: bool,
     #[serde(default)]
     context_of: Option<String>,
+    /// Each signal's value, by name.
+    #[serde(default)]
+    signals: BTreeMap<String, f32>,
     /// Synthetic frames only.
     #[serde(default)]
     truth: Option<TruthIn>,
@@ -126,6 +133,8 @@ struct Labelled {
     errors: Errors,
     /// The sidecar's reasons and, prefixed `trigger:`, its triggers.
     why: Vec<String>,
+    /// Each signal's value, in [`signals::NAMES`] order (0 for one the sidecar lacks).
+    signals: [f32; signals::COUNT],
 }
 
 /// What was read: the labelled frames and what could not be used.
@@ -244,6 +253,7 @@ pub(crate) fn read(
             group,
             errors,
             why,
+            signals: signals::NAMES.map(|name| s.signals.get(name).copied().unwrap_or(0.0)),
         });
     }
     returns.orphan_labels = labels.len();
@@ -617,6 +627,118 @@ fn lifts(chosen: &[Errors], control: &[Errors]) -> [Lift; 3] {
     })
 }
 
+/// Labelled control frames `lift --tune` needs: with fewer, the few frames with errors
+/// among the top-ranked ones cannot tell weights apart.
+pub(crate) const MIN_TUNING_CONTROL: usize = 200;
+/// The top shares of the control frames, by value, whose errors `lift --tune` weighs:
+/// about the share a few percent of budget hands the keeper.
+const TOP_SHARES: [f64; 3] = [0.05, 0.1, 0.2];
+/// Seeds the split into halves that checks the tuned weights.
+const HALVES_SEED: u64 = 0x5eed_ba1f;
+
+/// One labelled control frame as `lift --tune` sees it: its signals and its errors.
+pub(crate) type Sample = ([f32; signals::COUNT], Errors);
+
+/// Each model's labelled control frames, the model with the most first.
+pub(crate) fn control_samples(returns: &Returns) -> Vec<(ModelIn, Vec<Sample>)> {
+    let mut by_model: BTreeMap<&ModelIn, Vec<Sample>> = BTreeMap::new();
+    for f in returns.frames.iter().filter(|f| f.group == Group::Control) {
+        by_model
+            .entry(&f.model)
+            .or_default()
+            .push((f.signals, f.errors));
+    }
+    let mut out: Vec<_> = by_model
+        .into_iter()
+        .map(|(model, samples)| (model.clone(), samples))
+        .collect();
+    out.sort_by_key(|(_, samples)| std::cmp::Reverse(samples.len()));
+    out
+}
+
+/// What the frames `weights` rank first hold: misses and errors per frame among the top
+/// [`TOP_SHARES`] of `samples` by value over those of all of them, averaged over the
+/// shares. Control frames are a uniform sample of what the cameras saw, so this is the
+/// lift of what the weights would hand the keeper (near-duplicate suppression and keep
+/// windows aside, which need the whole stream).
+pub(crate) fn ranked_lifts(samples: &[Sample], weights: &[f32; signals::COUNT]) -> Lifts {
+    let mut ranked: Vec<(f32, Errors)> = samples
+        .iter()
+        .map(|(values, errors)| {
+            let value = values.iter().zip(weights).map(|(v, w)| v * w).sum::<f32>();
+            (value, *errors)
+        })
+        .collect();
+    // Stable: frames of equal value keep the order they were read in.
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mean = |set: &[(f32, Errors)], kind: fn(&Errors) -> u32| {
+        set.iter().map(|(_, e)| f64::from(kind(e))).sum::<f64>() / set.len().max(1) as f64
+    };
+    let lift = |kind: fn(&Errors) -> u32| {
+        let all = mean(&ranked, kind);
+        if all == 0.0 {
+            return 1.0;
+        }
+        TOP_SHARES
+            .iter()
+            .map(|share| {
+                let top = ((share * ranked.len() as f64).round() as usize).clamp(1, ranked.len());
+                mean(&ranked[..top], kind) / all
+            })
+            .sum::<f64>()
+            / TOP_SHARES.len() as f64
+    };
+    Lifts {
+        misses: lift(|e| e.misses),
+        errors: lift(|e| e.total()),
+    }
+}
+
+/// `lift --tune`'s result: the weights searched on every control frame, and whether
+/// such weights hold on frames they were not searched on — each half of the frames
+/// ranked by weights searched on the other half (the two halves' mean).
+#[derive(Debug, Clone)]
+pub(crate) struct ControlTuned {
+    pub tuned: Tuned,
+    pub held_out_before: Lifts,
+    pub held_out_after: Lifts,
+}
+
+/// Search the signal weights, from `before`, that rank the control frames with errors
+/// first (the search and its rules are `evaluate --tune`'s, [`tune::search`]).
+pub(crate) fn tune_on_control(
+    before: [f32; signals::COUNT],
+    samples: &[Sample],
+    objective: Objective,
+) -> ControlTuned {
+    let mut rng = Rng::new(HALVES_SEED);
+    let mut halves: [Vec<Sample>; 2] = Default::default();
+    for sample in samples {
+        halves[rng.below(2) as usize].push(*sample);
+    }
+    let mut held_out = [(0.0, 0.0); 2];
+    for (fit, check) in [(0, 1), (1, 0)] {
+        let tuned = tune::search(
+            before,
+            |w| ranked_lifts(&halves[fit], w),
+            objective,
+            |_, _| {},
+        );
+        for (sum, weights) in held_out.iter_mut().zip([&before, &tuned.after]) {
+            let l = ranked_lifts(&halves[check], weights);
+            sum.0 += l.misses / 2.0;
+            sum.1 += l.errors / 2.0;
+        }
+    }
+    let [held_out_before, held_out_after] =
+        held_out.map(|(misses, errors)| Lifts { misses, errors });
+    ControlTuned {
+        tuned: tune::search(before, |w| ranked_lifts(samples, w), objective, |_, _| {}),
+        held_out_before,
+        held_out_after,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,6 +748,88 @@ mod tests {
             misses,
             false_positives,
         }
+    }
+
+    fn at(name: &str) -> usize {
+        signals::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .expect("a signal")
+    }
+
+    #[test]
+    fn ranked_lifts_weigh_the_errors_of_the_frames_ranked_first() {
+        // 100 frames; the last 10 hold 2 misses each and are the only uncertain ones.
+        let samples: Vec<Sample> = (0..100)
+            .map(|i| {
+                let mut values = [0.0; signals::COUNT];
+                let misses = if i >= 90 { 2 } else { 0 };
+                values[at("uncertainty")] = if misses > 0 { 0.9 } else { 0.0 };
+                values[at("exposure")] = 0.5;
+                (values, errors(misses, 0))
+            })
+            .collect();
+        let mut weights = [0.0; signals::COUNT];
+        weights[at("uncertainty")] = 1.0;
+        // Top 5 and top 10 all have 2 misses (10× the mean of 0.2); the top 20 half.
+        let l = ranked_lifts(&samples, &weights);
+        assert!((l.misses - (10.0 + 10.0 + 5.0) / 3.0).abs() < 1e-9, "{l:?}");
+        assert_eq!(l.misses, l.errors);
+        // Ranked by a signal that says nothing, ties keep the read order: none first.
+        weights = [0.0; signals::COUNT];
+        weights[at("exposure")] = 1.0;
+        assert_eq!(ranked_lifts(&samples, &weights).misses, 0.0);
+        // No errors at all: nothing to lift.
+        let clean: Vec<Sample> = samples.iter().map(|(v, _)| (*v, errors(0, 0))).collect();
+        assert_eq!(ranked_lifts(&clean, &weights).misses, 1.0);
+    }
+
+    #[test]
+    fn tuning_on_control_frames_raises_the_signal_that_finds_errors() {
+        // Uncertainty is high where the model misses; exposure on a random third.
+        let mut rng = Rng::new(7);
+        let samples: Vec<Sample> = (0..600)
+            .map(|_| {
+                let misses = u32::from(rng.below(5) == 0) * (1 + rng.below(2));
+                let mut values = [0.0; signals::COUNT];
+                values[at("uncertainty")] =
+                    if misses > 0 { 0.6 } else { 0.1 } + 0.01 * rng.below(10) as f32;
+                values[at("exposure")] = if rng.below(3) == 0 { 0.9 } else { 0.0 };
+                (values, errors(misses, 0))
+            })
+            .collect();
+        let mut before = [0.0; signals::COUNT];
+        before[at("uncertainty")] = 0.2;
+        before[at("exposure")] = 2.0;
+        let found = tune_on_control(before, &samples, Objective::Misses);
+        let after = found.tuned.after;
+        assert!(
+            after[at("uncertainty")] > after[at("exposure")],
+            "{after:?}"
+        );
+        assert!(
+            found.tuned.lifts_after.misses > found.tuned.lifts_before.misses,
+            "{found:?}"
+        );
+        assert!(
+            found.held_out_after.misses > found.held_out_before.misses,
+            "{found:?}"
+        );
+        assert_eq!(ranked_lifts(&samples, &after), found.tuned.lifts_after);
+        // A signal configured off stays off.
+        assert!(
+            after
+                .iter()
+                .zip(before)
+                .all(|(a, b)| (*a > 0.0) == (b > 0.0))
+        );
+        // The same frames give the same weights.
+        assert_eq!(
+            tune_on_control(before, &samples, Objective::Misses)
+                .tuned
+                .after,
+            after
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `framesift evaluate --tune`: the signal weights under which the configured policy
-//! keeps the most errors on scored streams.
+//! keeps the most errors on scored streams. The same search tunes the weights on
+//! labelled control frames from the field (`framesift lift --tune`, [`super::field`]).
 //!
 //! Which signals find a model's errors depends on the model: one trained without dim
 //! scenes misses products in them with no doubt in its scores (exposure finds those),
@@ -64,7 +65,7 @@ impl Objective {
         }
     }
 
-    fn of(self, lifts: Lifts) -> f64 {
+    pub(crate) fn of(self, lifts: Lifts) -> f64 {
         match self {
             Objective::Both => (lifts.misses + lifts.errors) / 2.0,
             Objective::Misses => lifts.misses,
@@ -117,10 +118,26 @@ pub(crate) fn tune(
     config: &Config,
     streams: &Streams,
     objective: Objective,
+    progress: impl FnMut(usize, usize),
+) -> Tuned {
+    search(
+        config.policy.signals.weights(),
+        |weights| lifts(config, streams, weights),
+        objective,
+        progress,
+    )
+}
+
+/// The coordinate search from the weights `before`, judging each trial by `score`: the
+/// one search behind `evaluate --tune` (scored streams) and `lift --tune` (control
+/// frames that came back labelled).
+pub(crate) fn search(
+    before: [f32; COUNT],
+    mut score: impl FnMut(&[f32; COUNT]) -> Lifts,
+    objective: Objective,
     mut progress: impl FnMut(usize, usize),
 ) -> Tuned {
-    let before = config.policy.signals.weights();
-    let lifts_before = lifts(config, streams, &before);
+    let lifts_before = score(&before);
     let (mut weights, mut best) = (before, lifts_before);
     let active = before.iter().filter(|&&w| w > 0.0).count();
     let steps = MAX_PASSES * active * GRID.len();
@@ -136,7 +153,7 @@ pub(crate) fn tune(
                 }
                 let mut trial = weights;
                 trial[i] = w;
-                let got = lifts(config, streams, &trial);
+                let got = score(&trial);
                 if objective.of(got) >= objective.of(best) + MIN_GAIN {
                     (weights, best, moved) = (trial, got, true);
                 }

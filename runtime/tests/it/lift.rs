@@ -254,6 +254,124 @@ fn lift_of_hand_made_returns_is_exact() {
     assert!(table.contains("faint_objects"), "{table}");
 }
 
+/// `lift --tune` on hand-made returns: uncertainty is high exactly on the control
+/// frames where the model missed the box, exposure on a random third. The search
+/// raises uncertainty over exposure, writes an overlay `run` accepts, and refuses to
+/// tune on too few frames or on signals that tell the frames nothing.
+#[test]
+fn lift_tunes_the_weights_on_labelled_control_frames() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let returns = |name: &str, frames: u32, informative: bool| {
+        let root = dir.path().join(name);
+        let (sidecars, labels) = (root.join("bucket"), root.join("labels"));
+        std::fs::create_dir_all(&sidecars).expect("mkdir");
+        std::fs::create_dir_all(&labels).expect("mkdir");
+        std::fs::write(labels.join("classes.txt"), "can\nbox\n").expect("write");
+        for i in 0..frames {
+            // Every fifth frame the model missed the box (it reported only the can).
+            let missed = i % 5 == 0;
+            let (uncertainty, exposure) = if informative {
+                (
+                    if missed { 0.7 } else { 0.1 } + 0.01 * f64::from(i % 7),
+                    if (i * 7919) % 3 == 0 { 0.9 } else { 0.0 },
+                )
+            } else {
+                (0.5, 0.5)
+            };
+            let id = format!("f{i:04}");
+            std::fs::write(
+                sidecars.join(format!("{id}.json")),
+                format!(
+                    r#"{{"version": 2, "id": "{id}", "camera": "cam0",
+                "model": {{"id": "m", "version": "1", "sha256": "0123456789abcdef"}},
+                "frame": {{"width": 200, "height": 100}},
+                "detections": [{{"class_id": 0, "class": "can", "score": 0.9,
+                    "second_score": 0.0, "bbox": [0, 0, 100, 100], "below_threshold": false}}],
+                "value": 1.0, "signals": {{"uncertainty": {uncertainty}, "exposure": {exposure}}},
+                "reasons": [], "triggers": [], "control": true}}"#
+                ),
+            )
+            .expect("write");
+            let boxes = if missed {
+                "0 0.25 0.5 0.5 1.0\n1 0.75 0.5 0.5 1.0\n"
+            } else {
+                "0 0.25 0.5 0.5 1.0\n"
+            };
+            std::fs::write(labels.join(format!("{id}.txt")), boxes).expect("write");
+        }
+        (sidecars, labels)
+    };
+    let start = dir.path().join("start.toml");
+    std::fs::write(
+        &start,
+        "[signals.uncertainty]\nweight = 0.2\n[signals.exposure]\nweight = 2.0\n",
+    )
+    .expect("write");
+    let tune = |(sidecars, labels): &(std::path::PathBuf, std::path::PathBuf), out: &Path| {
+        framesift(&[
+            "lift",
+            sidecars.to_str().expect("utf8"),
+            "--labels",
+            labels.to_str().expect("utf8"),
+            "--tune",
+            out.to_str().expect("utf8"),
+            "--tune-for",
+            "misses",
+            "-c",
+            start.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("lift")
+    };
+
+    let out_file = dir.path().join("tuned.toml");
+    let out = tune(&returns("good", 400, true), &out_file);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("wrote"), "{stdout}");
+    let overlay = std::fs::read_to_string(&out_file).expect("the overlay");
+    let weight = |name: &str| -> f64 {
+        let table = overlay
+            .split(&format!("[signals.{name}]\nweight = "))
+            .nth(1)
+            .expect("the signal's table");
+        table[..table.find(' ').expect("a comment")]
+            .parse()
+            .expect("a weight")
+    };
+    assert!(
+        weight("uncertainty") > weight("exposure"),
+        "uncertainty over exposure:\n{overlay}"
+    );
+    assert!(overlay.contains("400 labelled control frames"), "{overlay}");
+    run_ok(&mut framesift(&[
+        "validate",
+        start.to_str().expect("utf8"),
+        out_file.to_str().expect("utf8"),
+    ]));
+
+    let few_file = dir.path().join("few.toml");
+    let out = tune(&returns("few", 120, true), &few_file);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("120 control frames of model m 1 came back labelled; tuning needs 200"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!few_file.exists());
+
+    let flat_file = dir.path().join("flat.toml");
+    let out = tune(&returns("flat", 300, false), &flat_file);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("nothing written"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!flat_file.exists());
+}
+
 /// Bad labels are all named, with file and line and what to write, and nothing is
 /// measured; a missing class list says how to give one.
 #[test]
