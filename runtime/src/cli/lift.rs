@@ -168,8 +168,15 @@ fn tune(
         );
         return Ok(ExitCode::from(2));
     }
+    let weights = config.policy.signals.weights();
+    let (mismatched, checked) = field::value_mismatches(returns, &weights);
+    if mismatched > 0 {
+        println!(
+            "warning: {mismatched} of {checked} frames carry a value the configured signal weights do not give: the carts ran other weights; pass the config they ran with -c, so the search starts from it"
+        );
+    }
     let sha = model.sha256.get(..8).unwrap_or(&model.sha256);
-    let found = field::tune_on_control(config.policy.signals.weights(), frames, args.tune_for);
+    let found = field::tune_on_control(weights, frames, args.tune_for);
     let tuned = &found.tuned;
     let lifts = |l: Lifts| format!("misses {:.2}, errors {:.2}", l.misses, l.errors);
     let header = [

@@ -62,6 +62,10 @@ struct SidecarIn {
     /// Each signal's value, by name.
     #[serde(default)]
     signals: BTreeMap<String, f32>,
+    /// The frame's value: the signals' weighted sum plus the weights of the triggers
+    /// that fired.
+    #[serde(default)]
+    value: Option<f32>,
     /// Synthetic frames only.
     #[serde(default)]
     truth: Option<TruthIn>,
@@ -135,6 +139,9 @@ struct Labelled {
     why: Vec<String>,
     /// Each signal's value, in [`signals::NAMES`] order (0 for one the sidecar lacks).
     signals: [f32; signals::COUNT],
+    /// The frame's value when no trigger fired on it: what the weights the cart ran made
+    /// of `signals`.
+    untriggered_value: Option<f32>,
 }
 
 /// What was read: the labelled frames and what could not be used.
@@ -254,6 +261,7 @@ pub(crate) fn read(
             errors,
             why,
             signals: signals::NAMES.map(|name| s.signals.get(name).copied().unwrap_or(0.0)),
+            untriggered_value: s.value.filter(|_| s.triggers.is_empty()),
         });
     }
     returns.orphan_labels = labels.len();
@@ -654,6 +662,29 @@ pub(crate) fn control_samples(returns: &Returns) -> Vec<(ModelIn, Vec<Sample>)> 
         .collect();
     out.sort_by_key(|(_, samples)| std::cmp::Reverse(samples.len()));
     out
+}
+
+/// Of the frames with no trigger, how many carry a value other than `weights` make of
+/// their signals, and how many were checked: a mismatch means the carts ran other
+/// weights than those `lift --tune` starts from.
+pub(crate) fn value_mismatches(
+    returns: &Returns,
+    weights: &[f32; signals::COUNT],
+) -> (usize, usize) {
+    let mut checked = 0;
+    let mut mismatched = 0;
+    for f in &returns.frames {
+        let Some(value) = f.untriggered_value else {
+            continue;
+        };
+        let sum: f32 = f.signals.iter().zip(weights).map(|(v, w)| v * w).sum();
+        checked += 1;
+        // Sidecars write f32 in full: only rounding separates equal weights.
+        if (sum - value).abs() > 1e-3 * value.abs().max(1.0) {
+            mismatched += 1;
+        }
+    }
+    (mismatched, checked)
 }
 
 /// What the frames `weights` rank first hold: misses and errors per frame among the top

@@ -257,7 +257,8 @@ fn lift_of_hand_made_returns_is_exact() {
 /// `lift --tune` on hand-made returns: uncertainty is high exactly on the control
 /// frames where the model missed the box, exposure on a random third. The search
 /// raises uncertainty over exposure, writes an overlay `run` accepts, and refuses to
-/// tune on too few frames or on signals that tell the frames nothing.
+/// tune on too few frames or on signals that tell the frames nothing; frames whose
+/// values the starting weights do not give are pointed out.
 #[test]
 fn lift_tunes_the_weights_on_labelled_control_frames() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -278,6 +279,13 @@ fn lift_tunes_the_weights_on_labelled_control_frames() {
             } else {
                 (0.5, 0.5)
             };
+            // The value the start weights give, except on the flat returns, whose carts
+            // ran other weights.
+            let value = if informative {
+                0.2 * uncertainty + 2.0 * exposure
+            } else {
+                1.0
+            };
             let id = format!("f{i:04}");
             std::fs::write(
                 sidecars.join(format!("{id}.json")),
@@ -287,7 +295,7 @@ fn lift_tunes_the_weights_on_labelled_control_frames() {
                 "frame": {{"width": 200, "height": 100}},
                 "detections": [{{"class_id": 0, "class": "can", "score": 0.9,
                     "second_score": 0.0, "bbox": [0, 0, 100, 100], "below_threshold": false}}],
-                "value": 1.0, "signals": {{"uncertainty": {uncertainty}, "exposure": {exposure}}},
+                "value": {value}, "signals": {{"uncertainty": {uncertainty}, "exposure": {exposure}}},
                 "reasons": [], "triggers": [], "control": true}}"#
                 ),
             )
@@ -328,7 +336,10 @@ fn lift_tunes_the_weights_on_labelled_control_frames() {
     let out = tune(&returns("good", 400, true), &out_file);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("wrote"), "{stdout}");
+    assert!(
+        stdout.contains("wrote") && !stdout.contains("warning"),
+        "{stdout}"
+    );
     let overlay = std::fs::read_to_string(&out_file).expect("the overlay");
     let weight = |name: &str| -> f64 {
         let table = overlay
@@ -364,6 +375,13 @@ fn lift_tunes_the_weights_on_labelled_control_frames() {
     let flat_file = dir.path().join("flat.toml");
     let out = tune(&returns("flat", 300, false), &flat_file);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains(
+            "warning: 300 of 300 frames carry a value the configured signal weights do not give"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(
         text(&out.stderr).contains("nothing written"),
         "{}",
