@@ -123,7 +123,7 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
                     || only_refused
                     || delivered_at.elapsed() > Duration::from_secs(args.give_up_secs)
                 {
-                    break Err(e);
+                    break Err((e, only_refused));
                 }
                 let wait = backoff.failed(&config.upload);
                 bar.suspend(|| {
@@ -170,14 +170,15 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
+        Err((e, only_refused)) => {
             let left = spool.lock().unwrap_or_else(|p| p.into_inner()).len();
             let why = match e {
                 DeliveryError::Denied(_) => "the store refused the upload".to_string(),
-                DeliveryError::Refused(_) => "the store refused the frames left".to_string(),
-                DeliveryError::Conflict(_) => "the store holds other bytes at the keys \
-                    of the frames left (does another cart share [spool] device_id?)"
+                DeliveryError::Conflict(_) if only_refused => "the store holds other bytes \
+                    at the keys of the frames left (does another cart share [spool] \
+                    device_id?)"
                     .to_string(),
+                _ if only_refused => "the store refused the frames left".to_string(),
                 _ => format!("nothing delivered for {} s; last error", args.give_up_secs),
             };
             eprintln!(
