@@ -34,11 +34,11 @@ pub(super) struct RunArgs {
     #[arg(long)]
     spool_dir: Option<PathBuf>,
     /// Stop after this many frames.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max_frames: Option<u64>,
     /// Stop after this many seconds.
-    #[arg(long)]
-    duration_secs: Option<f64>,
+    #[arg(long, value_parser = seconds)]
+    duration_secs: Option<Duration>,
     /// No progress line.
     #[arg(long, short)]
     quiet: bool,
@@ -87,7 +87,7 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let model = load_model(&config)?;
     let limits = Limits {
         max_frames: args.max_frames,
-        duration: args.duration_secs.map(Duration::from_secs_f64),
+        duration: args.duration_secs,
     };
     let mut pipeline = Pipeline::start(&config, Arc::new(Mutex::new(model)), limits)
         .context("could not start the pipeline")?;
@@ -372,6 +372,15 @@ fn print_summary(s: &Summary, spool: &std::path::Path) {
             println!("  {name:<16} {count:>7} {p50:>11.3} {p99:>10.3}");
         }
     }
+}
+
+/// `--duration-secs`: a number of seconds above 0 (fractions allowed).
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| "write a number of seconds above 0, e.g. 60 or 0.5".to_string())
 }
 
 #[cfg(test)]

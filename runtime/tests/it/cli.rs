@@ -113,6 +113,36 @@ fn run_with_a_bad_config_names_the_problem() {
 }
 
 #[test]
+fn run_limits_that_mean_nothing_are_refused_with_what_to_write() {
+    for (arg, value, says) in [
+        (
+            "--duration-secs",
+            "nan",
+            "write a number of seconds above 0",
+        ),
+        (
+            "--duration-secs",
+            "1e30",
+            "write a number of seconds above 0",
+        ),
+        ("--duration-secs", "0", "write a number of seconds above 0"),
+        ("--duration-secs", "-1", "write a number of seconds above 0"),
+        ("--max-frames", "0", "0 is not in 1.."),
+    ] {
+        let out = framesift(&["run", &format!("{arg}={value}")])
+            .output()
+            .expect("spawn");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{arg} {value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{value}' for '{arg}"))
+                && stderr.contains(says),
+            "{arg} {value}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn missing_ort_library_says_how_to_get_it() {
     let out = framesift(&["run", "--max-frames", "1"])
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
