@@ -254,8 +254,9 @@ pub fn run(
     opts: &BenchOptions,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(opts.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(
-        opts.rounds >= 1 && opts.frames >= 2 * opts.rounds as u64,
+        opts.frames >= 2 * opts.rounds as u64,
         "--frames must be at least twice --rounds: a round's steady-state fps needs two frames"
     );
     let per_round = opts.frames / opts.rounds as u64;
