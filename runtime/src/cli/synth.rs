@@ -32,6 +32,7 @@ pub(super) fn synth(args: SynthArgs) -> anyhow::Result<ExitCode> {
         args.width >= 64 && args.height >= 64,
         "--width and --height must be at least 64"
     );
+    anyhow::ensure!(args.frames >= 1, "--frames must be at least 1");
     anyhow::ensure!(
         args.frames_per_scene >= 1,
         "--frames-per-scene must be at least 1"

@@ -143,6 +143,28 @@ fn run_limits_that_mean_nothing_are_refused_with_what_to_write() {
 }
 
 #[test]
+fn synth_of_no_frames_is_refused_and_makes_no_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("set");
+    let out = framesift(&[
+        "synth",
+        "--out",
+        out_dir.to_str().expect("utf8"),
+        "--frames",
+        "0",
+    ])
+    .output()
+    .expect("spawn");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--frames must be at least 1"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!out_dir.exists());
+}
+
+#[test]
 fn missing_ort_library_says_how_to_get_it() {
     let out = framesift(&["run", "--max-frames", "1"])
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
