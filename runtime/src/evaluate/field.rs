@@ -789,6 +789,38 @@ mod tests {
     }
 
     #[test]
+    fn control_samples_come_per_model_the_model_with_the_most_first() {
+        let model = |sha: &str| ModelIn {
+            id: "m".into(),
+            version: "1".into(),
+            sha256: sha.into(),
+        };
+        let frame = |sha: &str, group| Labelled {
+            model: model(sha),
+            group,
+            errors: errors(1, 0),
+            why: Vec::new(),
+            signals: [0.5; signals::COUNT],
+            untriggered_value: None,
+        };
+        let mut returns = Returns::default();
+        for (sha, control, chosen) in [("aa", 2, 9), ("bb", 3, 0)] {
+            returns
+                .frames
+                .extend((0..control).map(|_| frame(sha, Group::Control)));
+            returns
+                .frames
+                .extend((0..chosen).map(|_| frame(sha, Group::Chosen)));
+        }
+        let samples = control_samples(&returns);
+        let counts: Vec<(&str, usize)> = samples
+            .iter()
+            .map(|(m, s)| (m.sha256.as_str(), s.len()))
+            .collect();
+        assert_eq!(counts, [("bb", 3), ("aa", 2)], "control frames only");
+    }
+
+    #[test]
     fn ranked_lifts_weigh_the_errors_of_the_frames_ranked_first() {
         // 100 frames; the last 10 hold 2 misses each and are the only uncertain ones.
         let samples: Vec<Sample> = (0..100)
