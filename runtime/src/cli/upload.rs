@@ -113,12 +113,11 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
                 // store refuses (other bytes at the key, a request it will not take),
                 // once they are all that is left: the spool hands out every other
                 // frame before it retries one of them.
-                let only_refused =
-                    matches!(e, DeliveryError::Refused(_) | DeliveryError::Conflict(_))
-                        && spool
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .all_refused();
+                let only_refused = e.refuses_the_entry()
+                    && spool
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .all_refused();
                 if matches!(e, DeliveryError::Denied(_))
                     || only_refused
                     || delivered_at.elapsed() > Duration::from_secs(args.give_up_secs)

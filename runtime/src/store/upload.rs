@@ -48,6 +48,15 @@ pub(crate) enum DeliveryError {
     Conflict(String),
 }
 
+impl DeliveryError {
+    /// Whether the store said no to this entry (other bytes at its key, a request it
+    /// will not take), rather than to the cart or not at all: such a failure counts as
+    /// the entry's refusal.
+    pub(crate) fn refuses_the_entry(&self) -> bool {
+        matches!(self, DeliveryError::Refused(_) | DeliveryError::Conflict(_))
+    }
+}
+
 /// Where entries go: an S3-compatible bucket, or a directory (a mounted share).
 pub(crate) trait Destination: Send {
     /// Store `bytes` at `key` unless an object is there; an existing object with the
@@ -126,8 +135,7 @@ pub(crate) fn deliver_one(
             })
         }
         Err(e) => {
-            let refused = matches!(e, DeliveryError::Refused(_) | DeliveryError::Conflict(_));
-            lock(spool).give_back(&entry.id, refused);
+            lock(spool).give_back(&entry.id, e.refuses_the_entry());
             Err(e)
         }
     }
