@@ -664,6 +664,11 @@ pub(crate) fn control_samples(returns: &Returns) -> Vec<(ModelIn, Vec<Sample>)> 
     out
 }
 
+/// The signals' weighted sum, added in registration order as the policy adds them.
+fn weighted(values: &[f32; signals::COUNT], weights: &[f32; signals::COUNT]) -> f32 {
+    values.iter().zip(weights).map(|(v, w)| v * w).sum()
+}
+
 /// Of the frames with no trigger, how many carry a value other than `weights` make of
 /// their signals, and how many were checked: a mismatch means the carts ran other
 /// weights than those `lift --tune` starts from.
@@ -677,7 +682,7 @@ pub(crate) fn value_mismatches(
         let Some(value) = f.untriggered_value else {
             continue;
         };
-        let sum: f32 = f.signals.iter().zip(weights).map(|(v, w)| v * w).sum();
+        let sum = weighted(&f.signals, weights);
         checked += 1;
         // Sidecars write f32 in full: only rounding separates equal weights.
         if (sum - value).abs() > 1e-3 * value.abs().max(1.0) {
@@ -695,10 +700,7 @@ pub(crate) fn value_mismatches(
 pub(crate) fn ranked_lifts(samples: &[Sample], weights: &[f32; signals::COUNT]) -> Lifts {
     let mut ranked: Vec<(f32, Errors)> = samples
         .iter()
-        .map(|(values, errors)| {
-            let value = values.iter().zip(weights).map(|(v, w)| v * w).sum::<f32>();
-            (value, *errors)
-        })
+        .map(|(values, errors)| (weighted(values, weights), *errors))
         .collect();
     // Stable: frames of equal value keep the order they were read in.
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
