@@ -123,7 +123,7 @@ impl Checker {
         let name = self.key(key);
         self.fail(
             key,
-            format!("{name} = {value} is out of range"),
+            format!("{name} = {} is out of range", number(value)),
             format!("write a number {range}"),
         );
         0.0
@@ -137,6 +137,16 @@ impl Checker {
             |v| (0.0..=1.0).contains(&v),
             &format!("from 0 to 1, e.g. {example}"),
         )
+    }
+}
+
+/// A number as a message shows it: `1e308`, not its 309 digits.
+fn number(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude != 0.0 && !(1e-6..1e15).contains(&magnitude) {
+        format!("{value:e}")
+    } else {
+        value.to_string()
     }
 }
 

@@ -111,16 +111,41 @@ pub(crate) fn explain(message: &str, path: &str) -> (String, Option<String>) {
     if let Some((rest, is_type)) = mismatch
         && let Some((found, expected)) = rest.split_once(", expected ")
     {
-        let hint = if is_type {
-            default_example(path, key_name).map(|example| format!("write e.g. {example}"))
-        } else {
-            None
+        let example =
+            default_example(path, key_name).map(|example| format!("write e.g. {example}"));
+        let whole = expected.starts_with('i') || expected.starts_with('u');
+        // An integer where an integer goes: too large or negative for it.
+        if whole
+            && let Some(number) = found
+                .strip_prefix("integer `")
+                .and_then(|n| n.split_once('`'))
+                .map(|(n, _)| n)
+        {
+            let message = if number.starts_with('-') && expected.starts_with('u') {
+                format!(
+                    "{} = {number} is out of range: it must be 0 or more",
+                    display_key(path)
+                )
+            } else {
+                format!(
+                    "{} = {number} is out of range: too large",
+                    display_key(path)
+                )
+            };
+            return (message, example);
+        }
+        let list = describe_expected(expected, path) == "a list";
+        let hint = match found.strip_prefix("string ") {
+            // One value where a list goes: the same value in brackets.
+            Some(quoted) if list => Some(format!("write {key_name} = [{quoted}]")),
+            _ if is_type => example,
+            _ => None,
         };
         return (
             format!(
                 "{} must be {}, found {found}",
                 display_key(path),
-                describe_expected(expected)
+                describe_expected(expected, path)
             ),
             hint,
         );
@@ -152,8 +177,13 @@ fn closest<'a>(unknown: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
-fn describe_expected(expected: &str) -> String {
+fn describe_expected(expected: &str, path: &str) -> String {
     let e = expected.trim();
+    // The top-level lists of tables, by the first key of the path.
+    let list_of = ["camera", "trigger"].into_iter().find(|name| {
+        path.strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+    });
     if e.starts_with('i') || e.starts_with('u') {
         "a whole number".into()
     } else if e.starts_with('f') {
@@ -163,7 +193,11 @@ fn describe_expected(expected: &str) -> String {
     } else if e.contains("bool") {
         "true or false".into()
     } else if e.contains("sequence") {
-        "a list of [[camera]] tables".into()
+        list_of.map_or("a list".into(), |name| {
+            format!("a list of [[{name}]] tables")
+        })
+    } else if e.starts_with("struct") {
+        list_of.map_or("a table".into(), |name| format!("a [[{name}]] table"))
     } else {
         e.to_string()
     }
@@ -184,10 +218,23 @@ fn default_example(path: &str, key_name: &str) -> Option<String> {
             && let Some((k, v)) = line.split_once('=')
             && k.trim() == key_name
         {
-            return Some(format!("{key_name} = {}", v.trim()));
+            return Some(format!("{key_name} = {}", without_comment(v).trim()));
         }
     }
     None
+}
+
+/// A TOML value without the comment after it (a `#` outside quotes).
+fn without_comment(value: &str) -> &str {
+    let mut quoted = false;
+    for (i, ch) in value.char_indices() {
+        match ch {
+            '"' => quoted = !quoted,
+            '#' if !quoted => return &value[..i],
+            _ => {}
+        }
+    }
+    value
 }
 
 fn path_without_indexes(path: &str) -> String {

@@ -16,7 +16,7 @@ use toml::{
 
 use super::{
     check::{PathPart, dotted},
-    diagnostics::{Diagnostic, explain, line_column},
+    diagnostics::{ConfigError, Diagnostic, explain, line_column},
 };
 
 /// The texts of the files of one load, back to back.
@@ -75,6 +75,14 @@ impl Sources {
         }
     }
 
+    /// The error of `diagnostics`, in the order the files were given, then by line
+    /// and column.
+    pub(crate) fn error(&self, mut diagnostics: Vec<Diagnostic>) -> ConfigError {
+        let order = |d: &Diagnostic| self.files.iter().position(|(name, _)| *name == d.file);
+        diagnostics.sort_by_key(|d| (order(d), d.line, d.column));
+        ConfigError { diagnostics }
+    }
+
     /// Parse every file and merge them. Syntax errors are reported for every file.
     pub(crate) fn merged(&self) -> Result<Spanned<DeTable<'_>>, Vec<Diagnostic>> {
         let mut merged: Option<Spanned<DeTable<'_>>> = None;
@@ -112,6 +120,7 @@ impl Sources {
         diagnostics: &mut Vec<Diagnostic>,
     ) -> Option<T> {
         let mut working = doc.clone();
+        let mut last: Option<(Range<usize>, String)> = None;
         for _ in 0..100 {
             match T::deserialize(toml::de::Deserializer::from(working.clone())) {
                 Ok(value) => return Some(value),
@@ -121,11 +130,26 @@ impl Sources {
                         return None;
                     };
                     let entry = find_entry(working.get_ref(), &span, &mut Vec::new());
-                    let path = entry.as_deref().map(dotted).unwrap_or_default();
+                    let repeated = last.as_ref() == Some(&(span.clone(), e.message().to_string()));
+                    if repeated {
+                        // Removing the entry did not clear the error (a blanked table
+                        // item that is wrong as a table): the whole list goes, told once.
+                        match entry.as_deref().and_then(outermost_list) {
+                            Some(list) if remove(working.get_mut(), list, false) => continue,
+                            _ => return None,
+                        }
+                    }
+                    // Named as written: a list rebuilt without a bad value has moved
+                    // the values after it.
+                    let written =
+                        find_entry(doc.get_ref(), &span, &mut Vec::new()).or(entry.clone());
+                    let path = written.as_deref().map(dotted).unwrap_or_default();
                     let (message, hint) = explain(e.message(), &path);
                     diagnostics.push(self.diagnostic(Some(span.start), message, hint));
+                    let wants_table = e.message().contains("expected struct");
+                    last = Some((span, e.message().to_string()));
                     match entry {
-                        Some(path) if remove(working.get_mut(), &path) => {}
+                        Some(path) if remove(working.get_mut(), &path, wants_table) => {}
                         _ => return None,
                     }
                 }
@@ -134,9 +158,90 @@ impl Sources {
         None
     }
 
+    /// Tables written as something else (`[[keep]]`, `keep = 5`, `[trigger]`): one
+    /// message each saying what to write, and the entry removed, so that serde's
+    /// account of it (a list read as the table's fields) does not follow. `defaults` is
+    /// the default config as a TOML table: a key holding a table there holds one here;
+    /// `lists` are the top-level lists of tables.
+    pub(crate) fn check_shapes(
+        &self,
+        doc: &mut DeTable<'_>,
+        defaults: &toml::Table,
+        lists: &[&str],
+        prefix: &str,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) {
+        let mut wrong = Vec::new();
+        for (key, value) in doc.iter_mut() {
+            let name = key.get_ref().to_string();
+            let full = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let at = Some(key.span().start);
+            if prefix.is_empty() && lists.contains(&name.as_str()) {
+                if !value.get_ref().is_array() {
+                    diagnostics.push(self.diagnostic(
+                        at,
+                        format!(
+                            "{full} is a list of tables, found {}",
+                            kind(value.get_ref())
+                        ),
+                        Some(format!(
+                            "write [[{full}]] (two brackets) above each one's keys"
+                        )),
+                    ));
+                    wrong.push(name);
+                }
+                continue;
+            }
+            let Some(toml::Value::Table(inner)) = defaults.get(&name) else {
+                continue;
+            };
+            match value.get_mut() {
+                DeValue::Table(t) => self.check_shapes(t, inner, &[], &full, diagnostics),
+                DeValue::Array(_) => {
+                    diagnostics.push(self.diagnostic(
+                        at,
+                        format!("[{full}] is one table, not a list"),
+                        Some(format!("write [{full}], not [[{full}]]")),
+                    ));
+                    wrong.push(name);
+                }
+                other => {
+                    diagnostics.push(self.diagnostic(
+                        at,
+                        format!("{full} is a table, found {}", kind(other)),
+                        Some(format!(
+                            "write [{full}] on a line of its own with its keys below it; `framesift config default` shows them"
+                        )),
+                    ));
+                    wrong.push(name);
+                }
+            }
+        }
+        for name in wrong {
+            doc.remove(name.as_str());
+        }
+    }
+
     /// Where the key at `path` was written (its key), else the closest enclosing table.
     pub(crate) fn locate(&self, doc: &DeTable<'_>, path: &[PathPart]) -> Option<usize> {
         locate(doc, path).map(|r| r.start)
+    }
+}
+
+/// What a value is, for messages.
+fn kind(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "a whole number",
+        DeValue::Float(_) => "a number",
+        DeValue::Boolean(_) => "true or false",
+        DeValue::Datetime(_) => "a date",
+        DeValue::Array(_) => "a list",
+        DeValue::Table(_) => "a table",
     }
 }
 
@@ -255,6 +360,11 @@ fn find_entry(
 ) -> Option<Vec<PathPart>> {
     for (k, v) in table.iter() {
         prefix.push(PathPart::Key(k.get_ref().to_string()));
+        // An error at the key itself (an unknown key) is about the whole entry, even
+        // when an array-of-tables item's span also holds it.
+        if contains(&k.span(), span) {
+            return Some(prefix.clone());
+        }
         let inner = match v.get_ref() {
             DeValue::Table(t) => find_entry(t, span, prefix),
             DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
@@ -280,8 +390,16 @@ fn find_entry(
     None
 }
 
-/// Remove the entry at `path`; false when there is none.
-fn remove(table: &mut DeTable<'_>, path: &[PathPart]) -> bool {
+/// The path of the first list on `path` (`camera` of `camera[0].fps`).
+fn outermost_list(path: &[PathPart]) -> Option<&[PathPart]> {
+    let at = path.iter().position(|p| matches!(p, PathPart::Index(_)))?;
+    Some(&path[..at])
+}
+
+/// Remove the entry at `path`; false when there is none. A list item is blanked to an
+/// empty table when it is one or `wants_table`, so the items after it keep their
+/// indexes (`camera[2]` in later messages is still the third [[camera]]).
+fn remove(table: &mut DeTable<'_>, path: &[PathPart], wants_table: bool) -> bool {
     let Some((PathPart::Key(first), rest)) = path.split_first() else {
         return false;
     };
@@ -292,13 +410,24 @@ fn remove(table: &mut DeTable<'_>, path: &[PathPart]) -> bool {
         return false;
     };
     match (value.get_mut(), rest) {
-        (DeValue::Table(t), _) => remove(t, rest),
+        (DeValue::Table(t), _) => remove(t, rest, wants_table),
         (DeValue::Array(items), [PathPart::Index(i), tail @ ..]) => {
             match items.get_mut(*i).map(Spanned::get_mut) {
-                Some(DeValue::Table(t)) if !tail.is_empty() => remove(t, tail),
-                // A whole item cannot leave a DeArray: blank it instead.
-                Some(item) => {
+                Some(DeValue::Table(t)) if !tail.is_empty() => remove(t, tail, wants_table),
+                Some(item) if wants_table || item.is_table() => {
                     *item = DeValue::Table(DeTable::new());
+                    true
+                }
+                // A value in a list of values: the list without it. An item cannot
+                // leave a DeArray, so the list is rebuilt.
+                Some(_) => {
+                    let mut rest = DeArray::new();
+                    for (j, item) in items.iter().enumerate() {
+                        if j != *i {
+                            rest.push(item.clone());
+                        }
+                    }
+                    *items = rest;
                     true
                 }
                 None => false,

@@ -133,25 +133,32 @@ impl Config {
     }
 
     fn from_sources(sources: &load::Sources) -> Result<(Config, RawConfig), ConfigError> {
-        let doc = sources
+        let mut doc = sources
             .merged()
             .map_err(|diagnostics| ConfigError { diagnostics })?;
         let mut diagnostics = Vec::new();
+        if let Ok(toml::Value::Table(defaults)) = toml::Value::try_from(RawConfig::default()) {
+            sources.check_shapes(
+                doc.get_mut(),
+                &defaults,
+                &["camera", "trigger"],
+                "",
+                &mut diagnostics,
+            );
+        }
         let raw: Option<RawConfig> = sources.deserialize(&doc, &mut diagnostics);
         let Some(raw) = raw else {
-            return Err(ConfigError { diagnostics });
+            return Err(sources.error(diagnostics));
         };
         match Config::from_raw(&raw) {
             Ok(config) if diagnostics.is_empty() => Ok((config, raw)),
-            Ok(_) => Err(ConfigError { diagnostics }),
+            Ok(_) => Err(sources.error(diagnostics)),
             Err(problems) => {
                 for problem in problems {
                     let at = sources.locate(doc.get_ref(), &problem.path);
                     diagnostics.push(sources.diagnostic(at, problem.message, problem.hint));
                 }
-                diagnostics
-                    .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
-                Err(ConfigError { diagnostics })
+                Err(sources.error(diagnostics))
             }
         }
     }

@@ -288,8 +288,20 @@ fn the_old_scoring_table_says_where_its_keys_went() {
 }
 
 #[test]
+fn a_keep_window_fits_a_day() {
+    // Beyond that it would not fit a Duration: the keeper panicked at start or reload.
+    insta::assert_snapshot!(errors("[keep]\nwindow_secs = 1e308\n"), @"error: config.toml: line 2, column 1: keep.window_secs = 1e308 is out of range; write a number greater than 0, at most 86400 (a day), e.g. 30.0");
+    assert_eq!(errors("[keep]\nwindow_secs = 86400.0\n"), "ok");
+}
+
+#[test]
 fn a_device_id_must_be_usable_in_keys() {
-    insta::assert_snapshot!(errors("[spool]\ndevice_id = \"cart 42/a\"\n"), @r#"error: config.toml: line 2, column 1: spool.device_id = "cart 42/a" is not a usable id; write up to 64 letters, digits, '-', '_' or '.', e.g. device_id = "cart-0042""#);
+    insta::assert_snapshot!(errors("[spool]\ndevice_id = \"cart 42/a\"\n"), @r#"error: config.toml: line 2, column 1: spool.device_id = "cart 42/a" is not a usable id; write up to 64 letters, digits, '-', '_' or '.', starting with a letter or digit, e.g. device_id = "cart-0042""#);
+    // The id is a directory of every object key: these would climb out of the prefix.
+    for id in ["..", ".", ".hidden", "-x"] {
+        let message = errors(&format!("[spool]\ndevice_id = \"{id}\"\n"));
+        assert!(message.contains("is not a usable id"), "{id}: {message}");
+    }
     let config = Config::parse("[spool]\ndevice_id = \"cart-42\"\n", "c.toml").expect("valid");
     assert_eq!(config.spool.device_id.as_deref(), Some("cart-42"));
 }
@@ -458,4 +470,60 @@ fn upload_destinations_are_checked_and_secrets_refused_without_echoing_them() {
     error: config.toml: line 3, column 1: upload.windows holds "22-6", which is not a time window; write windows = ["22:00-06:00"] (local time, HH:MM-HH:MM; it may wrap midnight)
     error: config.toml: line 5, column 1: upload.retry_max_ms (100) is less than retry_initial_ms (500); make retry_max_ms at least retry_initial_ms
     "#);
+}
+
+#[test]
+fn a_table_written_as_a_list_or_a_value_says_what_to_write() {
+    insta::assert_snapshot!(errors("[[keep]]\ncapacity = 4\n"), @"error: config.toml: line 1, column 3: [keep] is one table, not a list; write [keep], not [[keep]]");
+    insta::assert_snapshot!(errors("[[signals.blur]]\nweight = 1\n"), @"error: config.toml: line 1, column 11: [signals.blur] is one table, not a list; write [signals.blur], not [[signals.blur]]");
+    insta::assert_snapshot!(errors("keep = 5\n"), @"error: config.toml: line 1, column 1: keep is a table, found a whole number; write [keep] on a line of its own with its keys below it; `framesift config default` shows them");
+    insta::assert_snapshot!(errors("[trigger]\nname = \"x\"\nsignal = \"blur\"\n"), @"error: config.toml: line 1, column 2: trigger is a list of tables, found a table; write [[trigger]] (two brackets) above each one's keys");
+    insta::assert_snapshot!(errors("camera = [1]\n"), @"error: config.toml: line 1, column 11: camera[0] must be a [[camera]] table, found integer `1`");
+}
+
+#[test]
+fn every_problem_is_told_once_even_in_lists() {
+    // A misspelled list of tables is one unknown key, and the problems after it are
+    // still found.
+    insta::assert_snapshot!(errors("[[cameras]]\nname = \"x\"\n[modle]\n"), @r#"
+    error: config.toml: line 1, column 3: unknown key "cameras" at the top level; did you mean "camera"?
+    error: config.toml: line 3, column 2: unknown key "modle" at the top level; did you mean "model"?
+    "#);
+    // Each bad value of a list of values, named by its place as written.
+    insta::assert_snapshot!(errors("[signals.class]\nclasses = [1, \"apple\", 2]\n"), @r"
+    error: config.toml: line 2, column 12: signals.class.classes[0] must be a string in quotes, found integer `1`
+    error: config.toml: line 2, column 24: signals.class.classes[2] must be a string in quotes, found integer `2`
+    ");
+    insta::assert_snapshot!(errors("[upload]\nwindows = \"22:00-06:00\"\n"), @r#"error: config.toml: line 2, column 11: upload.windows must be a list, found string "22:00-06:00"; write windows = ["22:00-06:00"]"#);
+}
+
+#[test]
+fn whole_numbers_out_of_range_say_so() {
+    insta::assert_snapshot!(errors("[[camera]]\nseed = -1\n"), @"error: config.toml: line 2, column 8: camera[0].seed = -1 is out of range: it must be 0 or more; write e.g. seed = 1");
+    insta::assert_snapshot!(errors("[keep]\ncapacity = 99999999999999999999\n"), @"error: config.toml: line 2, column 12: keep.capacity = 99999999999999999999 is out of range: too large; write e.g. capacity = 16");
+}
+
+#[test]
+fn problems_come_in_the_order_of_the_files_then_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let message = errors_in(
+        dir.path(),
+        &[
+            ("z.toml", "[keep]\ncapacity = 0\n[modle]\n"),
+            ("a.toml", "[polcy]\n[keep]\njpeg_quality = 0\n"),
+        ],
+    );
+    let files: Vec<&str> = message
+        .lines()
+        .map(|l| l.split(": ").nth(1).unwrap_or(""))
+        .collect();
+    let lines: Vec<&str> = message
+        .lines()
+        .map(|l| &l[..l.find(", column").unwrap_or(0)])
+        .collect();
+    assert_eq!(files, ["z.toml", "z.toml", "a.toml", "a.toml"], "{message}");
+    assert!(
+        lines[0].ends_with("line 2") && lines[1].ends_with("line 3"),
+        "{message}"
+    );
 }

@@ -39,6 +39,10 @@ pub enum WhenFull {
 /// candidate pool a reload may grow to.
 pub(crate) const MAX_CAPACITY: usize = 1024;
 
+/// The longest keep window (`[keep] window_secs`): a day. Longer would hold candidates
+/// (and the budget's decisions) back for no use, and must still fit a `Duration`.
+const MAX_WINDOW_SECS: f64 = 86_400.0;
+
 /// `[keep]` as written.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -141,8 +145,8 @@ impl KeepConfig {
             window_secs: c.float(
                 "window_secs",
                 k.window_secs,
-                |v| v > 0.0,
-                "greater than 0, e.g. 30.0",
+                |v| v > 0.0 && v <= MAX_WINDOW_SECS,
+                "greater than 0, at most 86400 (a day), e.g. 30.0",
             ),
             when_full: k.when_full,
             jpeg_quality: c.int("jpeg_quality", k.jpeg_quality, 1, 100) as u8,

@@ -141,8 +141,14 @@ impl SpoolConfig {
                 "write a directory, e.g. dir = \"/var/lib/framesift/spool\"".to_string(),
             );
         }
+        // It names a directory in object keys (and on a file share): `.` and `..` would
+        // climb out of the prefix, so it starts with a letter or digit.
         let id_ok = |id: &str| {
             id.len() <= 64
+                && id
+                    .chars()
+                    .next()
+                    .is_none_or(|ch| ch.is_ascii_alphanumeric())
                 && id
                     .chars()
                     .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'))
@@ -151,7 +157,7 @@ impl SpoolConfig {
             c.fail(
                 "device_id",
                 format!("spool.device_id = \"{}\" is not a usable id", sp.device_id),
-                "write up to 64 letters, digits, '-', '_' or '.', e.g. device_id = \"cart-0042\""
+                "write up to 64 letters, digits, '-', '_' or '.', starting with a letter or digit, e.g. device_id = \"cart-0042\""
                     .to_string(),
             );
         }
