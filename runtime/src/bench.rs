@@ -297,7 +297,11 @@ pub fn run(
     upload_on.spool.max_bytes = u64::MAX / 4;
     upload_on.upload = match &opts.upload {
         Some(u) => u.clone(),
-        None => crate::store::uploader::UploadConfig::to_dir(spool.join("upload-destination")),
+        None => {
+            let destination = spool.join("upload-destination");
+            std::fs::create_dir_all(&destination)?;
+            crate::store::uploader::UploadConfig::to_dir(destination)
+        }
     };
     let upload_image = bench_jpeg(&base)?;
     // About two entries per frame to start with, so a short run fills little.

@@ -55,6 +55,14 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     };
+    // A mistyped directory would open as a new, empty spool: "nothing to upload".
+    if !config.spool.dir.is_dir() {
+        eprintln!(
+            "error: no spool at {}; check [spool] dir or --spool-dir",
+            config.spool.dir.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     let (spool, recovery) = store::open(&config.spool)?;
     if recovery.removed_partial + recovery.removed_temp + recovery.removed_corrupt > 0 {
         eprintln!(
@@ -160,6 +168,23 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
         String::new()
     };
     match outcome {
+        // Entries the spool could not read when it opened are not in its index, but
+        // they are still on the disk: not delivered, so not a success.
+        Ok(()) if recovery.unreadable > 0 => {
+            eprintln!(
+                "error: {} could not be read from the spool and {} there (the log names \
+                 each); uploaded {} ({}){corrupt_note}",
+                plural(recovery.unreadable, "frame"),
+                if recovery.unreadable == 1 {
+                    "stays"
+                } else {
+                    "stay"
+                },
+                plural(frames, "frame"),
+                mib(uploaded_bytes),
+            );
+            Ok(ExitCode::FAILURE)
+        }
         Ok(()) => {
             println!(
                 "uploaded {} ({}) in {:.1} s; the spool is empty{corrupt_note}",
@@ -177,6 +202,9 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
                     at the keys of the frames left (does another cart share [spool] \
                     device_id?)"
                     .to_string(),
+                DeliveryError::Unreadable(_) if only_refused => {
+                    "the frames left cannot be read from the spool".to_string()
+                }
                 _ if only_refused => "the store refused the frames left".to_string(),
                 _ => format!("nothing delivered for {} s; last error", args.give_up_secs),
             };

@@ -459,6 +459,35 @@ fn upload_destinations_are_checked_and_secrets_refused_without_echoing_them() {
         message.contains("line 3, column 1: upload.endpoint_url holds credentials"),
         "{message}"
     );
+    // Without a scheme the user:password@ is still a secret.
+    for text in [
+        "[upload]\nurl = \"s3://b-1\"\nendpoint_url = \"minio:wJalrXUtnFEMI@127.0.0.1:9000\"\n",
+        "[upload]\nurl = \"AKID:wJalrXUtnFEMI@my-bucket/raw\"\n",
+    ] {
+        let message = errors(text);
+        assert!(!message.contains("wJalrXUtnFEMI"), "{message}");
+        assert!(message.contains("holds credentials"), "{message}");
+    }
+    // A prefix a store would resolve, and a window of no minutes.
+    for (text, says) in [
+        (
+            "url = \"s3://odd/../esc\"",
+            "has a '.' or '..' in its prefix",
+        ),
+        (
+            "url = \"s3://odd/a/./b\"",
+            "has a '.' or '..' in its prefix",
+        ),
+        (
+            "url = \"file:///mnt/share/../x\"",
+            "has a '.' or '..' in its prefix",
+        ),
+        ("windows = [\"06:00-06:00\"]", "not a time window"),
+        ("windows = [\"24:00-00:00\"]", "not a time window"),
+    ] {
+        let message = errors(&format!("[upload]\n{text}\n"));
+        assert!(message.contains(says), "{text}: {message}");
+    }
     let text = "[upload]\nurl = \"ftp://host/x\"\n\n[upload]\n";
     assert!(
         errors(text).contains("line 4"),
@@ -467,7 +496,7 @@ fn upload_destinations_are_checked_and_secrets_refused_without_echoing_them() {
     let text = "[upload]\nurl = \"gs://b/x\"\nwindows = [\"22-6\"]\nretry_initial_ms = 500\nretry_max_ms = 100\n";
     insta::assert_snapshot!(errors(text), @r#"
     error: config.toml: line 2, column 1: upload.url = "gs://b/x" is neither s3:// nor file://; write url = "s3://bucket/prefix" for object storage or "file:///mnt/share" for a mounted directory
-    error: config.toml: line 3, column 1: upload.windows holds "22-6", which is not a time window; write windows = ["22:00-06:00"] (local time, HH:MM-HH:MM; it may wrap midnight)
+    error: config.toml: line 3, column 1: upload.windows holds "22-6", which is not a time window; write windows = ["22:00-06:00"] (local time, HH:MM-HH:MM, start and end apart; it may wrap midnight)
     error: config.toml: line 5, column 1: upload.retry_max_ms (100) is less than retry_initial_ms (500); make retry_max_ms at least retry_initial_ms
     "#);
 }

@@ -483,6 +483,7 @@ mod tests {
             DeliveryError::Denied(_) => "denied",
             DeliveryError::Refused(_) => "refused",
             DeliveryError::Conflict(_) => "conflict",
+            DeliveryError::Unreadable(_) => "unreadable",
         };
         let cases = [
             (500, "InternalError", "unavailable"),

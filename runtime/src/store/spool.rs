@@ -684,7 +684,17 @@ pub(crate) fn scan(fs: &dyn Fs, dir: &Path) -> Result<Scan, SpoolError> {
     let ids = |ext: &str| -> BTreeSet<String> {
         names
             .iter()
-            .filter_map(|n| n.strip_suffix(ext).map(str::to_string))
+            .filter_map(|n| n.strip_suffix(ext))
+            .filter(|id| {
+                // Someone else's file in the spool directory is neither an entry nor
+                // a half-written one: recovery must not delete it.
+                let ours = is_entry_id(id);
+                if !ours {
+                    tracing::warn!(file = %dir.join(format!("{id}{ext}")).display(), "spool: not a framesift entry; left alone");
+                }
+                ours
+            })
+            .map(str::to_string)
             .collect()
     };
     let (sidecars, images) = (ids(".json"), ids(".jpg"));
@@ -712,6 +722,20 @@ pub(crate) fn scan(fs: &dyn Fs, dir: &Path) -> Result<Scan, SpoolError> {
     }
     out.partial.extend(images.difference(&sidecars).cloned());
     Ok(out)
+}
+
+/// Whether `id` is an entry id as the spool names them: `<device>-<boot: 8 hex>-<seq:
+/// 8 or more digits>`.
+fn is_entry_id(id: &str) -> bool {
+    let mut parts = id.rsplitn(3, '-');
+    let (Some(seq), Some(boot), Some(device)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    seq.len() >= 8
+        && seq.bytes().all(|b| b.is_ascii_digit())
+        && boot.len() == 8
+        && boot.bytes().all(|b| b.is_ascii_hexdigit())
+        && !device.is_empty()
 }
 
 fn entry_from_sidecar(fs: &dyn Fs, dir: &Path, id: &str) -> Result<Entry, SpoolError> {
@@ -976,6 +1000,10 @@ mod tests {
         fs::remove_file(p(&format!("{torn}.json"))).expect("tear");
         fs::write(p("c-00000009-00000003.jpg"), b"img").expect("img");
         fs::write(p("c-00000009-00000003.json"), b"{\"image\": ").expect("bad json");
+        // Files someone else put there are not entries, whole or half-written.
+        fs::write(p("IMG_0001.jpg"), b"a photo").expect("foreign image");
+        fs::write(p("settings.json"), b"{}").expect("foreign json");
+        fs::write(p("x-0000000g-00000001.json"), b"{}").expect("not hex");
         let (spool, rec) =
             Spool::open(Arc::new(OsFs), dir.path(), ROOMY, Some("c")).expect("reopen");
         assert_eq!(
@@ -1000,8 +1028,11 @@ mod tests {
             [
                 ".meta".to_string(),
                 ".tmp".into(),
+                "IMG_0001.jpg".into(),
                 format!("{good}.jpg"),
-                format!("{good}.json")
+                format!("{good}.json"),
+                "settings.json".into(),
+                "x-0000000g-00000001.json".into(),
             ]
         );
     }

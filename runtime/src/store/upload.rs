@@ -46,14 +46,21 @@ pub(crate) enum DeliveryError {
     /// An object with other bytes is at the key.
     #[error("{0}")]
     Conflict(String),
+    /// The entry could not be read from the spool (not corrupt: a permission, an I/O
+    /// error). The store was not asked; the entry waits behind the others.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 impl DeliveryError {
-    /// Whether the store said no to this entry (other bytes at its key, a request it
-    /// will not take), rather than to the cart or not at all: such a failure counts as
-    /// the entry's refusal.
+    /// Whether the failure is this entry's (other bytes at its key, a request the store
+    /// will not take, files the spool cannot read), rather than the cart's or the
+    /// store's: it counts as the entry's refusal, which puts it behind the others.
     pub(crate) fn refuses_the_entry(&self) -> bool {
-        matches!(self, DeliveryError::Refused(_) | DeliveryError::Conflict(_))
+        matches!(
+            self,
+            DeliveryError::Refused(_) | DeliveryError::Conflict(_) | DeliveryError::Unreadable(_)
+        )
     }
 }
 
@@ -115,10 +122,9 @@ pub(crate) fn deliver_one(
             return Ok(Delivery::Corrupt { id, reason });
         }
         Err(e) => {
-            lock(spool).give_back(&entry.id, false);
-            return Err(DeliveryError::Unavailable(format!(
-                "reading the spool: {e}"
-            )));
+            // One entry the spool cannot read must not hold up the rest.
+            lock(spool).give_back(&entry.id, true);
+            return Err(DeliveryError::Unreadable(format!("reading the spool: {e}")));
         }
     };
     let key = |ext| object_key(prefix, &entry.id, entry.captured_unix_ms, ext);
@@ -162,9 +168,15 @@ impl Destination for FileDestination {
         _content_type: &str,
     ) -> Result<Stored, DeliveryError> {
         use std::io::Write;
-        let unavailable = |what: &str, e: std::io::Error| {
-            DeliveryError::Unavailable(format!("{what} {}: {e}", self.root.display()))
-        };
+        let unavailable = |what: &str, e: std::io::Error| share_error(what, &self.root, &e);
+        // The share is a mounted directory: without it, writing would fill the cart's
+        // own disk under the mount point and delete the frames from the spool.
+        if !self.root.is_dir() {
+            return Err(DeliveryError::Unavailable(format!(
+                "{} is not there (is the share mounted?)",
+                self.root.display()
+            )));
+        }
         let path = self.root.join(key);
         match std::fs::read(&path) {
             Ok(existing) if existing == bytes => return Ok(Stored::Existing),
@@ -201,6 +213,18 @@ impl Destination for FileDestination {
 
     fn describe(&self) -> String {
         super::uploader::describe(&super::uploader::Target::Dir(self.root.clone()))
+    }
+}
+
+/// A share's I/O error: one that refuses this cart (permissions, read-only) is
+/// [`DeliveryError::Denied`], since retrying changes nothing until a person acts.
+fn share_error(what: &str, root: &std::path::Path, e: &std::io::Error) -> DeliveryError {
+    let message = format!("{what} {}: {e}", root.display());
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            DeliveryError::Denied(message)
+        }
+        _ => DeliveryError::Unavailable(message),
     }
 }
 
@@ -437,6 +461,54 @@ pub(crate) mod tests {
         assert!(matches!(
             uploader.join().expect("uploader").expect("deliver"),
             Delivery::Delivered { id, .. } if id == ids[0]
+        ));
+    }
+
+    #[test]
+    fn an_entry_the_spool_cannot_read_waits_behind_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, ids) = spool_of(dir.path(), &[0.9, 0.5, 0.2], b"jpeg");
+        // Not corrupt, just unreadable (as root, a permission cannot make it so).
+        let image = dir.path().join(format!("{}.jpg", ids[0]));
+        std::fs::remove_file(&image).expect("remove");
+        std::fs::create_dir(&image).expect("a directory in its place");
+        let mut recorder = Recorder(Vec::new());
+        let first = deliver_one(&spool, &mut recorder, "p");
+        assert!(
+            matches!(&first, Err(e @ DeliveryError::Unreadable(_)) if e.refuses_the_entry()),
+            "{first:?}"
+        );
+        assert_eq!(
+            attempts(&spool, &mut recorder, 2),
+            [ids[1].clone(), ids[2].clone()]
+        );
+        assert!(
+            lock(&spool).all_refused(),
+            "only the unreadable one is left"
+        );
+        assert!(image.is_dir(), "it stays in the spool");
+    }
+
+    #[test]
+    fn a_share_that_is_not_there_or_refuses_writes_keeps_the_frames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("not-mounted");
+        let mut d = FileDestination::new(root.clone());
+        let put = d.put("a/b.jpg", b"one", "image/jpeg");
+        assert!(
+            matches!(&put, Err(DeliveryError::Unavailable(m)) if m.contains("is the share mounted?")),
+            "{put:?}"
+        );
+        assert!(!root.exists(), "nothing made on the cart's own disk");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(matches!(
+            share_error("writing to", &root, &denied),
+            DeliveryError::Denied(_)
+        ));
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(matches!(
+            share_error("writing to", &root, &full),
+            DeliveryError::Unavailable(_)
         ));
     }
 

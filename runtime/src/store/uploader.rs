@@ -139,18 +139,36 @@ fn parse_window(text: &str) -> Option<Window> {
         (h <= 24 && m < 60 && h * 60 + m <= 24 * 60).then_some(h * 60 + m)
     };
     let (a, b) = text.split_once('-')?;
-    Some(Window {
+    let window = Window {
         start: minute(a)? % (24 * 60),
         end: minute(b)? % (24 * 60),
-    })
+    };
+    // One that ends where it starts holds no minute: uploads would never run.
+    (window.start != window.end).then_some(window)
+}
+
+/// A store (or a share's filesystem) resolves `.` and `..` in a key — s3s-fs even
+/// into another bucket — so the objects would not be where the url says.
+fn check_dots(c: &mut Checker, url: &str, path: &str) {
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        c.fail(
+            "url",
+            format!("upload.url = \"{url}\" has a '.' or '..' in its prefix"),
+            "write a path of plain names, e.g. url = \"s3://my-bucket/frames/store-12\" or \"file:///mnt/share/frames\"".to_string(),
+        );
+    }
 }
 
 impl UploadConfig {
     pub(crate) fn validate(u: &RawUpload, c: &mut Checker) -> Self {
-        // `scheme://user:password@host`: a secret in the config, not to be echoed.
+        // `scheme://user:password@host` (or without the scheme): a secret in the config,
+        // not to be echoed.
         let has_userinfo = |url: &str| {
-            url.split_once("://")
-                .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
+            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+            rest.split('/').next().unwrap_or("").contains('@')
         };
         let mut secret = false;
         for (key, url) in [("url", &u.url), ("endpoint_url", &u.endpoint_url)] {
@@ -178,6 +196,7 @@ impl UploadConfig {
                     "write url = \"s3://my-bucket/some/prefix\" (bucket: 3 to 63 lower-case letters, digits, '-' or '.')".to_string(),
                 );
             }
+            check_dots(c, &u.url, prefix);
             let endpoint = (!u.endpoint_url.is_empty()).then(|| u.endpoint_url.clone());
             if let Some(e) = &endpoint
                 && !(e.starts_with("http://") || e.starts_with("https://"))
@@ -207,6 +226,7 @@ impl UploadConfig {
                     "write url = \"file:///mnt/share/frames\" (three slashes: file:// and an absolute path)".to_string(),
                 );
             }
+            check_dots(c, &u.url, path);
             Some(Target::Dir(PathBuf::from(path)))
         } else {
             c.fail(
@@ -225,7 +245,7 @@ impl UploadConfig {
                     c.fail(
                         "windows",
                         format!("upload.windows holds \"{w}\", which is not a time window"),
-                        "write windows = [\"22:00-06:00\"] (local time, HH:MM-HH:MM; it may wrap midnight)".to_string(),
+                        "write windows = [\"22:00-06:00\"] (local time, HH:MM-HH:MM, start and end apart; it may wrap midnight)".to_string(),
                     );
                 }
                 parsed
@@ -683,6 +703,7 @@ mod tests {
             &[0.5, 0.5],
             &[7u8; 50_000],
         );
+        std::fs::create_dir(dir.path().join("dest")).expect("create the destination");
         let config = Config {
             upload: UploadConfig {
                 busy_max_bytes_per_sec: 100_000,

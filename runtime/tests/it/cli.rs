@@ -164,6 +164,39 @@ fn synth_of_no_frames_is_refused_and_makes_no_directory() {
     assert!(!out_dir.exists());
 }
 
+/// A mistyped spool directory is not an empty spool: `upload --once` says so, exits 1
+/// and creates nothing there.
+#[test]
+fn upload_once_of_a_spool_that_is_not_there_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    let config = dir.path().join("up.toml");
+    std::fs::write(
+        &config,
+        format!("[upload]\nurl = \"file://{}\"\n", share.display()),
+    )
+    .expect("config");
+    let typo = dir.path().join("spoool");
+    let out = framesift(&[
+        "upload",
+        "--once",
+        "-c",
+        config.to_str().expect("utf8"),
+        "--spool-dir",
+        typo.to_str().expect("utf8"),
+    ])
+    .output()
+    .expect("spawn");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("no spool at {}", typo.display())),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!typo.exists());
+}
+
 #[test]
 fn missing_ort_library_says_how_to_get_it() {
     let out = framesift(&["run", "--max-frames", "1"])

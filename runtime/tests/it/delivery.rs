@@ -445,6 +445,7 @@ fn upload_once_delivers_the_rest_and_stops_on_a_key_that_holds_other_bytes() {
     let (_, expected) = template();
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = dir.path().join("share");
+    std::fs::create_dir(&dest).expect("create the share");
     let config = dir.path().join("share.toml");
     std::fs::write(
         &config,

@@ -154,6 +154,7 @@ fn a_disk_that_fills_up_under_the_daemon(tools: &Tools, work: &Path) {
     let disk = LoopMount::create_sized(tools, FsKind::Ext4, &dir, 48 << 20);
     let spool = disk.point.join("spool");
     let dest = dir.join("dest");
+    fs::create_dir(&dest).expect("create the share");
     let config = dir.join("full.toml");
     fs::write(
         &config,
@@ -330,6 +331,7 @@ fn power_cuts_on(kind: FsKind, tools: &Tools, rng: &mut Rng, seed: u64, work: &P
     fs::create_dir(&dir).expect("create the filesystem's work dir");
     // On the host's filesystem: a confirmed upload survives the cut.
     let dest = dir.join("dest");
+    fs::create_dir(&dest).expect("create the share");
     let (daemon_config, drain_config) = write_configs(&dir, &dest);
     let mut disk = LoopMount::create(tools, kind, &dir);
     let spool = disk.point.join("spool");
