@@ -118,6 +118,20 @@ pub(super) fn lift(args: LiftArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
+    if returns.unlabelled.len() == returns.kept {
+        print_report(&args, &source, &returns, &[]);
+        eprintln!(
+            "error: no kept frame has a label{}; nothing measured",
+            match &source {
+                LabelSource::Files { dir, .. } => format!(
+                    " file under {} (each named <entry id>.txt, as the sidecar beside the frame)",
+                    dir.display()
+                ),
+                LabelSource::SyntheticTruth => " (ground truth)".to_string(),
+            }
+        );
+        return Ok(ExitCode::from(2));
+    }
     let reports = field::report(&returns);
     if let Some(out) = &args.tune {
         print_report(&args, &source, &returns, &reports);
@@ -223,10 +237,13 @@ fn tune(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `classes.txt`: one name per line; trailing blank lines are ignored, others are not.
+/// `classes.txt`: one name per line; trailing blank lines are ignored, others are not,
+/// nor is a name twice. A byte-order mark (editors on Windows write one) is not part
+/// of the first name.
 fn read_classes(path: &std::path::Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
     let names: Vec<String> = text
+        .trim_start_matches('\u{feff}')
         .trim_end()
         .lines()
         .map(|l| l.trim().to_string())
@@ -239,6 +256,15 @@ fn read_classes(path: &std::path::Path) -> Result<Vec<String>, String> {
     }
     if names.is_empty() {
         return Err("no class names; write one per line, in label-id order".into());
+    }
+    for (n, name) in names.iter().enumerate() {
+        if let Some(first) = names[..n].iter().position(|earlier| earlier == name) {
+            return Err(format!(
+                "line {} names \"{name}\" again (line {}); each class once, in label-id order",
+                n + 1,
+                first + 1
+            ));
+        }
     }
     Ok(names)
 }

@@ -420,7 +420,7 @@ pub(crate) fn parse_labels(
     let (w, h) = (width as f32, height as f32);
     let mut truth = GroundTruth::default();
     let mut problems = Vec::new();
-    for (n, line) in text.lines().enumerate() {
+    for (n, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -488,7 +488,14 @@ pub(crate) struct Figures {
 impl Figures {
     fn of(errors: &[Errors]) -> Figures {
         let n = errors.len().max(1) as f64;
-        let mean = |f: fn(&Errors) -> u32| errors.iter().map(|e| f64::from(f(e))).sum::<f64>() / n;
+        // A fold from 0.0: an empty f64 `sum` is -0.0, which JSON shows as such.
+        let mean = |f: fn(&Errors) -> u32| {
+            errors
+                .iter()
+                .map(|e| f64::from(f(e)))
+                .fold(0.0, |a, b| a + b)
+                / n
+        };
         Figures {
             frames: errors.len(),
             misses_per_frame: mean(|e| e.misses),
@@ -776,6 +783,13 @@ pub(crate) fn tune_on_control(
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_empty_group_has_figures_of_zero_not_minus_zero() {
+        let f = Figures::of(&[]);
+        let json = serde_json::to_string(&f).expect("json");
+        assert!(!json.contains("-0"), "{json}");
+    }
+
     fn errors(misses: u32, false_positives: u32) -> Errors {
         Errors {
             misses,
@@ -912,6 +926,9 @@ mod tests {
             (0, 150.0, 50.0, 250.0, 150.0)
         );
         assert_eq!(t.boxes[1].class_id, 2);
+        // A byte-order mark (editors on Windows write one) is not part of the line.
+        let marked = parse_labels("\u{feff}1 0.5 0.5 0.25 0.5\r\n", 3, (400, 200)).expect("valid");
+        assert_eq!(marked.boxes[0].class_id, 1);
         // An empty file: a labelled frame with nothing on it.
         assert!(
             parse_labels("", 3, (400, 200))

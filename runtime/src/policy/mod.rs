@@ -143,9 +143,15 @@ impl PolicyConfig {
         }
     }
 
-    /// The lowest detection score the decoder must keep for the signals.
+    /// The lowest detection score the decoder must keep for the signals in use: a
+    /// signal with a weight, or one a trigger reads (a trigger on `faint` fires on the
+    /// faint candidates whatever faint's weight).
     pub fn lowest_score(&self, confidence: f32) -> f32 {
-        self.signals.lowest_score(confidence)
+        let mut used = self.signals.weights().map(|w| w > 0.0);
+        for trigger in &self.triggers {
+            used[trigger.signal] = true;
+        }
+        self.signals.lowest_score(confidence, used)
     }
 }
 

@@ -425,7 +425,21 @@ fn lift_names_every_bad_label_and_measures_nothing() {
         "{err}"
     );
 
-    std::fs::write(dir.path().join("classes.txt"), "can\n").expect("write");
+    // A class named twice would make ids ambiguous.
+    std::fs::write(dir.path().join("classes.txt"), "can\nbox\ncan\n").expect("write");
+    let out = framesift(&["lift", dir_s]).output().expect("spawn");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("line 3 names \"can\" again (line 1)"), "{err}");
+
+    // With a byte-order mark before the first name, and no label files: nothing to
+    // measure is an error, not an empty report.
+    std::fs::write(dir.path().join("classes.txt"), "\u{feff}can\n").expect("write");
+    let out = framesift(&["lift", dir_s]).output().expect("spawn");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("no kept frame has a label file"), "{err}");
+
     std::fs::write(dir.path().join("e1.txt"), "0 0.5 0.5 0.2\n").expect("write");
     std::fs::write(
         dir.path().join("e2.txt"),

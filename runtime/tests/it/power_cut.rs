@@ -270,6 +270,7 @@ fn kill_9_during_capture_and_upload_loses_nothing() {
     let started = Instant::now();
     let work = workdir("kill-9-");
     let (dest, spool) = (work.path().join("dest"), work.path().join("spool"));
+    fs::create_dir(&dest).expect("create the share");
     let (daemon_config, drain_config) = write_configs(work.path(), &dest);
     let mut ledger = Ledger::default();
     let mut recovered = Recovered::default();

@@ -74,9 +74,9 @@ impl Signal for Faint {
         settings.weight
     }
 
-    fn lowest_score(settings: &Settings, confidence: f32) -> f32 {
-        // Off, it costs the decoder nothing: no extra candidates through NMS.
-        if settings.weight > 0.0 {
+    fn lowest_score(settings: &Settings, confidence: f32, used: bool) -> f32 {
+        // Unused, it costs the decoder nothing: no extra candidates through NMS.
+        if used {
             settings.floor.min(confidence)
         } else {
             confidence
@@ -154,15 +154,30 @@ mod tests {
     }
 
     #[test]
-    fn the_decoder_keeps_candidates_down_to_the_floor_only_while_the_signal_is_on() {
-        let on = Settings {
+    fn the_decoder_keeps_candidates_down_to_the_floor_only_while_the_signal_is_used() {
+        let settings = Settings {
             floor: 0.04,
             saturate: 4.0,
             weight: 1.0,
         };
-        assert!((Faint::lowest_score(&on, 0.25) - 0.04).abs() < 1e-6);
-        assert!((Faint::lowest_score(&on, 0.02) - 0.02).abs() < 1e-6);
-        let off = Settings { weight: 0.0, ..on };
-        assert_eq!(Faint::lowest_score(&off, 0.25), 0.25);
+        assert!((Faint::lowest_score(&settings, 0.25, true) - 0.04).abs() < 1e-6);
+        assert!((Faint::lowest_score(&settings, 0.02, true) - 0.02).abs() < 1e-6);
+        assert_eq!(Faint::lowest_score(&settings, 0.25, false), 0.25);
+    }
+
+    #[test]
+    fn a_trigger_on_faint_uses_it_whatever_its_weight() {
+        let lowest = |text: &str| {
+            crate::config::Config::parse(text, "c.toml")
+                .expect("valid")
+                .policy
+                .lowest_score(0.25)
+        };
+        let off = "[signals.faint]\nweight = 0.0\n[signals.uncertainty]\nband = 0.0\n";
+        assert_eq!(lowest(off), 0.25, "nothing reads it: nothing below the threshold");
+        let triggered = format!(
+            "{off}[[trigger]]\nname = \"half_seen\"\nsignal = \"faint\"\nthreshold = 0.5\nweight = 1.0\n"
+        );
+        assert!((lowest(&triggered) - 0.04).abs() < 1e-6, "down to its floor");
     }
 }

@@ -34,8 +34,9 @@ pub(crate) trait Signal: Sized + Send + 'static {
     /// The signal's weight in a frame's value.
     fn weight(settings: &Self::Settings) -> f32;
     /// The lowest detection score the decoder must keep for this signal (detections
-    /// below the confidence threshold are kept, flagged, when a signal asks).
-    fn lowest_score(_settings: &Self::Settings, confidence: f32) -> f32 {
+    /// below the confidence threshold are kept, flagged, when a signal asks); `used`:
+    /// whether its value counts (a weight above 0, or a trigger on it).
+    fn lowest_score(_settings: &Self::Settings, confidence: f32, _used: bool) -> f32 {
         confidence
     }
     /// A camera's instance, with fresh state.
@@ -88,10 +89,16 @@ macro_rules! signals {
                 [$(<$name::$ty as Signal>::weight(&self.$name)),*]
             }
 
-            /// The lowest detection score any signal needs decoded.
-            pub(crate) fn lowest_score(&self, confidence: f32) -> f32 {
+            /// The lowest detection score any signal needs decoded; `used[i]`: whether
+            /// signal i's value counts (a weight above 0, or a trigger on it).
+            pub(crate) fn lowest_score(&self, confidence: f32, used: [bool; COUNT]) -> f32 {
                 let mut lowest = confidence;
-                $(lowest = lowest.min(<$name::$ty as Signal>::lowest_score(&self.$name, confidence));)*
+                let mut used = used.into_iter();
+                $(lowest = lowest.min(<$name::$ty as Signal>::lowest_score(
+                    &self.$name,
+                    confidence,
+                    used.next().unwrap_or(true),
+                ));)*
                 lowest
             }
         }

@@ -68,7 +68,7 @@ impl Signal for Uncertainty {
         settings.weight
     }
 
-    fn lowest_score(settings: &Settings, confidence: f32) -> f32 {
+    fn lowest_score(settings: &Settings, confidence: f32, _used: bool) -> f32 {
         (confidence - settings.band).max(0.0)
     }
 
@@ -147,7 +147,7 @@ mod tests {
             saturate: 2.0,
             weight: 1.0,
         };
-        assert!((Uncertainty::lowest_score(&settings, 0.25) - 0.10).abs() < 1e-6);
-        assert_eq!(Uncertainty::lowest_score(&settings, 0.1), 0.0);
+        assert!((Uncertainty::lowest_score(&settings, 0.25, true) - 0.10).abs() < 1e-6);
+        assert_eq!(Uncertainty::lowest_score(&settings, 0.1, true), 0.0);
     }
 }
