@@ -225,7 +225,11 @@ fn validate_camera(c: &mut Checker, index: usize, cam: &RawCamera) -> CameraConf
         "fps",
         cam.fps.unwrap_or(0.0),
         |v| (0.0..=1000.0).contains(&v),
-        "from 0 to 1000 (0 = unpaced)",
+        if cam.kind == SourceKind::V4l2 {
+            "from 1 to 1000, a rate the camera runs at, e.g. 30"
+        } else {
+            "from 0 to 1000 (0 = unpaced)"
+        },
     );
 
     let source = match cam.kind {
@@ -275,7 +279,7 @@ fn validate_camera(c: &mut Checker, index: usize, cam: &RawCamera) -> CameraConf
                 1,
                 3_600_000,
             );
-            if max < initial {
+            if max < initial && !c.failed("reconnect_initial_ms") && !c.failed("reconnect_max_ms") {
                 c.fail(
                     "reconnect_max_ms",
                     format!(
@@ -285,7 +289,7 @@ fn validate_camera(c: &mut Checker, index: usize, cam: &RawCamera) -> CameraConf
                 );
             }
             let fps = if cam.fps.is_some() { fps } else { 30.0 };
-            if fps < 1.0 || fps.fract() != 0.0 {
+            if !c.failed("fps") && (fps < 1.0 || fps.fract() != 0.0) {
                 c.fail(
                     "fps",
                     format!("camera[{index}].fps = {fps} is not a whole rate a camera can run at"),

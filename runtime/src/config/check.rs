@@ -51,6 +51,8 @@ pub(crate) struct Problem {
 pub(crate) struct Checker {
     pub(crate) problems: Vec<Problem>,
     scope: Vec<PathPart>,
+    /// Keys already reported before validation (a wrong type), now at their defaults.
+    pub(crate) reported: Vec<Vec<PathPart>>,
 }
 
 impl Checker {
@@ -78,6 +80,13 @@ impl Checker {
     /// The dotted name of `key` in the current scope (`keep.capacity`).
     pub(crate) fn key(&self, key: &str) -> String {
         dotted(&self.path(key))
+    }
+
+    /// Whether `key` (in the current scope) was found wrong already: its value is a
+    /// stand-in, so a check comparing it with another would report a knock-on.
+    pub(crate) fn failed(&self, key: &str) -> bool {
+        let path = self.path(key);
+        self.problems.iter().any(|p| p.path == path) || self.reported.contains(&path)
     }
 
     /// Record a problem with `key` (empty: the current table itself).

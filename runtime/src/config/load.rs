@@ -118,6 +118,7 @@ impl Sources {
         &self,
         doc: &Spanned<DeTable<'_>>,
         diagnostics: &mut Vec<Diagnostic>,
+        reported: &mut Vec<Vec<PathPart>>,
     ) -> Option<T> {
         let mut working = doc.clone();
         let mut last: Option<(Range<usize>, String)> = None;
@@ -147,6 +148,7 @@ impl Sources {
                     let (message, hint) = explain(e.message(), &path);
                     diagnostics.push(self.diagnostic(Some(span.start), message, hint));
                     let wants_table = e.message().contains("expected struct");
+                    reported.extend(written);
                     last = Some((span, e.message().to_string()));
                     match entry {
                         Some(path) if remove(working.get_mut(), &path, wants_table) => {}
@@ -477,7 +479,7 @@ mod tests {
         let sources = Sources::new(files.iter().copied());
         let doc = sources.merged().expect("valid TOML");
         let value: toml::Table = sources
-            .deserialize(&doc, &mut Vec::new())
+            .deserialize(&doc, &mut Vec::new(), &mut Vec::new())
             .expect("deserializes");
         toml::to_string(&value).expect("serialize")
     }

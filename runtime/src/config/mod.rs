@@ -88,7 +88,7 @@ pub struct Loaded {
 
 impl Default for Config {
     fn default() -> Self {
-        Config::from_raw(&RawConfig::default()).unwrap_or_else(|problems| {
+        Config::from_raw(&RawConfig::default(), Vec::new()).unwrap_or_else(|problems| {
             // The built-in defaults are checked by a test; this cannot happen.
             panic!("built-in defaults are invalid: {problems:?}")
         })
@@ -146,11 +146,12 @@ impl Config {
                 &mut diagnostics,
             );
         }
-        let raw: Option<RawConfig> = sources.deserialize(&doc, &mut diagnostics);
+        let mut reported = Vec::new();
+        let raw: Option<RawConfig> = sources.deserialize(&doc, &mut diagnostics, &mut reported);
         let Some(raw) = raw else {
             return Err(sources.error(diagnostics));
         };
-        match Config::from_raw(&raw) {
+        match Config::from_raw(&raw, reported) {
             Ok(config) if diagnostics.is_empty() => Ok((config, raw)),
             Ok(_) => Err(sources.error(diagnostics)),
             Err(problems) => {
@@ -163,12 +164,19 @@ impl Config {
         }
     }
 
-    fn from_raw(raw: &RawConfig) -> Result<Config, Vec<check::Problem>> {
+    /// `reported`: keys a wrong type already reported, for [`Checker::failed`].
+    fn from_raw(
+        raw: &RawConfig,
+        reported: Vec<Vec<check::PathPart>>,
+    ) -> Result<Config, Vec<check::Problem>> {
         let mut c = Checker::default();
+        c.reported = reported;
         let model = c.within("model", |c| ModelConfig::validate(&raw.model, c));
         let cameras = capture::validate_cameras(raw.camera.as_deref(), &mut c);
         let pipeline = c.within("pipeline", |c| PipelineConfig::validate(&raw.pipeline, c));
-        capture::check_frame_sizes(&cameras, pipeline.max_frame_pixels, &mut c);
+        if !c.within("pipeline", |c| c.failed("max_frame_pixels")) {
+            capture::check_frame_sizes(&cameras, pipeline.max_frame_pixels, &mut c);
+        }
         let policy = PolicyConfig::validate(&raw.policy, &raw.signals, &raw.trigger, &mut c);
         let keep = c.within("keep", |c| KeepConfig::validate(&raw.keep, c));
         let spool = c.within("spool", |c| SpoolConfig::validate(&raw.spool, c));

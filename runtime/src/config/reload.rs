@@ -36,7 +36,9 @@ impl std::fmt::Display for Change {
     }
 }
 
-/// Every key whose effective value differs, in key order.
+/// Every key whose effective value differs, in key order — among the tables whose
+/// validated settings differ: a default written out (`frames_per_scene = 8` where it
+/// was left out) changes the text, not the settings, and is no change.
 pub(crate) fn diff(old: &Loaded, new: &Loaded) -> Vec<Change> {
     let mut keys: Vec<&String> = old.effective.keys().chain(new.effective.keys()).collect();
     keys.sort();
@@ -44,7 +46,7 @@ pub(crate) fn diff(old: &Loaded, new: &Loaded) -> Vec<Change> {
     keys.into_iter()
         .filter_map(|key| {
             let (a, b) = (old.effective.get(key), new.effective.get(key));
-            (a != b).then(|| Change {
+            (a != b && table_differs(key, &old.config, &new.config)).then(|| Change {
                 key: key.clone(),
                 old: a.cloned(),
                 new: b.cloned(),
@@ -52,6 +54,21 @@ pub(crate) fn diff(old: &Loaded, new: &Loaded) -> Vec<Change> {
             })
         })
         .collect()
+}
+
+/// Whether the validated settings of the table holding `key` differ.
+fn table_differs(key: &str, old: &Config, new: &Config) -> bool {
+    match key.split(['.', '[']).next().unwrap_or(key) {
+        "model" => old.model != new.model,
+        "camera" => old.cameras != new.cameras,
+        "pipeline" => old.pipeline != new.pipeline,
+        "policy" | "signals" | "trigger" => old.policy != new.policy,
+        "keep" => old.keep != new.keep,
+        "spool" => old.spool != new.spool,
+        "upload" => old.upload != new.upload,
+        "drift" => old.drift != new.drift,
+        _ => true,
+    }
 }
 
 /// Whether the key at a dotted path can change without a restart.

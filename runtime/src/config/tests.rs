@@ -391,6 +391,30 @@ fn a_reload_applies_live_keys_and_keeps_the_rest() {
 }
 
 #[test]
+fn a_reload_that_writes_out_defaults_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = load(
+        dir.path(),
+        &[(
+            "c.toml",
+            "[[camera]]\nwidth = 640\nheight = 360\n[upload]\nurl = \"s3://b-1/x\"\n",
+        )],
+    )
+    .expect("valid");
+    let after = load(
+        dir.path(),
+        &[(
+            "c.toml",
+            "[[camera]]\nname = \"cam0\"\nwidth = 640\nheight = 360\nseed = 1\nframes_per_scene = 8\n\
+             [upload]\nurl = \"s3://b-1/x\"\npath_style = false\n[keep]\ncapacity = 16\n",
+        )],
+    )
+    .expect("valid");
+    let changes = reload::apply(&before, after).changes;
+    assert!(changes.is_empty(), "{changes:?}");
+}
+
+#[test]
 fn live_changes_touch_only_live_keys() {
     // One change per table, each of a live and a restart key: the config a reload
     // produces carries exactly the live ones.
@@ -555,4 +579,21 @@ fn problems_come_in_the_order_of_the_files_then_lines() {
         lines[0].ends_with("line 2") && lines[1].ends_with("line 3"),
         "{message}"
     );
+}
+
+#[test]
+fn exposure_bounds_in_the_wrong_order_point_at_the_one_written() {
+    insta::assert_snapshot!(errors("[signals.exposure]\ndark_luma = 220\n"), @"error: config.toml: line 2, column 1: signals.exposure.bright_luma (200) is not above dark_luma (220); write dark_luma below bright_luma, e.g. dark_luma = 40 and bright_luma = 200");
+    insta::assert_snapshot!(errors("[signals.exposure]\nbright_luma = 30\n"), @"error: config.toml: line 2, column 1: signals.exposure.bright_luma (30) is not above dark_luma (40); write dark_luma below bright_luma, e.g. dark_luma = 15 and bright_luma = 200");
+}
+
+#[test]
+fn a_wrong_value_is_reported_once_not_again_through_the_checks_that_compare_it() {
+    insta::assert_snapshot!(errors("[drift]\nwindow_frames = 5\n"), @r#"error: config.toml: line 2, column 1: drift.window_frames = 5 is out of range; write a whole number from 20 to 100000"#);
+    insta::assert_snapshot!(errors("[pipeline]\nmax_frame_pixels = 100\n"), @r#"error: config.toml: line 2, column 1: pipeline.max_frame_pixels = 100 is out of range; write a whole number from 4096 to 67108864"#);
+    insta::assert_snapshot!(errors("[[camera]]\ntype = \"v4l2\"\nfps = -1\n"), @r#"error: config.toml: line 3, column 1: camera[0].fps = -1 is out of range; write a number from 1 to 1000, a rate the camera runs at, e.g. 30"#);
+    insta::assert_snapshot!(errors("[[trigger]]\nname = 5\nsignal = true\nthreshold = 0.5\nweight = 1.0\n"), @r#"
+    error: config.toml: line 2, column 8: trigger[0].name must be a string in quotes, found integer `5`; write e.g. name = "dark_aisle"
+    error: config.toml: line 3, column 10: trigger[0].signal must be a string in quotes, found boolean `true`; write e.g. signal = "exposure"
+    "#);
 }

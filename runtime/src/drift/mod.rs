@@ -95,7 +95,7 @@ impl DriftConfig {
     pub(crate) fn validate(raw: &RawDrift, c: &mut Checker) -> Self {
         let window_frames = c.int("window_frames", raw.window_frames, 20, 100_000) as usize;
         let min_frames = c.int("min_frames", raw.min_frames, 10, 100_000) as usize;
-        if min_frames > window_frames {
+        if min_frames > window_frames && !c.failed("window_frames") && !c.failed("min_frames") {
             c.fail(
                 "min_frames",
                 format!("min_frames ({min_frames}) is larger than window_frames ({window_frames})"),

@@ -93,7 +93,7 @@ fn validate_one(raw: &RawTrigger, c: &mut Checker) -> Trigger {
             .name
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
-    if !name_ok {
+    if !name_ok && !c.failed("name") {
         let problem = if raw.name.is_empty() {
             "a [[trigger]] has no name".to_string()
         } else {
@@ -106,7 +106,7 @@ fn validate_one(raw: &RawTrigger, c: &mut Checker) -> Trigger {
         );
     }
     let signal = signals::NAMES.iter().position(|n| *n == raw.signal);
-    if signal.is_none() {
+    if signal.is_none() && !c.failed("signal") {
         c.fail(
             "signal",
             format!("unknown signal {:?}", raw.signal),

@@ -253,7 +253,7 @@ impl UploadConfig {
             .collect();
         let initial = c.int("retry_initial_ms", u.retry_initial_ms, 1, 3_600_000);
         let max = c.int("retry_max_ms", u.retry_max_ms, 1, 3_600_000);
-        if max < initial {
+        if max < initial && !c.failed("retry_initial_ms") && !c.failed("retry_max_ms") {
             c.fail(
                 "retry_max_ms",
                 format!("upload.retry_max_ms ({max}) is less than retry_initial_ms ({initial})"),

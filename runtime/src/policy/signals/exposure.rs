@@ -61,9 +61,29 @@ impl Signal for Exposure {
         let bright_luma = c.float(
             "bright_luma",
             raw.bright_luma,
-            |v| v > raw.dark_luma && v < 255.0,
-            "above dark_luma and below 255 (a mean luma), e.g. 200.0",
+            |v| v > 0.0 && v < 255.0,
+            "between 0 and 255 (a mean luma), e.g. 200.0",
         ) as f32;
+        if dark_luma > 0.0 && bright_luma > 0.0 && bright_luma <= dark_luma {
+            // Point at the one that was changed from its default (a file may set one).
+            let changed = if raw.dark_luma == Raw::default().dark_luma {
+                "bright_luma"
+            } else {
+                "dark_luma"
+            };
+            let name = c.key("");
+            c.fail(
+                changed,
+                format!(
+                    "{name}.bright_luma ({bright_luma}) is not above dark_luma ({dark_luma})"
+                ),
+                format!(
+                    "write dark_luma below bright_luma, e.g. dark_luma = {} and bright_luma = {}",
+                    (bright_luma / 2.0).round().min(40.0),
+                    bright_luma.clamp(200.0, 250.0)
+                ),
+            );
+        }
         Settings {
             dark_luma,
             bright_luma,
