@@ -80,9 +80,7 @@ pub(super) fn spool(command: SpoolCommand) -> anyhow::Result<ExitCode> {
         half_written: scan.partial.len(),
         corrupt: scan.corrupt.len(),
         unreadable: scan.unreadable,
-        daemon_running: daemon.as_ref().is_some_and(|d| {
-            PathBuf::from(format!("/proc/{}", d.pid)).exists() && d.pid != std::process::id()
-        }),
+        daemon_running: daemon.is_some() && lock_held(&dir),
         daemon,
     };
     if json {
@@ -138,6 +136,13 @@ pub(super) fn spool(command: SpoolCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// `45 s`, `12 min`, `3 h 5 min`, `2 d 4 h`.
+/// Whether a process holds the spool's lock (the daemon, or `upload --once`). A pid in
+/// the status file may be long dead, or reused by another program.
+fn lock_held(dir: &std::path::Path) -> bool {
+    std::fs::File::open(dir.join(".meta").join("lock"))
+        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
 fn age(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
     match s {
@@ -145,5 +150,24 @@ fn age(secs: f64) -> String {
         60..3600 => format!("{} min", s / 60),
         3600..86400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
         _ => format!("{} d {} h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fs::Fs;
+
+    #[test]
+    fn a_daemon_runs_while_it_holds_the_lock_whatever_the_pid_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!lock_held(dir.path()), "no lock file");
+        let meta = dir.path().join(".meta");
+        std::fs::create_dir(&meta).expect("meta");
+        let held = OsFs.lock(&meta.join("lock")).expect("lock");
+        assert!(lock_held(dir.path()));
+        drop(held);
+        // The file stays, with the pid of a process that has gone.
+        assert!(!lock_held(dir.path()));
     }
 }

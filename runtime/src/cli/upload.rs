@@ -155,6 +155,10 @@ pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
         }
     };
     bar.finish_and_clear();
+    if outcome.is_ok() {
+        // Drained: nothing waits (a failure already left the state "failing").
+        crate::ops::metrics::event::upload_idle(&metrics);
+    }
     store::write_status(
         &config.spool.dir,
         &DaemonStatus::from_metrics(&metrics, true),

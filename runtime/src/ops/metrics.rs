@@ -247,9 +247,11 @@ impl Metrics {
         }
     }
 
-    /// Count a failed upload attempt and keep its error for `spool status`.
+    /// Count a failed upload attempt and keep its error for `spool status`; the
+    /// uploads are failing until the next delivery.
     pub fn upload_failure(&self, error: &dyn std::fmt::Display) {
         self.upload_failures.fetch_add(1, Relaxed);
+        self.upload_state.store(3, Relaxed);
         *self
             .last_upload_error
             .lock()
@@ -403,7 +405,6 @@ pub mod event {
         first: bool,
     ) {
         m.upload_failure(error);
-        m.upload_state.store(3, Relaxed);
         if first {
             tracing::warn!(
                 error = %error,

@@ -458,9 +458,11 @@ fn upload_once_delivers_the_rest_and_stops_on_a_key_that_holds_other_bytes() {
     // One cart delivers its frames, then another object takes one frame's sidecar key
     // in the share, and the same frames are uploaded again.
     let first = tempfile::tempdir().expect("tempdir");
-    ok(&upload_once(&config, &spool_copy(first.path()), SECRET_KEY)
+    let drained = spool_copy(first.path());
+    ok(&upload_once(&config, &drained, SECRET_KEY)
         .output()
         .expect("upload"));
+    assert_eq!(upload_state(&drained), "idle", "drained: nothing waits");
     let clash = expected.keys().nth(expected.len() / 2).expect("an entry");
     let sidecar_name = std::ffi::OsString::from(format!("{clash}.json"));
     let in_share: Vec<_> = files_under(&dest)
@@ -506,6 +508,19 @@ fn upload_once_delivers_the_rest_and_stops_on_a_key_that_holds_other_bytes() {
         2 * expected.len(),
         "nothing else is stored"
     );
+    assert_eq!(upload_state(&spool), "failing", "a frame is waiting");
+}
+
+/// The upload state `upload --once` left in the spool's status file.
+fn upload_state(spool: &Path) -> String {
+    let status: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(spool.join(".meta/status.json")).expect("status file"),
+    )
+    .expect("status json");
+    status["upload_state"]
+        .as_str()
+        .expect("upload_state")
+        .to_string()
 }
 
 #[test]
