@@ -400,7 +400,7 @@ fn outermost_list(path: &[PathPart]) -> Option<&[PathPart]> {
 
 /// Remove the entry at `path`; false when there is none. A list item is blanked to an
 /// empty table when it is one or `wants_table`, so the items after it keep their
-/// indexes (`camera[2]` in later messages is still the third [[camera]]).
+/// indexes (`camera[2]` in later messages is still the third `[[camera]]`).
 fn remove(table: &mut DeTable<'_>, path: &[PathPart], wants_table: bool) -> bool {
     let Some((PathPart::Key(first), rest)) = path.split_first() else {
         return false;
