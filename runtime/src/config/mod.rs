@@ -178,6 +178,39 @@ impl Config {
             capture::check_frame_sizes(&cameras, pipeline.max_frame_pixels, &mut c);
         }
         let policy = PolicyConfig::validate(&raw.policy, &raw.signals, &raw.trigger, &mut c);
+        // Faint counts the candidates between its floor and the threshold: none when the
+        // floor is not below it (the threshold may be set in another file).
+        let (floor, threshold) = (policy.signals.faint.floor(), model.confidence_threshold);
+        if policy.uses("faint")
+            && floor >= threshold
+            && !c.within("model", |c| c.failed("confidence_threshold"))
+        {
+            let (table, key) = if raw.signals.faint.floor_set() {
+                ("signals.faint", "floor")
+            } else {
+                ("model", "confidence_threshold")
+            };
+            let mut scope = table.split('.');
+            let (outer, inner) = (scope.next().unwrap_or(table), scope.next());
+            c.within(outer, |c| {
+                let fail = |c: &mut Checker| {
+                    c.fail(
+                        key,
+                        format!(
+                            "signals.faint.floor = {floor} is not below [model] confidence_threshold = {threshold}"
+                        ),
+                        format!(
+                            "faint counts the candidates between the two: lower the floor, e.g. [signals.faint] floor = {}",
+                            (threshold * 160.0).round() / 1000.0
+                        ),
+                    )
+                };
+                match inner {
+                    Some(inner) => c.within(inner, fail),
+                    None => fail(c),
+                }
+            });
+        }
         let keep = c.within("keep", |c| KeepConfig::validate(&raw.keep, c));
         let spool = c.within("spool", |c| SpoolConfig::validate(&raw.spool, c));
         let upload = c.within("upload", |c| UploadConfig::validate(&raw.upload, c));

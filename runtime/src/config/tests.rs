@@ -588,6 +588,21 @@ fn exposure_bounds_in_the_wrong_order_point_at_the_one_written() {
 }
 
 #[test]
+fn a_faint_floor_must_be_below_the_threshold_while_faint_is_used() {
+    insta::assert_snapshot!(errors("[model]\nconfidence_threshold = 0.03\n"), @r#"error: config.toml: line 2, column 1: signals.faint.floor = 0.04 is not below [model] confidence_threshold = 0.03; faint counts the candidates between the two: lower the floor, e.g. [signals.faint] floor = 0.005"#);
+    insta::assert_snapshot!(errors("[signals.faint]\nfloor = 0.3\n"), @r#"error: config.toml: line 2, column 1: signals.faint.floor = 0.3 is not below [model] confidence_threshold = 0.25; faint counts the candidates between the two: lower the floor, e.g. [signals.faint] floor = 0.04"#);
+    assert_eq!(
+        errors("[model]\nconfidence_threshold = 0.03\n[signals.faint]\nweight = 0.0\n"),
+        "ok",
+        "off, its floor does not matter"
+    );
+    assert_eq!(
+        errors("[model]\nconfidence_threshold = 0.03\n[signals.faint]\nfloor = 0.005\n"),
+        "ok"
+    );
+}
+
+#[test]
 fn a_wrong_value_is_reported_once_not_again_through_the_checks_that_compare_it() {
     insta::assert_snapshot!(errors("[drift]\nwindow_frames = 5\n"), @r#"error: config.toml: line 2, column 1: drift.window_frames = 5 is out of range; write a whole number from 20 to 100000"#);
     insta::assert_snapshot!(errors("[pipeline]\nmax_frame_pixels = 100\n"), @r#"error: config.toml: line 2, column 1: pipeline.max_frame_pixels = 100 is out of range; write a whole number from 4096 to 67108864"#);

@@ -143,15 +143,27 @@ impl PolicyConfig {
         }
     }
 
-    /// The lowest detection score the decoder must keep for the signals in use: a
-    /// signal with a weight, or one a trigger reads (a trigger on `faint` fires on the
-    /// faint candidates whatever faint's weight).
+    /// The lowest detection score the decoder must keep for the signals in use.
     pub fn lowest_score(&self, confidence: f32) -> f32 {
+        self.signals.lowest_score(confidence, self.used())
+    }
+
+    /// Whether the signal `name` is in use (see [`PolicyConfig::used`]).
+    pub(crate) fn uses(&self, name: &str) -> bool {
+        signals::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .is_some_and(|i| self.used()[i])
+    }
+
+    /// The signals in use: those with a weight, and those a trigger reads (a trigger on
+    /// `faint` fires on the faint candidates whatever faint's weight).
+    fn used(&self) -> [bool; signals::COUNT] {
         let mut used = self.signals.weights().map(|w| w > 0.0);
         for trigger in &self.triggers {
             used[trigger.signal] = true;
         }
-        self.signals.lowest_score(confidence, used)
+        used
     }
 }
 

@@ -42,6 +42,20 @@ pub(crate) struct Settings {
     weight: f32,
 }
 
+impl Raw {
+    /// Whether the floor differs from its default (was set in a file).
+    pub(crate) fn floor_set(&self) -> bool {
+        self.floor != Raw::default().floor
+    }
+}
+
+impl Settings {
+    /// The lowest score a faint candidate may have.
+    pub(crate) fn floor(&self) -> f32 {
+        self.floor
+    }
+}
+
 pub(crate) struct Faint {
     floor: f32,
     saturate: f32,
