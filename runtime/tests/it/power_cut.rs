@@ -314,12 +314,13 @@ fn kill_9_during_capture_and_upload_loses_nothing() {
     );
     assert!(delivered > 0, "{ctx}: the destination is empty");
     eprintln!(
-        "kill -9: {KILL_ROUNDS} kills, {} committed ids checked ({} evicted, {} of those delivered anyway), \
-         recovery removed {recovered}; \
+        "kill -9: {KILL_ROUNDS} kills, {} committed ids checked ({} evicted, {} of those delivered anyway, \
+         {} in part), recovery removed {recovered}; \
          {delivered} entries delivered (upload --once: {}), {:.1} s",
         ledger.committed.len(),
         ledger.evicted.len(),
         ledger.resurrected,
+        ledger.partial,
         drained.delivered,
         started.elapsed().as_secs_f64()
     );
@@ -721,6 +722,8 @@ struct Ledger {
     values: HashMap<String, f32>,
     /// Logged as evicted.
     evicted: BTreeSet<String>,
+    /// Evicted entries with part of them in the destination (no sidecar).
+    partial: usize,
     /// Committed entries in the spool the next daemon opens.
     spool: BTreeSet<String>,
     /// Evicted ids found in the destination anyway (an eviction is not fsynced: the
@@ -808,22 +811,45 @@ impl Ledger {
             "{ctx}: the spool's .tmp/ still holds {temporary:?} after upload --once"
         );
         let mut by_id: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        // A kill between an entry's two objects (or inside one's temporary file) leaves
+        // the rest for the next start to deliver, unless the budget evicts the entry
+        // first: its image, or a temporary file, then stays without a sidecar. Only an
+        // evicted entry may leave that behind; nothing reads an object without its
+        // sidecar.
+        let mut partial = BTreeSet::new();
         for path in files_under(dest) {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            assert!(
-                !name.starts_with('.'),
-                "{ctx}: a temporary file is left in the destination: {}",
-                path.display()
-            );
-            let id = name
+            let object = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".tmp"))
+                .unwrap_or(&name);
+            let id = object
                 .strip_suffix(".jpg")
-                .or_else(|| name.strip_suffix(".json"))
+                .or_else(|| object.strip_suffix(".json"))
                 .unwrap_or_else(|| panic!("{ctx}: unexpected file {}", path.display()));
+            if object != name {
+                assert!(
+                    self.evicted.contains(id),
+                    "{ctx}: a temporary file is left in the destination: {} (its entry was not evicted)",
+                    path.display()
+                );
+                partial.insert(id.to_string());
+                continue;
+            }
             by_id.entry(id.to_string()).or_default().push(path);
         }
+        by_id.retain(|id, paths| {
+            let lone_image = paths.len() == 1 && paths[0].extension().is_some_and(|e| e == "jpg");
+            let left = lone_image && self.evicted.contains(id);
+            if left {
+                partial.insert(id.clone());
+            }
+            !left
+        });
+        self.partial = partial.len();
         for (id, paths) in &by_id {
             let mut kinds: Vec<String> = paths
                 .iter()
