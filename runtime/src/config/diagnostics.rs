@@ -68,7 +68,14 @@ pub(crate) fn explain(message: &str, path: &str) -> (String, Option<String>) {
         Some((table, k)) => (Some(table), k),
         None => (None, path),
     };
-    let within = table.map_or("at the top level".to_string(), |t| format!("in [{t}]"));
+    // `in [keep]`, but `in camera[0]`: an item of a list is not a table header.
+    let within = table.map_or("at the top level".to_string(), |t| {
+        if t.contains('[') {
+            format!("in {t}")
+        } else {
+            format!("in [{t}]")
+        }
+    });
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (unknown, expected) = split_expected(rest);
         let renamed = table
@@ -169,6 +176,12 @@ pub(crate) fn split_expected(rest: &str) -> (&str, Vec<&str>) {
 }
 
 fn closest<'a>(unknown: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    // A shortened key (`dev` for `device`) before one a letter or two away.
+    if unknown.len() >= 3
+        && let Some(longer) = candidates.iter().find(|c| c.starts_with(unknown))
+    {
+        return Some(longer);
+    }
     candidates
         .iter()
         .map(|c| (strsim::damerau_levenshtein(unknown, c), *c))

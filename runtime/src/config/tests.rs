@@ -612,3 +612,8 @@ fn a_wrong_value_is_reported_once_not_again_through_the_checks_that_compare_it()
     error: config.toml: line 3, column 10: trigger[0].signal must be a string in quotes, found boolean `true`; write e.g. signal = "exposure"
     "#);
 }
+
+#[test]
+fn a_shortened_key_suggests_the_key_it_shortens() {
+    insta::assert_snapshot!(errors("[[camera]]\ndev = \"/dev/video0\"\ntype = \"v4l2\"\n"), @r#"error: config.toml: line 2, column 1: unknown key "dev" in camera[0]; did you mean "device"?"#);
+}
