@@ -242,7 +242,15 @@ impl Spool {
         let tmp = dir.join(".tmp");
         let meta = dir.join(".meta");
         for d in [dir, &tmp, &meta] {
-            fs.create_dir_all(d).map_err(io(d))?;
+            fs.create_dir_all(d).map_err(|error| {
+                // What a file in the directory's place gives: "File exists".
+                let error = if error.kind() == ErrorKind::AlreadyExists {
+                    std::io::Error::new(error.kind(), "a file is there, not a directory")
+                } else {
+                    error
+                };
+                io(d)(error)
+            })?;
         }
         let lock = fs
             .lock(&meta.join("lock"))
@@ -980,6 +988,22 @@ mod tests {
         fs::write(other.path().join(".meta/boot"), "garbage").expect("damage");
         let mut spool = open_in(Arc::new(OsFs), other.path(), ROOMY, None);
         assert!(!seen.contains(&put(&mut spool, 0.5, 1, 10).expect("write").id));
+    }
+
+    #[test]
+    fn a_file_where_the_spool_goes_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("cart.toml");
+        fs::write(&file, "[spool]\n").expect("write");
+        let error = Spool::open(Arc::new(OsFs), &file, ROOMY, None)
+            .map(|_| ())
+            .expect_err("a file is no spool");
+        assert!(
+            error
+                .to_string()
+                .contains("a file is there, not a directory"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -112,6 +112,40 @@ fn run_with_a_bad_config_names_the_problem() {
     );
 }
 
+/// A class trigger on a name the model does not have can never fire: the run says so.
+#[test]
+fn a_class_the_model_does_not_have_is_named_at_the_first_frame() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[camera]]\nwidth = 320\nheight = 240\n[spool]\ndir = \"{}\"\n[signals.class]\nclasses = [\"soda_can\", \"bananna\"]\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .expect("config");
+    let out = run_ok(&mut framesift(&[
+        "run",
+        "-c",
+        config.to_str().expect("utf8"),
+        "--max-frames",
+        "3",
+    ]));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("names a class the model does not have") && stderr.contains("bananna"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("names a class the model does not have")
+            .count(),
+        1,
+        "soda_can is the model's: {stderr}"
+    );
+}
+
 #[test]
 fn run_limits_that_mean_nothing_are_refused_with_what_to_write() {
     for (arg, value, says) in [

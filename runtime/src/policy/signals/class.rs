@@ -99,6 +99,17 @@ impl Signal for Class {
                 .collect();
             self.counts.resize(n, 0);
             self.resolved = true;
+            // A name the model does not have (a typo, another model's list) can never
+            // fire: said once per camera and reload, on this thread but not per frame.
+            for name in &self.settings.classes {
+                if !frame.class_names.contains(name) {
+                    tracing::warn!(
+                        class = %name,
+                        model_classes = %frame.class_names.join(", "),
+                        "[signals.class] classes names a class the model does not have; it never fires"
+                    );
+                }
+            }
         }
         let warm = self.settings.rare_share > 0.0 && self.total >= self.settings.warm_up;
         let mut value = 0.0f32;
