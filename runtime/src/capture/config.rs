@@ -131,24 +131,37 @@ pub(crate) fn validate_cameras(raw: Option<&[RawCamera]>, c: &mut Checker) -> Ve
 }
 
 /// Every configured frame size must fit `[pipeline] max_frame_pixels`.
-pub(crate) fn check_frame_sizes(cameras: &[CameraConfig], max_pixels: u64, c: &mut Checker) {
+pub(crate) fn check_frame_sizes(
+    cameras: &[CameraConfig],
+    cameras_written: bool,
+    max_pixels: u64,
+    c: &mut Checker,
+) {
     for (i, cam) in cameras.iter().enumerate() {
         let (w, h) = cam.source.frame_size();
         let pixels = u64::from(w) * u64::from(h);
-        if pixels > max_pixels {
+        if pixels <= max_pixels {
+            continue;
+        }
+        let hint = format!(
+            "make the frame smaller, or raise [pipeline] max_frame_pixels to at least {pixels}"
+        );
+        if cameras_written {
+            let message = format!(
+                "camera[{i}] is {w}x{h}, more pixels than pipeline.max_frame_pixels = {max_pixels}"
+            );
             c.within("camera", |c| {
-                c.within(i, |c| {
-                    c.fail(
-                        "width",
-                        format!(
-                            "camera[{i}] is {w}x{h}, more pixels than pipeline.max_frame_pixels = {max_pixels}"
-                        ),
-                        format!(
-                            "make the frame smaller, or raise [pipeline] max_frame_pixels to at least {pixels}"
-                        ),
-                    )
-                })
+                c.within(i, |c| c.fail("width", message, hint))
             });
+        } else {
+            // No camera is written: the limit is what the config set.
+            let message = format!(
+                "pipeline.max_frame_pixels = {max_pixels} is fewer pixels than the default camera's {w}x{h}"
+            );
+            let hint = format!(
+                "raise it to at least {pixels}, or write a [[camera]] with a smaller width and height"
+            );
+            c.within("pipeline", |c| c.fail("max_frame_pixels", message, hint));
         }
     }
 }

@@ -4,9 +4,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
-use crate::evaluate::{
-    field::{self, FEW_CONTROL_FRAMES, LabelSource, Lift, MIN_TUNING_CONTROL, ModelReport},
-    tune::{Lifts, Objective},
+use crate::{
+    capture::synthetic::PRODUCT_NAMES,
+    evaluate::{
+        field::{self, FEW_CONTROL_FRAMES, LabelSource, Lift, MIN_TUNING_CONTROL, ModelReport},
+        tune::{Lifts, Objective},
+    },
 };
 
 #[derive(Parser)]
@@ -111,6 +114,7 @@ pub(super) fn lift(args: LiftArgs) -> anyhow::Result<ExitCode> {
     for (path, why) in &returns.skipped {
         tracing::warn!(file = %path.display(), "skipped: {why}");
     }
+    warn_unnamed_classes(&returns, &source);
     if returns.kept == 0 {
         eprintln!(
             "error: no framesift sidecars (*.json) under {}",
@@ -153,6 +157,41 @@ pub(super) fn lift(args: LiftArgs) -> anyhow::Result<ExitCode> {
         print_report(&args, &source, &returns, &reports);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A class the model reports that the labels do not name cannot be scored: each of its
+/// detections counts as a false positive, and the labelled product as a miss.
+fn warn_unnamed_classes(returns: &field::Returns, source: &LabelSource) {
+    let catalogue: Vec<String>;
+    let (classes, list) = match source {
+        LabelSource::Files { classes, .. } => {
+            (classes.as_slice(), "the label classes (classes.txt)")
+        }
+        LabelSource::SyntheticTruth => {
+            catalogue = PRODUCT_NAMES.iter().map(|n| n.to_string()).collect();
+            (catalogue.as_slice(), "the synthetic catalogue")
+        }
+    };
+    for (model, names) in &returns.unnamed_classes {
+        let names: Vec<String> = names
+            .iter()
+            .map(|n| match field::spelled_like(n, classes) {
+                Some(like) => format!("\"{n}\" (the labels write \"{like}\")"),
+                None => format!("\"{n}\""),
+            })
+            .collect();
+        tracing::warn!(
+            "model {} {} reports {} that {list} do not name: {}; its detections of them count as false positives — name each class as the model does",
+            model.id,
+            model.version,
+            if names.len() == 1 {
+                "a class"
+            } else {
+                "classes"
+            },
+            names.join(", ")
+        );
+    }
 }
 
 /// `--tune`: search the weights on the control frames of the model with the most of
@@ -276,8 +315,8 @@ fn print_report(
     reports: &[ModelReport],
 ) {
     println!(
-        "{} kept frames under {}, {} labelled ({} without {}{}); labels from {}",
-        returns.kept,
+        "{} under {}, {} labelled ({} without {}{}); labels from {}",
+        super::plural(returns.kept, "kept frame"),
         args.dir.display(),
         returns.kept - returns.unlabelled.len(),
         returns.unlabelled.len(),

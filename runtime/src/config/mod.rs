@@ -175,41 +175,21 @@ impl Config {
         let cameras = capture::validate_cameras(raw.camera.as_deref(), &mut c);
         let pipeline = c.within("pipeline", |c| PipelineConfig::validate(&raw.pipeline, c));
         if !c.within("pipeline", |c| c.failed("max_frame_pixels")) {
-            capture::check_frame_sizes(&cameras, pipeline.max_frame_pixels, &mut c);
+            capture::check_frame_sizes(
+                &cameras,
+                raw.camera.is_some(),
+                pipeline.max_frame_pixels,
+                &mut c,
+            );
         }
         let policy = PolicyConfig::validate(&raw.policy, &raw.signals, &raw.trigger, &mut c);
-        // Faint counts the candidates between its floor and the threshold: none when the
-        // floor is not below it (the threshold may be set in another file).
-        let (floor, threshold) = (policy.signals.faint.floor(), model.confidence_threshold);
-        if policy.uses("faint")
-            && floor >= threshold
-            && !c.within("model", |c| c.failed("confidence_threshold"))
-        {
-            let (table, key) = if raw.signals.faint.floor_set() {
-                ("signals.faint", "floor")
-            } else {
-                ("model", "confidence_threshold")
-            };
-            let mut scope = table.split('.');
-            let (outer, inner) = (scope.next().unwrap_or(table), scope.next());
-            c.within(outer, |c| {
-                let fail = |c: &mut Checker| {
-                    c.fail(
-                        key,
-                        format!(
-                            "signals.faint.floor = {floor} is not below [model] confidence_threshold = {threshold}"
-                        ),
-                        format!(
-                            "faint counts the candidates between the two: lower the floor, e.g. [signals.faint] floor = {}",
-                            (threshold * 160.0).round() / 1000.0
-                        ),
-                    )
-                };
-                match inner {
-                    Some(inner) => c.within(inner, fail),
-                    None => fail(c),
-                }
-            });
+        if policy.uses("faint") && !c.within("model", |c| c.failed("confidence_threshold")) {
+            check_faint_floor(
+                policy.signals.faint.floor(),
+                model.confidence_threshold,
+                raw.signals.faint.floor_set(),
+                &mut c,
+            );
         }
         let keep = c.within("keep", |c| KeepConfig::validate(&raw.keep, c));
         let spool = c.within("spool", |c| SpoolConfig::validate(&raw.spool, c));
@@ -305,6 +285,29 @@ pub fn describe_files(files: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(" + ")
+}
+
+/// Faint counts the candidates between its floor and the confidence threshold: none when
+/// the floor is not below it (the threshold may be set in another file). The problem is
+/// reported at the floor when the config writes one, else at the threshold.
+fn check_faint_floor(floor: f32, threshold: f32, floor_written: bool, c: &mut Checker) {
+    if floor < threshold {
+        return;
+    }
+    let message = format!(
+        "signals.faint.floor = {floor} is not below [model] confidence_threshold = {threshold}"
+    );
+    let hint = format!(
+        "faint counts the candidates between the two: lower the floor, e.g. [signals.faint] floor = {}",
+        (threshold * 160.0).round() / 1000.0
+    );
+    if floor_written {
+        c.within("signals", |c| {
+            c.within("faint", |c| c.fail("floor", message, hint))
+        });
+    } else {
+        c.within("model", |c| c.fail("confidence_threshold", message, hint));
+    }
 }
 
 #[cfg(test)]

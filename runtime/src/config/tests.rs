@@ -268,6 +268,8 @@ fn camera_keys_must_fit_the_type() {
 fn cameras_must_fit_the_frame_size_limit() {
     let text = "[pipeline]\nmax_frame_pixels = 100000\n\n[[camera]]\ntype = \"synthetic\"\nwidth = 640\nheight = 360\n";
     insta::assert_snapshot!(errors(text), @"error: config.toml: line 6, column 1: camera[0] is 640x360, more pixels than pipeline.max_frame_pixels = 100000; make the frame smaller, or raise [pipeline] max_frame_pixels to at least 230400");
+    // With no camera written, the limit is what is wrong.
+    insta::assert_snapshot!(errors("[pipeline]\nmax_frame_pixels = 5000\n"), @"error: config.toml: line 2, column 1: pipeline.max_frame_pixels = 5000 is fewer pixels than the default camera's 1280x720; raise it to at least 921600, or write a [[camera]] with a smaller width and height");
     assert_eq!(errors("[[camera]]\nwidth = 3840\nheight = 2160\n"), "ok");
 }
 

@@ -156,7 +156,13 @@ pub(crate) struct Returns {
     pub orphan_labels: usize,
     /// `.json` files that are not framesift sidecars, with why.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Classes a model reported that the label classes do not name, by model: their
+    /// detections can only count as false positives.
+    pub unnamed_classes: Vec<Unnamed>,
 }
+
+/// A model and the class names it reported that the label classes lack.
+pub(crate) type Unnamed = (ModelIn, Vec<String>);
 
 /// Where the labels come from.
 #[derive(Debug, Clone)]
@@ -191,7 +197,8 @@ pub(crate) fn read(
     let mut returns = Returns::default();
     let sidecars = read_sidecars(frames_dir, &mut returns.skipped)?;
     returns.kept = sidecars.len();
-    let maps = class_maps(&sidecars, classes);
+    let (maps, unnamed) = class_maps(&sidecars, classes);
+    returns.unnamed_classes = unnamed;
     for s in &sidecars {
         let truth = match source {
             LabelSource::SyntheticTruth => match &s.truth {
@@ -360,11 +367,11 @@ fn read_sidecars(
 
 /// Each model's class map onto the label classes, its class names taken from the
 /// detections its sidecars name (a class it never reported needs no name: no detection
-/// of it is there to match).
+/// of it is there to match), and the names it reported that the label classes lack.
 fn class_maps<'a>(
     sidecars: &'a [SidecarIn],
     classes: &[String],
-) -> BTreeMap<&'a ModelIn, ClassMap> {
+) -> (BTreeMap<&'a ModelIn, ClassMap>, Vec<Unnamed>) {
     let mut names: BTreeMap<&ModelIn, Vec<String>> = BTreeMap::new();
     for s in sidecars {
         let names = names.entry(&s.model).or_default();
@@ -376,10 +383,35 @@ fn class_maps<'a>(
             names[i].clone_from(&d.class);
         }
     }
-    names
+    let unnamed = names
+        .iter()
+        .filter_map(|(m, names)| {
+            let lacking: Vec<String> = names
+                .iter()
+                .filter(|n| !n.is_empty() && !classes.contains(n))
+                .cloned()
+                .collect();
+            (!lacking.is_empty()).then(|| ((*m).clone(), lacking))
+        })
+        .collect();
+    let maps = names
         .into_iter()
         .map(|(m, names)| (m, ClassMap::between(&names, classes)))
-        .collect()
+        .collect();
+    (maps, unnamed)
+}
+
+/// The label class spelled like `name` but for case, spaces, `-` and `_`
+/// (`Cereal Box` for `cereal_box`), if there is one.
+pub(crate) fn spelled_like<'a>(name: &str, classes: &'a [String]) -> Option<&'a str> {
+    let fold = |s: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let key = fold(name);
+    classes.iter().find(|c| fold(c) == key).map(String::as_str)
 }
 
 /// Every file under `dir` ending in `.ext`, in name order; hidden directories (a spool's

@@ -252,6 +252,25 @@ fn lift_of_hand_made_returns_is_exact() {
     assert!(table.contains("misses           2.00"), "{table}");
     assert!(table.contains("only 2 control frames came back"), "{table}");
     assert!(table.contains("faint_objects"), "{table}");
+    assert!(
+        !text(&out.stderr).contains("do not name"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Labels that spell a class otherwise than the model score none of it, and say so.
+    std::fs::write(labels.join("classes.txt"), "Can\nbox\n").expect("write");
+    let out = run_ok(&mut framesift(&[
+        "lift",
+        dir.path().join("bucket").to_str().expect("utf8"),
+        "--labels",
+        labels.to_str().expect("utf8"),
+    ]));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(r#"model m 1 reports a class that the label classes (classes.txt) do not name: "can" (the labels write "Can")"#),
+        "{err}"
+    );
 }
 
 /// `lift --tune` on hand-made returns: uncertainty is high exactly on the control
