@@ -89,12 +89,46 @@ impl Sources {
         let mut errors = Vec::new();
         for (_, range) in &self.files {
             let (doc, syntax) = DeTable::parse_recoverable(&self.text[range.clone()]);
+            let text = &self.text[range.clone()];
             for e in &syntax {
-                errors.push(self.diagnostic(
-                    Some(e.span().map_or(range.start, |s| s.start + range.start)),
-                    format!("invalid TOML: {}", e.message().trim()),
-                    Some("see https://toml.io for the syntax; `framesift config default` prints a valid file".into()),
-                ));
+                let at = Some(e.span().map_or(range.start, |s| s.start + range.start));
+                let message = e.message().trim();
+                let key = e
+                    .span()
+                    .filter(|_| message.starts_with("duplicate key"))
+                    .and_then(|s| {
+                        let key = text.get(s.clone())?.trim().trim_matches(['"', '\'']);
+                        let line_start = text[..s.start].rfind('\n').map_or(0, |i| i + 1);
+                        let line = &text[line_start..];
+                        let line = &line[..line.find('\n').unwrap_or(line.len())];
+                        // A table header names the whole dotted table.
+                        let header = line
+                            .trim_start()
+                            .strip_prefix('[')
+                            .and_then(|h| Some(h.get(..h.find(']')?)?.trim()));
+                        let (key, header) = match header {
+                            Some(table) => (table, true),
+                            None => (key, false),
+                        };
+                        (!key.is_empty() && !key.contains('\n')).then_some((key, header))
+                    });
+                errors.push(match key {
+                    Some((table, true)) => self.diagnostic(
+                        at,
+                        format!("invalid TOML: [{table}] is written twice"),
+                        Some(format!("merge the two [{table}] tables into one")),
+                    ),
+                    Some((key, false)) => self.diagnostic(
+                        at,
+                        format!("invalid TOML: {key} is set twice in one table"),
+                        Some(format!("keep one {key} = ... and delete the other")),
+                    ),
+                    _ => self.diagnostic(
+                        at,
+                        format!("invalid TOML: {message}"),
+                        Some("see https://toml.io for the syntax; `framesift config default` prints a valid file".into()),
+                    ),
+                });
             }
             let doc = shift_table(doc, range.start);
             merged = Some(match merged {

@@ -101,10 +101,29 @@ impl Config {
         let mut texts = Vec::with_capacity(files.len());
         let mut diagnostics = Vec::new();
         for path in files {
-            match std::fs::read_to_string(path) {
-                Ok(text) => texts.push((path.display().to_string(), text)),
+            let file = path.display().to_string();
+            match std::fs::read(path).map(String::from_utf8) {
+                Ok(Ok(text)) => texts.push((file, text)),
+                Ok(Err(e)) => {
+                    // Lines and columns of the valid text before the first bad byte.
+                    let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                    let before = String::from_utf8_lossy(valid);
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    let byte = e.as_bytes()[valid.len()];
+                    diagnostics.push(Diagnostic {
+                        file,
+                        line,
+                        column,
+                        message: format!("the file is not UTF-8 text (byte 0x{byte:02X})"),
+                        hint: Some(
+                            "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8), or retype the character"
+                                .into(),
+                        ),
+                    });
+                }
                 Err(e) => diagnostics.push(Diagnostic {
-                    file: path.display().to_string(),
+                    file,
                     line: 0,
                     column: 0,
                     message: format!("cannot read the file: {e}"),

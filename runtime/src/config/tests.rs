@@ -277,6 +277,9 @@ fn cameras_must_fit_the_frame_size_limit() {
 fn unknown_table_and_syntax_errors() {
     insta::assert_snapshot!(errors("[polcy]\nx = 1\n\n[keep]\ncapacity = 4\n"), @r#"error: config.toml: line 1, column 2: unknown key "polcy" at the top level; did you mean "policy"?"#);
     insta::assert_snapshot!(errors("[model\npath = 3\n"), @"error: config.toml: line 1, column 7: invalid TOML: unclosed table, expected `]`; see https://toml.io for the syntax; `framesift config default` prints a valid file");
+    // A key or a table written twice is named, with what to do.
+    insta::assert_snapshot!(errors("[keep]\ntarget_rate = 0.02\n\"target_rate\" = 0.03\n"), @"error: config.toml: line 3, column 1: invalid TOML: target_rate is set twice in one table; keep one target_rate = ... and delete the other");
+    insta::assert_snapshot!(errors("[signals.faint]\nweight = 1.0\n[signals.faint]\nfloor = 0.01\n"), @"error: config.toml: line 3, column 10: invalid TOML: [signals.faint] is written twice; merge the two [signals.faint] tables into one");
 }
 
 #[test]
@@ -348,6 +351,14 @@ fn every_error_names_the_file_that_set_the_value() {
             .to_string()
             .contains("nope.toml: cannot read the file"),
         "{missing}"
+    );
+    // A file that is not UTF-8 is located at its first bad byte.
+    let latin1 = dir.path().join("latin1.toml");
+    std::fs::write(&latin1, b"[keep]\n# caf\xe9\n").expect("write");
+    let error = Config::load(&[latin1]).expect_err("not UTF-8").to_string();
+    assert!(
+        error.contains("latin1.toml: line 2, column 6: the file is not UTF-8 text (byte 0xE9)"),
+        "{error}"
     );
 }
 
