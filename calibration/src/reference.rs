@@ -359,19 +359,31 @@ enum Step<'a> {
 }
 
 /// Semantic problems, each with where it is in the document.
+/// The longest window a reference may have been measured on (the drift config's
+/// largest `window_frames`).
+pub const MAX_WINDOW_FRAMES: usize = 100_000;
+
 fn check(r: &Reference) -> Vec<(Vec<Step<'_>>, String)> {
     use Step::{Index, Key};
     let mut problems = Vec::new();
 
-    if r.window_frames == 0 {
-        problems.push((vec![Key("window_frames")], "window_frames is 0".to_string()));
+    if r.window_frames == 0 || r.window_frames > MAX_WINDOW_FRAMES {
+        problems.push((
+            vec![Key("window_frames")],
+            format!(
+                "window_frames = {} is not a window (1 to {MAX_WINDOW_FRAMES} frames)",
+                r.window_frames
+            ),
+        ));
     }
+    // Noise is a Jensen–Shannon distance: 0 to 1.
+    let distance = |noise: f64| noise.is_finite() && (0.0..=1.0).contains(&noise);
     if let Some(noise) = r.reference_noise
-        && !(noise.is_finite() && noise >= 0.0)
+        && !distance(noise)
     {
         problems.push((
             vec![Key("reference_noise")],
-            format!("reference_noise = {noise} is not a distance"),
+            format!("reference_noise = {noise} is not a distance (0 to 1)"),
         ));
     }
     let b = &r.bands;
@@ -421,6 +433,14 @@ fn check(r: &Reference) -> Vec<(Vec<Step<'_>>, String)> {
             ));
         } else {
             first_index.insert(name, i);
+        }
+        if let Some(noise) = stat.noise
+            && !distance(noise)
+        {
+            problems.push((
+                vec![Key("stats"), Index(i), Key("noise")],
+                format!("stat \"{name}\": noise = {noise} is not a distance (0 to 1)"),
+            ));
         }
         if let Err(error) = stat.bins.validate() {
             problems.push((

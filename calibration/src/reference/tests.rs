@@ -213,22 +213,25 @@ fn every_semantic_problem_is_reported() {
     r.stats[1].counts.pop();
     r.bands.js_significant = 0.05;
     r.window_frames = 0;
+    r.stats[0].noise = Some(f64::INFINITY);
     let text = r.to_toml();
     let found = problems(&text);
     let messages: Vec<&str> = found.iter().map(|p| p.message.as_str()).collect();
     assert_eq!(
         messages,
         [
-            "window_frames is 0",
+            "window_frames = 0 is not a window (1 to 100000 frames)",
             "bands: js_significant = 0.05 is below js_moderate = 0.15",
+            "stat \"luma\": noise = inf is not a distance (0 to 1)",
             "stat \"luma\" appears twice, as [[stats]] 1 and 2",
             "stat \"luma\": bin range [0, -3] is empty: hi must be above lo",
             "stat \"luma\" has 19 counts for 20 bins",
         ]
     );
     let lines: Vec<usize> = found.iter().map(|p| p.line).collect();
-    // window_frames, the [bands] header, then the second stat's name, bins, counts.
-    assert_eq!(lines, [5, 12, 28, 29, 30]);
+    // window_frames, the [bands] header, the first stat's noise, then the second stat's
+    // name, bins, counts.
+    assert_eq!(lines, [5, 12, 25, 29, 30, 31]);
 }
 
 #[test]

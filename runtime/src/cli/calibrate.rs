@@ -13,6 +13,7 @@ use crate::{
         replay::ReplayConfig,
         synthetic::{Split, SyntheticConfig},
     },
+    config::NamedFiles,
 };
 
 #[derive(Parser)]
@@ -51,13 +52,20 @@ pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         args.target_rate > 0.0 && args.target_rate <= 1.0,
         "--target-rate must be above 0 and at most 1, e.g. 0.02"
     );
-    let mut config = match super::load_files(&args.config) {
+    // The reference the config names is the file being written (it may not exist yet),
+    // and the new one must not depend on it: its novelty is measured without it.
+    let mut config = match super::load_files_with(&args.config, NamedFiles::Skip) {
         Ok(loaded) => loaded.config,
         Err(code) => return Ok(code),
     };
+    config.drift.reference = None;
     if let Some(model) = &args.model {
         config.model.path = Some(model.clone());
     }
+    check_outputs(&args)?;
+    // The drift bands come from the sample's own window-to-window spread: two windows
+    // at the least.
+    let least = 2 * config.drift.window_frames;
     let (source, frames) = match &args.synthetic {
         Some(split) => {
             let n: u64 = args.frames.parse().map_err(|_| {
@@ -66,7 +74,11 @@ pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
                     args.frames
                 )
             })?;
-            anyhow::ensure!(n > 0, "--frames must be at least 1");
+            anyhow::ensure!(
+                n >= least as u64,
+                "--frames {n} is fewer than two [drift] windows ({least} frames): the reference could not measure how much its own windows differ; write --frames {} or more, or lower [drift] window_frames",
+                (3 * least).max(3000)
+            );
             let split = if split == "studio" {
                 Split::Studio
             } else {
@@ -109,11 +121,18 @@ pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     let cal = crate::calibrate::calibrate(&config, &model, &opts, |done| bar.set_position(done));
     bar.finish_and_clear();
     let cal = cal?;
+    anyhow::ensure!(
+        cal.reference.frames >= least as u64,
+        "{} gave {} frames, fewer than two [drift] windows ({least} frames): the reference could not measure how much its own windows differ, so nothing was written; calibrate on more frames, or lower [drift] window_frames",
+        opts_source(&args),
+        cal.reference.frames
+    );
     let text = cal.reference.to_toml();
     let tmp = args.out.with_extension("toml.tmp");
-    std::fs::write(&tmp, &text)
-        .and_then(|()| std::fs::rename(&tmp, &args.out))
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display()))?;
+    if let Err(e) = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &args.out)) {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("cannot write {}: {e}", args.out.display());
+    }
     if let Some(dir) = &args.report {
         crate::calibrate::write_report(dir, &cal, &config, args.target_rate)?;
     }
@@ -172,6 +191,44 @@ pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
         println!("  report {}", dir.join("summary.md").display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--frames` as given, for messages.
+fn opts_source(args: &CalibrateArgs) -> String {
+    match &args.synthetic {
+        Some(split) => format!("--synthetic {split}"),
+        None => format!("--frames {}", args.frames),
+    }
+}
+
+/// Refuse outputs that cannot be written before the sample is read, not after.
+fn check_outputs(args: &CalibrateArgs) -> anyhow::Result<()> {
+    let out = &args.out;
+    anyhow::ensure!(
+        !out.is_dir(),
+        "--out {} is a directory; name the reference file, e.g. --out {}",
+        out.display(),
+        out.join("reference.toml").display()
+    );
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    anyhow::ensure!(
+        parent.is_dir(),
+        "--out {}: {} is not a directory; create it first (mkdir -p {})",
+        out.display(),
+        parent.display(),
+        parent.display()
+    );
+    if let Some(dir) = &args.report {
+        anyhow::ensure!(
+            !dir.exists() || dir.is_dir(),
+            "--report {} is a file; name a directory for the plots and summary.md",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn progress_bar(total: Option<u64>) -> ProgressBar {

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     capture::{CameraConfig, SourceConfig, replay::ReplayConfig},
-    config::{Config, Loaded},
+    config::{Config, Loaded, NamedFiles},
     infer::model::{self, Model, ModelFile},
 };
 
@@ -185,10 +185,15 @@ fn default_log_filter() -> tracing_subscriber::filter::Targets {
 /// The config `files` (or the defaults when there are none), validated; an invalid
 /// config is printed and becomes exit code 2.
 fn load_files(files: &[PathBuf]) -> Result<Loaded, ExitCode> {
+    load_files_with(files, NamedFiles::Check)
+}
+
+/// [`load_files`], reading the files the config names only when `named` says so.
+fn load_files_with(files: &[PathBuf], named: NamedFiles) -> Result<Loaded, ExitCode> {
     if files.is_empty() {
         return Ok(Loaded::defaults());
     }
-    Config::load(files).map_err(|e| {
+    Config::load_with(files, named).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(2)
     })

@@ -26,7 +26,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use check::Checker;
+pub(crate) use check::{Checker, Problem};
 pub use diagnostics::{ConfigError, Diagnostic};
 
 use crate::{
@@ -76,6 +76,14 @@ pub(crate) struct RawConfig {
     drift: RawDrift,
 }
 
+/// Whether loading a config reads the files it names to check them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NamedFiles {
+    Check,
+    /// For `calibrate`, which writes the reference the config may name.
+    Skip,
+}
+
 /// A validated config and every key's effective value (defaults included), for
 /// telling what a reload changes.
 #[derive(Debug, Clone)]
@@ -96,8 +104,14 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Read, merge and validate config files, base first (none: the built-in defaults).
+    /// Read, merge and validate config files, base first (none: the built-in defaults),
+    /// and check that the drift reference they name can be read.
     pub fn load(files: &[PathBuf]) -> Result<Loaded, ConfigError> {
+        Config::load_with(files, NamedFiles::Check)
+    }
+
+    /// [`Config::load`], reading the files the config names only when `named` says so.
+    pub(crate) fn load_with(files: &[PathBuf], named: NamedFiles) -> Result<Loaded, ConfigError> {
         let mut texts = Vec::with_capacity(files.len());
         let mut diagnostics = Vec::new();
         for path in files {
@@ -137,7 +151,7 @@ impl Config {
             return Err(ConfigError { diagnostics });
         }
         let sources = load::Sources::new(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())));
-        let (config, raw) = Config::from_sources(&sources)?;
+        let (config, raw) = Config::from_sources(&sources, named)?;
         Ok(Loaded {
             config,
             files: files.to_vec(),
@@ -148,10 +162,14 @@ impl Config {
     /// Parse and validate one config text; `file` names it in error messages.
     #[cfg(test)]
     pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        Config::from_sources(&load::Sources::new([(file, text)])).map(|(config, _)| config)
+        Config::from_sources(&load::Sources::new([(file, text)]), NamedFiles::Check)
+            .map(|(config, _)| config)
     }
 
-    fn from_sources(sources: &load::Sources) -> Result<(Config, RawConfig), ConfigError> {
+    fn from_sources(
+        sources: &load::Sources,
+        named: NamedFiles,
+    ) -> Result<(Config, RawConfig), ConfigError> {
         let mut doc = sources
             .merged()
             .map_err(|diagnostics| ConfigError { diagnostics })?;
@@ -170,7 +188,18 @@ impl Config {
         let Some(raw) = raw else {
             return Err(sources.error(diagnostics));
         };
-        match Config::from_raw(&raw, reported) {
+        let checked = Config::from_raw(&raw, reported).and_then(|config| match named {
+            NamedFiles::Check => {
+                let problems = config.drift.check_reference();
+                if problems.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(problems)
+                }
+            }
+            NamedFiles::Skip => Ok(config),
+        });
+        match checked {
             Ok(config) if diagnostics.is_empty() => Ok((config, raw)),
             Ok(_) => Err(sources.error(diagnostics)),
             Err(problems) => {

@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::Checker,
+    config::{Checker, Problem},
     infer::ModelInfo,
     ops::metrics::{Metrics, event},
     supervisor::{Command, StageContext, StageFailure},
@@ -92,6 +92,34 @@ pub struct DriftConfig {
 }
 
 impl DriftConfig {
+    /// The problem with the reference file, if one is named and cannot be read as a
+    /// reference (which model made it is checked when a run loads its model).
+    pub(crate) fn check_reference(&self) -> Vec<Problem> {
+        let Some(path) = &self.reference else {
+            return Vec::new();
+        };
+        let Err(error) = Reference::load(path) else {
+            return Vec::new();
+        };
+        let hint = match &error {
+            calibration::ReferenceError::Read { error, .. }
+                if error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                format!(
+                    "write it with framesift calibrate --out {}, or remove [drift] reference to run without drift monitoring",
+                    path.display()
+                )
+            }
+            _ => "run framesift calibrate again to rewrite it, or point reference at another file"
+                .to_string(),
+        };
+        vec![Problem {
+            path: vec!["drift".into(), "reference".into()],
+            message: format!("drift.reference cannot be used: {error}"),
+            hint: Some(hint),
+        }]
+    }
+
     pub(crate) fn validate(raw: &RawDrift, c: &mut Checker) -> Self {
         let window_frames = c.int("window_frames", raw.window_frames, 20, 100_000) as usize;
         let min_frames = c.int("min_frames", raw.min_frames, 10, 100_000) as usize;
@@ -152,8 +180,10 @@ impl DriftConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriftError {
+    // Not a `#[source]`: the message already holds it, and error chains would print it
+    // twice.
     #[error("[drift] reference: {0}")]
-    Reference(#[from] calibration::ReferenceError),
+    Reference(calibration::ReferenceError),
     #[error(
         "[drift] reference {path} was made with model {made_with}, this run uses {running}; run framesift calibrate with this model, or set [drift] on_model_mismatch = \"warn\""
     )]
@@ -180,7 +210,7 @@ impl LoadedReference {
     /// Load `config.reference` (empty when unset) for a run of `model`.
     pub(crate) fn load(config: &DriftConfig, model: &ModelInfo) -> Result<Self, DriftError> {
         let path = config.reference.clone().unwrap_or_default();
-        let reference = Reference::load(&path)?;
+        let reference = Reference::load(&path).map_err(DriftError::Reference)?;
         let made_with = format!("{} (sha256 {})", reference.model.id, reference.model.sha256);
         let running = format!("{} (sha256 {})", model.id, model.sha256);
         if reference.model.sha256 != model.sha256 {

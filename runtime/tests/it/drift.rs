@@ -151,7 +151,7 @@ fn calibrate_writes_a_reference_and_a_report_and_run_reports_each_cameras_band()
 #[test]
 fn a_reference_from_another_model_is_a_warning_or_an_error_as_configured() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let reference = calibrate(dir.path(), "studio", 60);
+    let reference = calibrate(dir.path(), "studio", 400);
     let text_ref = std::fs::read_to_string(&reference).expect("reference");
     let at = text_ref.find("sha256 = \"").expect("sha256") + "sha256 = \"".len();
     let mut other = text_ref.clone();
@@ -227,12 +227,69 @@ fn a_corrupt_reference_names_its_line_and_column() {
         "\n[[camera]]\ntype = \"synthetic\"\n",
     );
     let out = run(&missing, 5);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a config error");
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr
+            .matches("/nonexistent/calibration.toml: No such file")
+            .count(),
+        1,
+        "said once, at the key: {stderr}"
+    );
     assert!(
-        text(&out.stderr).contains("/nonexistent/calibration.toml"),
+        stderr.contains("line 2, column 1: drift.reference cannot be used")
+            && stderr.contains("framesift calibrate --out /nonexistent/calibration.toml"),
+        "{stderr}"
+    );
+    // validate reads it too.
+    let out = framesift(&["validate", cfg.to_str().expect("utf8")])
+        .output()
+        .expect("validate");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(&format!("{}:2:", bad.display())),
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `calibrate -c` with the config that will name the reference: the file need not
+/// exist yet. A sample shorter than two drift windows writes nothing.
+#[test]
+fn calibrate_writes_the_reference_its_config_names_and_refuses_a_short_sample() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_file = dir.path().join("new.toml");
+    let cfg = config(dir.path(), out_file.to_str().expect("utf8"), "");
+    let calibrate = |frames: &str| {
+        framesift(&[
+            "calibrate",
+            "--synthetic",
+            "studio",
+            "--frames",
+            frames,
+            "--out",
+            out_file.to_str().expect("utf8"),
+            "--config",
+            cfg.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("calibrate")
+    };
+    let short = calibrate("399");
+    assert!(!short.status.success());
+    assert!(
+        text(&short.stderr).contains("--frames 399 is fewer than two [drift] windows (400 frames)"),
+        "{}",
+        text(&short.stderr)
+    );
+    assert!(!out_file.exists());
+    let out = calibrate("400");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out_file.is_file());
+    let out = framesift(&["validate", cfg.to_str().expect("utf8")])
+        .output()
+        .expect("validate");
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 #[test]
