@@ -69,8 +69,15 @@ pub enum SpoolError {
     /// The disk has no room: less than `min_free_bytes` would be left even after
     /// evicting every entry worth less, or it ran out of space (ENOSPC) while writing
     /// (nothing was left behind).
-    #[error("the disk holding spool {dir} is full; a frame of value {value:.3} was dropped")]
-    DiskFull { dir: PathBuf, value: f32 },
+    #[error(
+        "the disk holding spool {dir} is full ({free} bytes free, [spool] min_free_bytes = {min_free} kept free); a frame of value {value:.3} was dropped"
+    )]
+    DiskFull {
+        dir: PathBuf,
+        free: u64,
+        min_free: u64,
+        value: f32,
+    },
     #[error("spool entry {id}: {reason}")]
     Corrupt { id: String, reason: String },
 }
@@ -291,7 +298,16 @@ impl Spool {
                 });
             }
         };
-        write_durably(fs.as_ref(), &boot_file, &tmp, boot.to_string().as_bytes())?;
+        let boot = match write_durably(fs.as_ref(), &boot_file, &tmp, boot.to_string().as_bytes()) {
+            Ok(()) => boot,
+            // A full disk must not stop the daemon: the entries it holds still go out,
+            // and a random boot number keeps this run's ids apart as a new spool's do.
+            Err(SpoolError::Io { error, .. }) if is_disk_full(&error) => {
+                tracing::warn!(file = %boot_file.display(), %error, "spool: the disk is full; the boot counter is not recorded this run (entry ids use a random boot number)");
+                random_u64() as u32
+            }
+            Err(e) => return Err(e),
+        };
         let mut spool = Spool {
             fs,
             dir: dir.to_path_buf(),
@@ -307,6 +323,7 @@ impl Spool {
             _lock: lock,
         };
         let recovery = spool.recover()?;
+        spool.warn_below_floor();
         Ok((spool, recovery))
     }
 
@@ -377,8 +394,34 @@ impl Spool {
             self.index.insert(e);
         }
         self.counters.removed_corrupt = rec.removed_corrupt as u64;
-        self.rewrite_index()?;
+        match self.rewrite_index() {
+            Ok(()) => {}
+            // The index is a cache of what the directory holds; the old one stays.
+            Err(SpoolError::Io { error, .. }) if is_disk_full(&error) => {
+                let _ = self.fs.remove(&self.tmp.join("index"));
+                tracing::warn!(%error, "spool: the disk is full; the index is not rewritten this start");
+            }
+            Err(e) => return Err(e),
+        }
         Ok(rec)
+    }
+
+    /// A disk with less free than the floor keeps frames only in the room of worse
+    /// ones, and none while the spool is empty: say so at the start, not frame by frame.
+    fn warn_below_floor(&self) {
+        let Ok(free) = self.fs.free_bytes(&self.dir) else {
+            return;
+        };
+        let floor = self.budget.min_free_bytes;
+        if free < floor {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                free_mib = free >> 20,
+                min_free_mib = floor >> 20,
+                spool_mib = self.used_bytes >> 20,
+                "spool: the disk has less free space than [spool] min_free_bytes keeps free; frames are kept only in place of lower-value entries: free space on that disk, or lower min_free_bytes (it must be well below the disk's size)"
+            );
+        }
     }
 
     /// Replace the index log with one line per entry (it is a cache: the directory and
@@ -465,6 +508,8 @@ impl Spool {
                 self.counters.disk_full += 1;
                 Err(SpoolError::DiskFull {
                     dir: self.dir.clone(),
+                    free: self.fs.free_bytes(&self.dir).unwrap_or(0),
+                    min_free: self.budget.min_free_bytes,
                     value: entry.value,
                 })
             }
@@ -504,6 +549,8 @@ impl Spool {
                 self.counters.disk_full += 1;
                 return Err(SpoolError::DiskFull {
                     dir: self.dir.clone(),
+                    free,
+                    min_free: self.budget.min_free_bytes,
                     value,
                 });
             }
@@ -817,7 +864,8 @@ fn read_index(fs: &dyn Fs, file: &Path) -> HashMap<String, Entry> {
 }
 
 fn is_disk_full(e: &std::io::Error) -> bool {
-    e.kind() == ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC)
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        || e.raw_os_error() == Some(libc::ENOSPC)
 }
 
 /// The first line of `file`, or `make()` written there durably when there is none.
@@ -1131,6 +1179,32 @@ mod tests {
             (spool.counters.disk_full, spool.counters.dropped_full),
             (1, 0)
         );
+    }
+
+    #[test]
+    fn a_spool_on_a_disk_another_program_filled_still_opens_and_makes_room() {
+        let fs = Arc::new(SimFs::new());
+        let budget = Budget {
+            max_bytes: u64::MAX,
+            min_free_bytes: 0,
+        };
+        let mut spool = open_in(fs.clone(), Path::new("/s"), budget, Some("c"));
+        let low = put(&mut spool, 0.2, 1, 3000).expect("low").id;
+        let high = put(&mut spool, 0.8, 2, 3000).expect("high").id;
+        let boot = spool.boot;
+        drop(spool);
+        // Not a byte left: the boot counter and the index cannot be written.
+        let used = u64::MAX / 2 - fs.free_bytes(Path::new("/s")).expect("free");
+        fs.set_free(used);
+        let (mut spool, _) = Spool::open(fs.clone(), Path::new("/s"), budget, Some("c"))
+            .expect("opens on a full disk");
+        assert_eq!(ids(&spool), BTreeSet::from([low.clone(), high.clone()]));
+        assert_ne!(spool.boot, boot, "a new boot number");
+        // A better frame takes the room of a worse one (a little smaller: the index
+        // line of the eviction takes a few bytes too).
+        let w = put(&mut spool, 0.5, 3, 2900).expect("evicts");
+        assert_eq!(w.evicted, [(low, 0.2)]);
+        assert_eq!(ids(&spool), BTreeSet::from([high, w.id]));
     }
 
     #[test]
