@@ -31,6 +31,8 @@ pub struct ReplaySource {
     files: Vec<PathBuf>,
     next: usize,
     seq: u64,
+    /// `seq` when the current pass over the files began.
+    pass_began_at: u64,
     /// Read buffer, reused across files.
     bytes: Vec<u8>,
     pacer: Pacer,
@@ -49,6 +51,7 @@ impl ReplaySource {
             files,
             next: 0,
             seq: 0,
+            pass_began_at: 0,
             bytes: Vec::new(),
             pacer,
             decoder: FrameDecoder::full_size(),
@@ -68,10 +71,14 @@ fn list_frames(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+            let image = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
+            if image && !p.is_file() {
+                tracing::warn!(file = %p.display(), "replay: skipped: not a regular file (a directory, a link to nothing, a device or a pipe)");
+            }
+            image && p.is_file()
         })
         .collect();
     files.sort();
@@ -90,6 +97,15 @@ impl FrameSource for ReplaySource {
             if !self.config.looping {
                 return Ok(Next::End);
             }
+            // Looping over files none of which decodes would spin for ever.
+            if self.seq == self.pass_began_at {
+                return Err(SourceError::Fatal(format!(
+                    "replay directory {}: not one of its {} files could be read as an image in a whole pass (each is named above); put frames there, or set loop = false",
+                    self.config.dir.display(),
+                    self.files.len()
+                )));
+            }
+            self.pass_began_at = self.seq;
             self.next = 0;
         }
         self.next += 1;
@@ -127,8 +143,8 @@ impl FrameSource for ReplaySource {
         frame.seq = self.seq;
         self.seq += 1;
         frame.captured_at = SystemTime::now();
-        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-            frame.origin.push_str(name);
+        if let Some(name) = path.file_name() {
+            frame.origin.push_str(&name.to_string_lossy());
         }
         frame.truth = None;
         Ok(Next::Frame)
@@ -237,6 +253,34 @@ mod tests {
             assert_eq!(source.next_frame(&mut frame).expect("frame"), Next::Frame);
             assert_eq!(frame.seq, seq);
         }
+    }
+
+    #[test]
+    fn a_loop_over_files_none_of_which_decodes_ends_after_one_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.jpg"), b"junk").expect("write");
+        std::fs::write(dir.path().join("b.png"), b"").expect("write");
+        let mut source = open(dir.path(), true).expect("open");
+        let mut frame = Frame::with_capacity(16, 16);
+        for _ in 0..2 {
+            assert!(matches!(
+                source.next_frame(&mut frame),
+                Err(SourceError::BadFrame { .. })
+            ));
+        }
+        let end = source.next_frame(&mut frame);
+        assert!(
+            matches!(&end, Err(SourceError::Fatal(m)) if m.contains("not one of its 2 files")),
+            "{end:?}"
+        );
+        // One good file among bad ones keeps the loop going.
+        write_jpeg(&dir.path().join("c.jpg"), 16, 16);
+        let mut source = open(dir.path(), true).expect("open");
+        let good = (0..9)
+            .map(|_| source.next_frame(&mut frame))
+            .filter(|r| matches!(r, Ok(Next::Frame)))
+            .count();
+        assert_eq!(good, 3, "three passes of three files");
     }
 
     #[test]
