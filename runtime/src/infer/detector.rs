@@ -83,6 +83,8 @@ pub struct Decoder {
     best: Vec<f32>,
     second: Vec<f32>,
     best_class: Vec<u32>,
+    /// Whether unusable boxes were warned about (once per decoder).
+    warned_unusable: bool,
 }
 
 /// An output tensor whose shape does not fit the decoder's layout.
@@ -102,6 +104,7 @@ impl Decoder {
             best: Vec::new(),
             second: Vec::new(),
             best_class: Vec::new(),
+            warned_unusable: false,
         }
     }
 
@@ -199,8 +202,11 @@ impl Decoder {
                     if score < floor || !rec[5].is_finite() || rec[5] < 0.0 {
                         continue;
                     }
-                    let (x1, y1) = letterbox.to_frame(rec[0], rec[1]);
+                    let (mut x1, y1) = letterbox.to_frame(rec[0], rec[1]);
                     let (x2, y2) = letterbox.to_frame(rec[2], rec[3]);
+                    if !rec[..4].iter().all(|v| v.is_finite()) {
+                        x1 = f32::NAN; // dropped below, as make_box's
+                    }
                     self.candidates.push(Detection {
                         class_id: rec[5] as u16,
                         score,
@@ -212,6 +218,23 @@ impl Decoder {
                     });
                 }
             }
+        }
+        // A NaN or infinite number (an overflowing half-precision export) or a class id
+        // beyond the names would reach the sidecars as null or "unknown".
+        let before = self.candidates.len();
+        self.candidates.retain(|d| {
+            [d.score, d.second_score, d.x1, d.y1, d.x2, d.y2]
+                .iter()
+                .all(|v| v.is_finite())
+                && usize::from(d.class_id) < nc
+        });
+        if self.candidates.len() < before && !self.warned_unusable {
+            self.warned_unusable = true;
+            tracing::warn!(
+                dropped = before - self.candidates.len(),
+                classes = nc,
+                "the model's output holds boxes with a NaN or infinite number, or a class id beyond its {nc} class names; they are dropped (check the export, e.g. a float16 overflow, and the manifest's names)"
+            );
         }
         sort_by_score(&mut self.candidates);
         self.candidates.truncate(MAX_NMS);
@@ -303,8 +326,12 @@ fn make_box(
     second: f32,
     lb: &Letterbox,
 ) -> Detection {
-    let (x1, y1) = lb.to_frame(cx - w / 2.0, cy - h / 2.0);
+    let (mut x1, y1) = lb.to_frame(cx - w / 2.0, cy - h / 2.0);
     let (x2, y2) = lb.to_frame(cx + w / 2.0, cy + h / 2.0);
+    if ![cx, cy, w, h].iter().all(|v| v.is_finite()) {
+        // The frame clamp would make it finite; NaN has decode drop it.
+        x1 = f32::NAN;
+    }
     Detection {
         class_id: class as u16,
         score,
@@ -548,6 +575,67 @@ mod tests {
             .expect("decode");
         assert_eq!(dets.len(), 2);
         assert_eq!((dets[0].class_id, dets[0].x1, dets[0].y2), (2, 10.0, 50.0));
+    }
+
+    #[test]
+    fn boxes_with_nan_or_infinite_numbers_or_unnamed_classes_are_dropped() {
+        let out = vec![
+            10.0,
+            10.0,
+            50.0,
+            50.0,
+            0.9,
+            2.0, // kept
+            f32::NAN,
+            10.0,
+            50.0,
+            50.0,
+            0.9,
+            1.0, // NaN corner
+            10.0,
+            10.0,
+            50.0,
+            50.0,
+            f32::INFINITY,
+            1.0, // infinite score
+            10.0,
+            10.0,
+            50.0,
+            50.0,
+            0.9,
+            7.0, // class 7 of 3
+            10.0,
+            10.0,
+            50.0,
+            50.0,
+            0.9,
+            1e9, // a class id no u16 holds
+        ];
+        let mut decoder = Decoder::new(Layout::EndToEnd, 3, params());
+        let mut dets = Vec::new();
+        decoder
+            .decode(&out, &[1, 5, 6], &IDENTITY, &mut dets)
+            .expect("decode");
+        assert_eq!(dets.len(), 1, "{dets:?}");
+        assert_eq!(dets[0].class_id, 2);
+        // YOLOv8: an anchor with an infinite box or score is dropped too.
+        let n = 3;
+        let mut out = vec![0.0f32; (4 + 2) * n];
+        for i in 0..n {
+            out[i] = 30.0; // cx
+            out[n + i] = 30.0 + 60.0 * i as f32; // cy: apart, so NMS keeps each
+            out[2 * n + i] = 20.0;
+            out[3 * n + i] = 20.0;
+            out[4 * n + i] = 0.9;
+        }
+        out[2 * n] = f32::INFINITY; // anchor 0's width
+        out[4 * n + 1] = f32::INFINITY; // anchor 1's class-0 score
+        let mut decoder = Decoder::new(Layout::YoloV8, 2, params());
+        decoder
+            .decode(&out, &[1, 6, n], &IDENTITY, &mut dets)
+            .expect("decode");
+        assert_eq!(dets.len(), 1, "{dets:?}");
+        assert_eq!(dets[0].y1, 140.0, "anchor 2");
     }
 
     #[test]

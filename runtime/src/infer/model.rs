@@ -319,6 +319,9 @@ pub fn infer_layout(shape: &[usize], classes: Option<usize>) -> Result<(Layout, 
     let (a, b) = (shape[1], shape[2]);
     match classes {
         Some(nc) if a == 4 + nc && b != 5 + nc => Ok((Layout::YoloV8, nc)),
+        Some(1) if b == 6 && a != 5 => Err(format!(
+            "output shape {shape:?} fits both a one-class yolov5 and an end-to-end output; write layout = \"yolov5\" or \"end_to_end\" in the manifest"
+        )),
         Some(nc) if b == 5 + nc && a != 4 + nc => Ok((Layout::YoloV5, nc)),
         Some(nc) if b == 6 && a != 4 + nc => Ok((Layout::EndToEnd, nc)),
         Some(nc) => Err(format!(
@@ -335,6 +338,14 @@ pub fn infer_layout(shape: &[usize], classes: Option<usize>) -> Result<(Layout, 
         None => Err(format!(
             "output shape {shape:?} is not a supported detector layout"
         )),
+    }
+}
+
+/// A tensor's element type as an exporter names it ("float16"), or what the value is.
+fn element_type(dtype: &ort::value::ValueType) -> String {
+    match dtype.tensor_type() {
+        Some(t) => format!("{t:?}").to_lowercase(),
+        None => "not a tensor".to_string(),
     }
 }
 
@@ -529,9 +540,9 @@ fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<Model
         .unwrap_or_default();
     if input.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32) {
         return Err(shape_err(format!(
-            "input {} is {:?}, framesift feeds float32 images",
+            "input {} is {}; framesift feeds float32 images: export the model in float32 (e.g. Ultralytics half=False)",
             input.name(),
-            input.dtype()
+            element_type(input.dtype())
         )));
     }
     let metadata = session.metadata().ok();
@@ -671,6 +682,12 @@ fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<Model
             "has no output named \"{output_name}\" (outputs: {have:?})"
         )));
     };
+    if output.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32) {
+        return Err(shape_err(format!(
+            "output {output_name} is {}; framesift reads float32 outputs: export the model in float32 (e.g. Ultralytics half=False)",
+            element_type(output.dtype())
+        )));
+    }
     let out_shape: Vec<i64> = output
         .dtype()
         .tensor_shape()
@@ -682,8 +699,17 @@ fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<Model
         )));
     }
     let out_shape: Vec<usize> = out_shape.iter().map(|d| *d as usize).collect();
-    let (inferred, _) = infer_layout(&out_shape, Some(names.len())).map_err(&shape_err)?;
-    let layout = manifest_layout.unwrap_or(inferred);
+    let layout = match manifest_layout {
+        Some(layout) => layout,
+        // Ultralytics marks end-to-end exports, whose [1, N, 6] a one-class YOLOv5
+        // output shares.
+        None if meta("end2end").is_some_and(|v| v.eq_ignore_ascii_case("true")) => Layout::EndToEnd,
+        None => {
+            infer_layout(&out_shape, Some(names.len()))
+                .map_err(&shape_err)?
+                .0
+        }
+    };
     let decoder = super::detector::Decoder::new(
         layout,
         names.len(),
@@ -694,9 +720,13 @@ fn describe(session: &Session, file: &ModelFile, sha256: String) -> Result<Model
             max_detections: 1,
         },
     );
-    decoder
-        .check_shape(&out_shape)
-        .map_err(|e| shape_err(format!("output {output_name}: {e}")))?;
+    decoder.check_shape(&out_shape).map_err(|e| {
+        shape_err(format!(
+            "output {output_name}: {e}; {} names {} classes: list the model's classes, in output order",
+            if file.manifest.is_some() { "the manifest" } else { "the metadata" },
+            names.len()
+        ))
+    })?;
     let features = match features_name {
         None => None,
         Some(name) => {
@@ -855,6 +885,13 @@ mod tests {
         assert!(infer_layout(&[1, 84], Some(80)).is_err());
         let err = infer_layout(&[1, 7, 7], Some(80)).expect_err("no layout");
         assert!(err.contains("[1, 7, 7]"), "{err}");
+        // One class: [1, N, 6] is yolov5's shape as much as end-to-end's.
+        let err = infer_layout(&[1, 300, 6], Some(1)).expect_err("ambiguous");
+        assert!(err.contains("write layout"), "{err}");
+        assert_eq!(
+            infer_layout(&[1, 5, 2100], Some(1)),
+            Ok((Layout::YoloV8, 1))
+        );
     }
 
     #[test]
