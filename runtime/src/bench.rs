@@ -261,7 +261,8 @@ pub fn run(
     );
     let per_round = opts.frames / opts.rounds as u64;
     let info = model.lock().unwrap_or_else(|p| p.into_inner()).info.clone();
-    let spool = tempdir()?;
+    let scratch = tempdir()?;
+    let spool = scratch.0.clone();
 
     // The bench's configs: the user's, writing to a scratch spool.
     let mut base = config.clone();
@@ -487,7 +488,7 @@ pub fn run(
             rss_after_first = crate::ops::metrics::rss_kib();
         }
     }
-    let _ = std::fs::remove_dir_all(&spool);
+    drop(scratch);
 
     let pipeline_fps = pipeline_frames as f64 / pipeline_time.as_secs_f64().max(1e-9);
     let bare_fps = bare_frames as f64 / bare_time.as_secs_f64().max(1e-9);
@@ -755,8 +756,8 @@ pub fn spool_open(
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<SpoolOpenReport> {
     use crate::store::spool::{ImageEncoding, ImageRecord};
-    let dir = tempdir()?.join("spool-open");
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = tempdir()?;
+    let dir = scratch.0.join("spool-open");
     std::fs::create_dir_all(&dir)?;
     progress(&format!("writing {entries} spool entries"));
     let image = vec![0xa5u8; 4096];
@@ -794,7 +795,7 @@ pub fn spool_open(
     };
     let without_index_secs = time_open("opening the spool (no index yet)")?;
     let with_index_secs = time_open("opening the spool again (from its index)")?;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     Ok(SpoolOpenReport {
         entries,
         without_index_secs,
@@ -802,10 +803,19 @@ pub fn spool_open(
     })
 }
 
-fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+/// A scratch directory removed when dropped, on an error path too.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> anyhow::Result<Scratch> {
     let dir = std::env::temp_dir().join(format!("framesift-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok(Scratch(dir))
 }
 
 /// User + system CPU seconds of this process.

@@ -23,7 +23,8 @@ pub(super) struct CalibrateArgs {
     #[arg(long, value_name = "DIR|N")]
     frames: String,
     /// Calibrate on the synthetic scene source instead of a directory: `studio` (what
-    /// the shipped model was trained on) or `store`.
+    /// the shipped model was trained on) or `store`, at the frame size and scene length
+    /// of the config's synthetic camera when it has one.
     #[arg(long, value_parser = ["studio", "store"])]
     synthetic: Option<String>,
     /// Seed of the synthetic frames.
@@ -84,10 +85,20 @@ pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
             } else {
                 Split::Store
             };
+            // The frame size and scene length of the config's synthetic camera, if it
+            // has one: drift statistics depend on them.
+            let camera = config
+                .cameras
+                .iter()
+                .find_map(|c| match &c.source {
+                    SourceConfig::Synthetic(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
             let source = SourceConfig::Synthetic(SyntheticConfig {
                 split,
                 seed: args.seed,
-                ..SyntheticConfig::default()
+                ..camera
             });
             (source, Some(n))
         }

@@ -52,14 +52,30 @@ pub(super) struct EvaluateArgs {
     tune_for: crate::evaluate::tune::Objective,
 }
 
+/// The longest stream `evaluate` scores (its records take about 300 MB).
+const MAX_FRAMES: u64 = 1_000_000;
+
 pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.budget > 0.0 && args.budget <= 1.0,
         "--budget must be above 0 and at most 1, e.g. 0.02"
     );
-    anyhow::ensure!(args.frames > 0, "--frames must be at least 1");
+    // Every frame's record is held for the policies and the oracle (a few hundred bytes).
+    anyhow::ensure!(
+        (1..=MAX_FRAMES).contains(&args.frames),
+        "--frames must be from 1 to {MAX_FRAMES}"
+    );
     if let Some(out) = &args.tune {
         anyhow::ensure!(args.tune_streams >= 1, "--tune-streams must be at least 1");
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        anyhow::ensure!(
+            !out.is_dir() && parent.is_dir(),
+            "--tune {}: name a file in a directory that exists (the search takes minutes; its result would be lost)",
+            out.display()
+        );
         anyhow::ensure!(
             args.records.is_none() && !args.json,
             "--tune writes its own report; run evaluate again with -c {} for --json or --records",
@@ -224,12 +240,18 @@ fn tune(
         "Use it as an overlay: framesift run -c base.toml -c this.toml".into(),
     ];
     let text = tune::overlay(&tuned, &header);
-    std::fs::write(out, &text)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    // The result is printed before the file is written: a failed write loses nothing.
     print_weights(&tuned);
     for line in &header[1..3] {
         println!("{line}");
     }
+    if check_after.misses < check_before.misses && check_after.errors < check_before.errors {
+        println!(
+            "warning: on the held-out stream these weights find fewer misses and errors than the configured ones: tune on more streams (--tune-streams) or frames before running them"
+        );
+    }
+    std::fs::write(out, &text)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
     println!("wrote {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -28,14 +28,15 @@ pub(super) struct SynthArgs {
 
 pub(super) fn synth(args: SynthArgs) -> anyhow::Result<ExitCode> {
     use crate::capture::synthetic::Split;
+    // The bounds a synthetic camera has in the config.
     anyhow::ensure!(
-        args.width >= 64 && args.height >= 64,
-        "--width and --height must be at least 64"
+        (64..=8192).contains(&args.width) && (64..=8192).contains(&args.height),
+        "--width and --height must be from 64 to 8192 pixels"
     );
     anyhow::ensure!(args.frames >= 1, "--frames must be at least 1");
     anyhow::ensure!(
-        args.frames_per_scene >= 1,
-        "--frames-per-scene must be at least 1"
+        (1..=1000).contains(&args.frames_per_scene),
+        "--frames-per-scene must be from 1 to 1000"
     );
     let opts = crate::dataset::ExportOptions {
         out: args.out.clone(),

@@ -364,6 +364,13 @@ impl DriftStatus {
             .clone()
     }
 
+    fn seen(&self, index: usize, frames: u64) {
+        let mut cameras = self.cameras.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cameras.get_mut(index) {
+            c.frames = frames;
+        }
+    }
+
     fn update(&self, index: usize, monitor: &Monitor, verdict: &Verdict, changed: bool) {
         if let Some(b) = self.bands.get(index) {
             b.store(band_number(verdict.band), Relaxed);
@@ -464,6 +471,9 @@ impl DriftStage {
         {
             self.status
                 .update(index, monitor, &verdict, change.is_some());
+        } else if monitor.verdict.is_none() {
+            // Before the first verdict the count is all there is to report.
+            self.status.seen(index, monitor.frames);
         }
         if let (Some((from, to)), Some(verdict)) = (change, monitor.verdict) {
             event::drift_changed(

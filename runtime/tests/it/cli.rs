@@ -177,25 +177,41 @@ fn run_limits_that_mean_nothing_are_refused_with_what_to_write() {
 }
 
 #[test]
-fn synth_of_no_frames_is_refused_and_makes_no_directory() {
+fn synth_out_of_bounds_is_refused_and_makes_no_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_dir = dir.path().join("set");
-    let out = framesift(&[
-        "synth",
-        "--out",
-        out_dir.to_str().expect("utf8"),
-        "--frames",
-        "0",
-    ])
-    .output()
-    .expect("spawn");
+    for (args, says) in [
+        (&["--frames", "0"][..], "--frames must be at least 1"),
+        (
+            &["--width", "65535", "--height", "65535"][..],
+            "--width and --height must be from 64 to 8192",
+        ),
+        (
+            &["--frames-per-scene", "4294967295"][..],
+            "--frames-per-scene must be from 1 to 1000",
+        ),
+    ] {
+        let mut all = vec!["synth", "--out", out_dir.to_str().expect("utf8")];
+        all.extend_from_slice(args);
+        let out = framesift(&all).output().expect("spawn");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!out_dir.exists());
+    }
+    // evaluate holds a record a frame: a stream it cannot hold is refused up front.
+    let out = framesift(&["evaluate", "--frames", "18446744073709551615"])
+        .output()
+        .expect("spawn");
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("--frames must be at least 1"),
+        text(&out.stderr).contains("--frames must be from 1 to 1000000"),
         "{}",
         text(&out.stderr)
     );
-    assert!(!out_dir.exists());
 }
 
 /// A mistyped spool directory is not an empty spool: `upload --once` says so, exits 1
