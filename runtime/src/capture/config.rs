@@ -131,6 +131,18 @@ pub(crate) fn validate_cameras(raw: Option<&[RawCamera]>, c: &mut Checker) -> Ve
 }
 
 /// Every configured frame size must fit `[pipeline] max_frame_pixels`.
+/// The first synthetic camera's settings (frame size, scene length, fps), else the
+/// defaults: what `evaluate` and `calibrate --synthetic` render.
+pub(crate) fn first_synthetic(cameras: &[CameraConfig]) -> SyntheticConfig {
+    cameras
+        .iter()
+        .find_map(|c| match &c.source {
+            SourceConfig::Synthetic(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 pub(crate) fn check_frame_sizes(
     cameras: &[CameraConfig],
     cameras_written: bool,

@@ -33,7 +33,7 @@ use crossbeam_channel::{
 };
 
 pub use config::{CameraConfig, SourceConfig};
-pub(crate) use config::{RawCamera, check_frame_sizes, validate_cameras};
+pub(crate) use config::{RawCamera, check_frame_sizes, first_synthetic, validate_cameras};
 pub use preprocess::{FrameStats, Letterbox, Thumbnail};
 pub use source::{FrameSource, Next, SourceError};
 

@@ -87,14 +87,7 @@ pub(super) fn calibrate(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
             };
             // The frame size and scene length of the config's synthetic camera, if it
             // has one: drift statistics depend on them.
-            let camera = config
-                .cameras
-                .iter()
-                .find_map(|c| match &c.source {
-                    SourceConfig::Synthetic(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
+            let camera = crate::capture::first_synthetic(&config.cameras);
             let source = SourceConfig::Synthetic(SyntheticConfig {
                 split,
                 seed: args.seed,

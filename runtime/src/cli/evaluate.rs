@@ -6,10 +6,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::load_model;
-use crate::{
-    capture::SourceConfig,
-    evaluate::{EvaluateOptions, policies::PolicyReport},
-};
+use crate::evaluate::{EvaluateOptions, policies::PolicyReport};
 
 #[derive(Parser)]
 pub(super) struct EvaluateArgs {
@@ -91,14 +88,7 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     }
     // The configured policy keeps the budget.
     config.keep.target_rate = args.budget;
-    let mut camera = config
-        .cameras
-        .iter()
-        .find_map(|c| match &c.source {
-            SourceConfig::Synthetic(s) => Some(s.clone()),
-            _ => None,
-        })
-        .unwrap_or_default();
+    let mut camera = crate::capture::first_synthetic(&config.cameras);
     if let Some(n) = args.scene_frames {
         anyhow::ensure!(n >= 1, "--scene-frames must be at least 1");
         camera.frames_per_scene = n;
