@@ -222,7 +222,7 @@ fn tune(
         return Ok(ExitCode::from(2));
     }
     let weights = config.policy.signals.weights();
-    let (mismatched, checked) = field::value_mismatches(returns, &weights);
+    let (mismatched, checked) = field::value_mismatches(returns, &weights, config.drift.boost);
     if mismatched > 0 {
         println!(
             "warning: {mismatched} of {checked} frames carry a value the configured signal weights do not give: the carts ran other weights; pass the config they ran with -c, so the search starts from it"

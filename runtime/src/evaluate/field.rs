@@ -709,22 +709,26 @@ fn weighted(values: &[f32; signals::COUNT], weights: &[f32; signals::COUNT]) -> 
 }
 
 /// Of the frames with no trigger, how many carry a value other than `weights` make of
-/// their signals, and how many were checked: a mismatch means the carts ran other
-/// weights than those `lift --tune` starts from.
+/// their signals (or that times `drift_boost`, for a camera that was drifting), and how
+/// many were checked: a mismatch means the carts ran other weights than those
+/// `lift --tune` starts from.
 pub(crate) fn value_mismatches(
     returns: &Returns,
     weights: &[f32; signals::COUNT],
+    drift_boost: f32,
 ) -> (usize, usize) {
     let mut checked = 0;
     let mut mismatched = 0;
+    // Sidecars write f32 in full: only rounding separates equal weights.
+    let equal = |a: f32, b: f32| (a - b).abs() <= 1e-3 * b.abs().max(1.0);
     for f in &returns.frames {
         let Some(value) = f.untriggered_value else {
             continue;
         };
         let sum = weighted(&f.signals, weights);
         checked += 1;
-        // Sidecars write f32 in full: only rounding separates equal weights.
-        if (sum - value).abs() > 1e-3 * value.abs().max(1.0) {
+        // A frame of a drifting camera carries its value times [drift] boost.
+        if !equal(sum, value) && !equal(sum * drift_boost, value) {
             mismatched += 1;
         }
     }
@@ -866,6 +870,33 @@ mod tests {
             .map(|(m, s)| (m.sha256.as_str(), s.len()))
             .collect();
         assert_eq!(counts, [("bb", 3), ("aa", 2)], "control frames only");
+    }
+
+    #[test]
+    fn a_value_the_drift_boost_raised_is_not_a_mismatch() {
+        let mut signals_of = [0.0; signals::COUNT];
+        signals_of[at("uncertainty")] = 0.5;
+        let mut weights = [0.0; signals::COUNT];
+        weights[at("uncertainty")] = 2.0;
+        let frame = |value: f32| Labelled {
+            model: ModelIn {
+                id: "m".into(),
+                version: "1".into(),
+                sha256: "aa".into(),
+            },
+            group: Group::Chosen,
+            errors: errors(0, 0),
+            why: Vec::new(),
+            signals: signals_of,
+            untriggered_value: Some(value),
+        };
+        // The weighted sum (1.0), the same times a boost of 1.5, and another weighting.
+        let returns = Returns {
+            frames: vec![frame(1.0), frame(1.5), frame(0.7)],
+            ..Returns::default()
+        };
+        assert_eq!(value_mismatches(&returns, &weights, 1.5), (1, 3));
+        assert_eq!(value_mismatches(&returns, &weights, 1.0), (2, 3));
     }
 
     #[test]
