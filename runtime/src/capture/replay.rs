@@ -284,6 +284,18 @@ mod tests {
     }
 
     #[test]
+    fn a_name_that_is_not_utf8_keeps_its_origin() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let name = std::ffi::OsStr::from_bytes(b"b_\xff.jpg");
+        write_jpeg(&dir.path().join(name), 16, 16);
+        let mut source = open(dir.path(), false).expect("open");
+        let mut frame = Frame::with_capacity(16, 16);
+        assert_eq!(source.next_frame(&mut frame).expect("frame"), Next::Frame);
+        assert_eq!(frame.origin, "b_\u{fffd}.jpg");
+    }
+
+    #[test]
     fn missing_or_empty_directory_is_fatal() {
         let dir = tempfile::tempdir().expect("tempdir");
         let empty = open(dir.path(), false);

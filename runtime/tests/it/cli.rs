@@ -202,6 +202,25 @@ fn synth_out_of_bounds_is_refused_and_makes_no_directory() {
         );
         assert!(!out_dir.exists());
     }
+    // evaluate --tune searches for minutes: a file it cannot write is refused first.
+    let out = framesift(&[
+        "evaluate",
+        "--frames",
+        "10",
+        "--tune",
+        dir.path()
+            .join("no/such/dir/w.toml")
+            .to_str()
+            .expect("utf8"),
+    ])
+    .output()
+    .expect("spawn");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("name a file in a directory that exists"),
+        "{}",
+        text(&out.stderr)
+    );
     // evaluate holds a record a frame: a stream it cannot hold is refused up front.
     let out = framesift(&["evaluate", "--frames", "18446744073709551615"])
         .output()

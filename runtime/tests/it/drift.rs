@@ -254,13 +254,16 @@ fn a_corrupt_reference_names_its_line_and_column() {
 }
 
 /// `calibrate -c` with the config that will name the reference: the file need not
-/// exist yet. A sample shorter than two drift windows writes nothing.
+/// exist yet, and the synthetic frames take that config's camera size. Outputs that
+/// cannot be written and a sample shorter than two drift windows are refused before the
+/// work and write nothing. A run shorter than `min_frames` reports the frames it saw.
 #[test]
 fn calibrate_writes_the_reference_its_config_names_and_refuses_a_short_sample() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_file = dir.path().join("new.toml");
-    let cfg = config(dir.path(), out_file.to_str().expect("utf8"), "");
-    let calibrate = |frames: &str| {
+    let camera = "\n[[camera]]\ntype = \"synthetic\"\nwidth = 640\nheight = 360\n";
+    let cfg = config(dir.path(), out_file.to_str().expect("utf8"), camera);
+    let calibrate = |frames: &str, out: &Path| {
         framesift(&[
             "calibrate",
             "--synthetic",
@@ -268,28 +271,51 @@ fn calibrate_writes_the_reference_its_config_names_and_refuses_a_short_sample() 
             "--frames",
             frames,
             "--out",
-            out_file.to_str().expect("utf8"),
+            out.to_str().expect("utf8"),
             "--config",
             cfg.to_str().expect("utf8"),
         ])
         .output()
         .expect("calibrate")
     };
-    let short = calibrate("399");
+    let short = calibrate("399", &out_file);
     assert!(!short.status.success());
     assert!(
         text(&short.stderr).contains("--frames 399 is fewer than two [drift] windows (400 frames)"),
         "{}",
         text(&short.stderr)
     );
+    for (out, says) in [
+        (dir.path().to_path_buf(), "is a directory"),
+        (dir.path().join("no/such/dir/x.toml"), "create it first"),
+    ] {
+        let refused = calibrate("400", &out);
+        assert!(
+            !refused.status.success() && text(&refused.stderr).contains(says),
+            "{}",
+            text(&refused.stderr)
+        );
+    }
     assert!(!out_file.exists());
-    let out = calibrate("400");
+    let out = calibrate("400", &out_file);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("synthetic studio 640x360"),
+        "the config's camera size: {}",
+        text(&out.stdout)
+    );
     assert!(out_file.is_file());
     let out = framesift(&["validate", cfg.to_str().expect("utf8")])
         .output()
         .expect("validate");
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&cfg, 60);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("no verdict (60 frames, fewer than [drift] min_frames)"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
