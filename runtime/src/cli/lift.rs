@@ -6,6 +6,7 @@ use clap::Parser;
 
 use crate::{
     capture::synthetic::PRODUCT_NAMES,
+    config::NamedFiles,
     evaluate::{
         field::{self, FEW_CONTROL_FRAMES, LabelSource, Lift, MIN_TUNING_CONTROL, ModelReport},
         tune::{Lifts, Objective},
@@ -201,7 +202,8 @@ fn tune(
     returns: &field::Returns,
     out: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
-    let config = match super::load_files(&args.config) {
+    // The weights are what matter here, not the drift reference.
+    let config = match super::load_files_with(&args.config, NamedFiles::Skip) {
         Ok(loaded) => loaded.config,
         Err(code) => return Ok(code),
     };

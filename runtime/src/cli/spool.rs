@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::mib;
 use crate::{
-    config::Config,
+    config::{Config, NamedFiles},
     store::{DaemonStatus, fs::OsFs, read_status, sidecar::unix_ms, spool::scan},
 };
 
@@ -53,7 +53,8 @@ pub(super) fn spool(command: SpoolCommand) -> anyhow::Result<ExitCode> {
     let mut dir = if config.is_empty() {
         Config::default().spool.dir
     } else {
-        match Config::load(&config) {
+        // Only [spool] dir is read: a broken drift reference must not hide the spool.
+        match Config::load_with(&config, NamedFiles::Skip) {
             Ok(loaded) => loaded.config.spool.dir,
             Err(e) => {
                 eprintln!("{e}");

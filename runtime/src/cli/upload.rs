@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{mib, plural};
 use crate::{
+    config::NamedFiles,
     ops::metrics::Metrics,
     store::{
         self, DaemonStatus,
@@ -42,7 +43,8 @@ pub(super) struct UploadArgs {
 }
 
 pub(super) fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
-    let mut config = match super::load_files(&args.config) {
+    // Draining the spool needs no drift reference: a broken one must not stop it.
+    let mut config = match super::load_files_with(&args.config, NamedFiles::Skip) {
         Ok(loaded) => loaded.config,
         Err(code) => return Ok(code),
     };

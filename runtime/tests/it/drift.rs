@@ -241,6 +241,12 @@ fn a_corrupt_reference_names_its_line_and_column() {
             && stderr.contains("framesift calibrate --out /nonexistent/calibration.toml"),
         "{stderr}"
     );
+    // What needs no reference is not stopped by one: the spool can still be read.
+    std::fs::create_dir_all(dir.path().join("spool")).expect("spool dir");
+    let out = framesift(&["spool", "status", "-c", missing.to_str().expect("utf8")])
+        .output()
+        .expect("spool status");
+    assert!(out.status.success(), "{}", text(&out.stderr));
     // validate reads it too.
     let out = framesift(&["validate", cfg.to_str().expect("utf8")])
         .output()
