@@ -130,7 +130,6 @@ pub(crate) fn validate_cameras(raw: Option<&[RawCamera]>, c: &mut Checker) -> Ve
     cameras
 }
 
-/// Every configured frame size must fit `[pipeline] max_frame_pixels`.
 /// The first synthetic camera's settings (frame size, scene length, fps), else the
 /// defaults: what `evaluate` and `calibrate --synthetic` render.
 pub(crate) fn first_synthetic(cameras: &[CameraConfig]) -> SyntheticConfig {
@@ -143,6 +142,8 @@ pub(crate) fn first_synthetic(cameras: &[CameraConfig]) -> SyntheticConfig {
         .unwrap_or_default()
 }
 
+/// Every configured frame size must fit `[pipeline] max_frame_pixels`; with no camera
+/// written, the problem is the limit, not the default camera.
 pub(crate) fn check_frame_sizes(
     cameras: &[CameraConfig],
     cameras_written: bool,

@@ -207,24 +207,7 @@ fn opts_source(args: &CalibrateArgs) -> String {
 
 /// Refuse outputs that cannot be written before the sample is read, not after.
 fn check_outputs(args: &CalibrateArgs) -> anyhow::Result<()> {
-    let out = &args.out;
-    anyhow::ensure!(
-        !out.is_dir(),
-        "--out {} is a directory; name the reference file, e.g. --out {}",
-        out.display(),
-        out.join("reference.toml").display()
-    );
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    anyhow::ensure!(
-        parent.is_dir(),
-        "--out {}: {} is not a directory; create it first (mkdir -p {})",
-        out.display(),
-        parent.display(),
-        parent.display()
-    );
+    super::check_output_file("--out", &args.out)?;
     if let Some(dir) = &args.report {
         anyhow::ensure!(
             !dir.exists() || dir.is_dir(),

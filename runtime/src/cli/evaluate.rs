@@ -64,15 +64,8 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(out) = &args.tune {
         anyhow::ensure!(args.tune_streams >= 1, "--tune-streams must be at least 1");
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        anyhow::ensure!(
-            !out.is_dir() && parent.is_dir(),
-            "--tune {}: name a file in a directory that exists (the search takes minutes; its result would be lost)",
-            out.display()
-        );
+        // The search takes minutes: its result must have somewhere to go.
+        super::check_output_file("--tune", out)?;
         anyhow::ensure!(
             args.records.is_none() && !args.json,
             "--tune writes its own report; run evaluate again with -c {} for --json or --records",

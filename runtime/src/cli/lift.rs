@@ -5,7 +5,6 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Parser;
 
 use crate::{
-    capture::synthetic::PRODUCT_NAMES,
     config::NamedFiles,
     evaluate::{
         field::{self, FEW_CONTROL_FRAMES, LabelSource, Lift, MIN_TUNING_CONTROL, ModelReport},
@@ -163,20 +162,14 @@ pub(super) fn lift(args: LiftArgs) -> anyhow::Result<ExitCode> {
 /// A class the model reports that the labels do not name cannot be scored: each of its
 /// detections counts as a false positive, and the labelled product as a miss.
 fn warn_unnamed_classes(returns: &field::Returns, source: &LabelSource) {
-    let catalogue: Vec<String>;
-    let (classes, list) = match source {
-        LabelSource::Files { classes, .. } => {
-            (classes.as_slice(), "the label classes (classes.txt)")
-        }
-        LabelSource::SyntheticTruth => {
-            catalogue = PRODUCT_NAMES.iter().map(|n| n.to_string()).collect();
-            (catalogue.as_slice(), "the synthetic catalogue")
-        }
+    let list = match source {
+        LabelSource::Files { .. } => "the label classes (classes.txt)",
+        LabelSource::SyntheticTruth => "the synthetic catalogue",
     };
     for (model, names) in &returns.unnamed_classes {
         let names: Vec<String> = names
             .iter()
-            .map(|n| match field::spelled_like(n, classes) {
+            .map(|(n, like)| match like {
                 Some(like) => format!("\"{n}\" (the labels write \"{like}\")"),
                 None => format!("\"{n}\""),
             })

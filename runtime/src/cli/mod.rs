@@ -199,6 +199,29 @@ fn load_files_with(files: &[PathBuf], named: NamedFiles) -> Result<Loaded, ExitC
     })
 }
 
+/// Refuse an output file `flag` names that could not be written — a directory, or in a
+/// directory that does not exist — before the work that produces it, not after.
+fn check_output_file(flag: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !out.is_dir(),
+        "{flag} {} is a directory; name the file to write, e.g. {flag} {}",
+        out.display(),
+        out.join("out.toml").display()
+    );
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    anyhow::ensure!(
+        parent.is_dir(),
+        "{flag} {}: {} is not a directory; create it first (mkdir -p {})",
+        out.display(),
+        parent.display(),
+        parent.display()
+    );
+    Ok(())
+}
+
 /// Load ONNX Runtime and the model named by the config (or the embedded one).
 fn load_model(config: &Config) -> anyhow::Result<Model> {
     let (env, lib) = model::environment(config.model.ort_library.as_deref())?;

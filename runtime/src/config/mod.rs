@@ -76,11 +76,13 @@ pub(crate) struct RawConfig {
     drift: RawDrift,
 }
 
-/// Whether loading a config reads the files it names to check them.
+/// Whether loading a config reads the files it names (the drift reference) to check
+/// them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NamedFiles {
     Check,
-    /// For `calibrate`, which writes the reference the config may name.
+    /// For commands that do not use the reference (`upload`, `spool status`, `lift`) or
+    /// write it (`calibrate`).
     Skip,
 }
 

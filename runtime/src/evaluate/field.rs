@@ -161,8 +161,10 @@ pub(crate) struct Returns {
     pub unnamed_classes: Vec<Unnamed>,
 }
 
-/// A model and the class names it reported that the label classes lack.
-pub(crate) type Unnamed = (ModelIn, Vec<String>);
+/// A model and the class names it reported that the label classes lack, each with the
+/// label class spelled like it but for case, spaces, `-` and `_` (`Cereal Box` for
+/// `cereal_box`), if there is one.
+pub(crate) type Unnamed = (ModelIn, Vec<(String, Option<String>)>);
 
 /// Where the labels come from.
 #[derive(Debug, Clone)]
@@ -386,10 +388,10 @@ fn class_maps<'a>(
     let unnamed = names
         .iter()
         .filter_map(|(m, names)| {
-            let lacking: Vec<String> = names
+            let lacking: Vec<(String, Option<String>)> = names
                 .iter()
                 .filter(|n| !n.is_empty() && !classes.contains(n))
-                .cloned()
+                .map(|n| (n.clone(), spelled_like(n, classes).cloned()))
                 .collect();
             (!lacking.is_empty()).then(|| ((*m).clone(), lacking))
         })
@@ -401,9 +403,8 @@ fn class_maps<'a>(
     (maps, unnamed)
 }
 
-/// The label class spelled like `name` but for case, spaces, `-` and `_`
-/// (`Cereal Box` for `cereal_box`), if there is one.
-pub(crate) fn spelled_like<'a>(name: &str, classes: &'a [String]) -> Option<&'a str> {
+/// The label class spelled like `name` but for case, spaces, `-` and `_`.
+fn spelled_like<'a>(name: &str, classes: &'a [String]) -> Option<&'a String> {
     let fold = |s: &str| -> String {
         s.chars()
             .filter(|c| c.is_alphanumeric())
@@ -411,7 +412,7 @@ pub(crate) fn spelled_like<'a>(name: &str, classes: &'a [String]) -> Option<&'a 
             .collect()
     };
     let key = fold(name);
-    classes.iter().find(|c| fold(c) == key).map(String::as_str)
+    classes.iter().find(|c| fold(c) == key)
 }
 
 /// Every file under `dir` ending in `.ext`, in name order; hidden directories (a spool's

@@ -217,7 +217,7 @@ fn synth_out_of_bounds_is_refused_and_makes_no_directory() {
     .expect("spawn");
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("name a file in a directory that exists"),
+        text(&out.stderr).contains("is not a directory; create it first"),
         "{}",
         text(&out.stderr)
     );
